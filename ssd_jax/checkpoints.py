@@ -1,0 +1,45 @@
+"""Orbax checkpoints of model variables (and, for training, the rest of the train state).
+
+Layout: an orbax ``CheckpointManager`` directory; each step holds the items ``variables``
+(``{'params', 'batch_stats'}``), ``meta`` (JSON: config name, class names, step) and, when
+written by training, ``train_state``. ``python -m ssd_jax.porting`` writes step 0 with
+``variables`` and ``meta`` only.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import traverse_util
+
+
+def save_variables(directory: str | os.PathLike, variables: dict, meta: dict, step: int = 0) -> str:
+    """Write ``variables`` and ``meta`` as step ``step`` of an orbax manager in ``directory``."""
+    directory = os.path.abspath(os.fspath(directory))
+    with ocp.CheckpointManager(directory) as mngr:
+        mngr.save(step, args=ocp.args.Composite(
+            variables=ocp.args.StandardSave(jax.tree.map(np.asarray, variables)),
+            meta=ocp.args.JsonSave(meta)))
+        mngr.wait_until_finished()
+    return directory
+
+
+def is_orbax_dir(path: str | os.PathLike) -> bool:
+    return os.path.isdir(path)
+
+
+def load_variables(directory: str | os.PathLike, step: Optional[int] = None
+                   ) -> tuple[dict[tuple[str, ...], np.ndarray], dict[str, Any]]:
+    """Flat ``{(collection, *path): array}`` and meta of the latest (or given) complete step."""
+    directory = os.path.abspath(os.fspath(directory))
+    with ocp.CheckpointManager(directory) as mngr:
+        step = mngr.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no complete orbax checkpoint step in {directory}")
+        restored = mngr.restore(step, args=ocp.args.Composite(
+            variables=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+    flat = traverse_util.flatten_dict(jax.tree.map(np.asarray, dict(restored["variables"])))
+    return flat, dict(restored["meta"] or {})

@@ -1,0 +1,142 @@
+"""``Detector``: a config's SSD with its weights, for inference (and the acceptance API).
+
+    det = Detector.from_checkpoint("configs/ssd300_coco.py", "model.pth")  # or an orbax dir
+    cls_logits, box_deltas = det.forward(x)  # x (N, S, S, 3) normalised float32
+    anchors = det.anchors()                  # per level (H·W·A, 4) xyxy input pixels
+    results = det.predict(images)            # uint8 RGB HWC images of any size
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from ssd_jax import postprocess as post
+from ssd_jax.anchors import SSDAnchorGenerator
+from ssd_jax.config import load_config
+from ssd_jax.models import SSD, build_model
+from ssd_jax.preprocess import preprocess_batch
+
+
+def anchor_generator(config: ml_collections.ConfigDict) -> SSDAnchorGenerator:
+    a = config.model.anchors
+    return SSDAnchorGenerator(config.input_size, a.strides, a.ratios, a.basesize_ratio_range,
+                              a.min_sizes, a.max_sizes)
+
+
+def featmap_sizes(model: SSD, input_size: int) -> list[tuple[int, int]]:
+    """(H, W) of every level for a square input, from the model's shapes (no compute)."""
+    x = jax.ShapeDtypeStruct((1, input_size, input_size, 3), jnp.float32)
+    variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+    feats = jax.eval_shape(functools.partial(model.apply, method=SSD.features), variables, x)
+    return [tuple(f.shape[1:3]) for f in feats]
+
+
+def init_variables(model: SSD, input_size: int, seed: int = 0) -> dict:
+    """Freshly initialised ``{'params', 'batch_stats'}`` (batch_stats empty for VGG)."""
+    x = jnp.zeros((1, input_size, input_size, 3), jnp.float32)
+    variables = jax.jit(model.init)(jax.random.PRNGKey(seed), x)
+    return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+
+
+class Detector:
+    """An SSD network, its variables, anchors and test settings."""
+
+    def __init__(self, config: ml_collections.ConfigDict, variables: Optional[dict] = None):
+        self.config = config
+        self._anchor_gen = anchor_generator(config)
+        self.model = build_model(config.model, self._anchor_gen.num_anchors)
+        self.featmap_sizes = featmap_sizes(self.model, config.input_size)
+        self._anchors = self._anchor_gen.grid_anchors(self.featmap_sizes)
+        self.variables = variables if variables is not None else init_variables(
+            self.model, config.input_size)
+        self._forward, self._detect = _compiled_functions(
+            config.model.to_json_best_effort(sort_keys=True), config.test.to_json_best_effort(
+                sort_keys=True), config.input_size, self.model)
+
+    @classmethod
+    def from_checkpoint(cls, config: str | os.PathLike | ml_collections.ConfigDict,
+                        checkpoint: str | os.PathLike, overrides: Sequence[str] = ()) -> "Detector":
+        """Build from a config (path or ConfigDict) and an mmdetection ``.pth`` or orbax directory."""
+        from ssd_jax.porting import load_checkpoint_variables  # avoid an import cycle
+        if not isinstance(config, ml_collections.ConfigDict):
+            config = load_config(config, overrides)
+        det = cls(config)
+        det.variables = load_checkpoint_variables(checkpoint, det.variables)
+        return det
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.config.class_names)
+
+    def forward(self, x: np.ndarray | jax.Array) -> tuple[list[jax.Array], list[jax.Array]]:
+        """Raw head outputs per level: (N, H, W, A·(C+1)) logits and (N, H, W, A·4) deltas."""
+        return self._forward(self.variables, jnp.asarray(x, jnp.float32))
+
+    def features(self, x: np.ndarray | jax.Array) -> list[jax.Array]:
+        """The neck's outputs per level, (N, H, W, C)."""
+        return self.model.apply(self.variables, jnp.asarray(x, jnp.float32), method=SSD.features)
+
+    def anchors(self) -> list[np.ndarray]:
+        """Per level (H·W·A, 4) float32 xyxy anchors in input pixels (mmdetection's order)."""
+        return [a.copy() for a in self._anchors]
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 RGB images → normalised (N, S, S, 3) input and (N, 2) scale factors."""
+        return preprocess_batch(images, self.config.input_size, self.config.model.mean,
+                                self.config.model.std)
+
+    def detect_batch(self, x: np.ndarray | jax.Array, scale_factors: np.ndarray) -> post.Detections:
+        """Fixed-shape detections for a preprocessed batch (boxes in original pixels)."""
+        return self._detect(self.variables, jnp.asarray(x, jnp.float32),
+                            [jnp.asarray(a) for a in self._anchors], jnp.asarray(scale_factors))
+
+    def predict(self, images: Sequence[np.ndarray], batch_size: Optional[int] = None
+                ) -> list[dict[str, np.ndarray]]:
+        """Per image ``{'boxes' (K, 4) xyxy original pixels, 'scores' (K,), 'labels' (K,)}``."""
+        batch_size = batch_size or self.config.test.batch_size
+        results = []
+        for start in range(0, len(images), batch_size):
+            chunk = list(images[start:start + batch_size])
+            x, scales = self.preprocess(chunk)
+            pad = batch_size - len(chunk) if len(images) > batch_size else 0
+            if pad:  # keep one compiled shape for the last, partial batch
+                x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
+                scales = np.concatenate([scales, np.ones((pad, 2), scales.dtype)])
+            dets = jax.device_get(self.detect_batch(x, scales))
+            for i in range(len(chunk)):
+                k = int(dets.num_valid[i])
+                results.append({"boxes": dets.boxes[i, :k], "scores": dets.scores[i, :k],
+                                "labels": dets.labels[i, :k]})
+        return results
+
+
+@functools.lru_cache(maxsize=8)
+def _jit_cache(model_key: str, test_key: str, input_size: int):
+    return {}
+
+
+def _compiled_functions(model_key: str, test_key: str, input_size: int, model: SSD):
+    """jitted (forward, forward+postprocess), shared by Detectors of the same config."""
+    cache = _jit_cache(model_key, test_key, input_size)
+    if not cache:
+        t = json.loads(test_key)
+        box = json.loads(model_key)["box_coder"]
+        cache["forward"] = jax.jit(functools.partial(model.apply, train=False))
+        cache["detect"] = jax.jit(functools.partial(
+            _forward_and_postprocess, model, input_size=input_size, score_thr=t["score_thr"],
+            nms_pre=t["nms_pre"], nms_iou=t["nms_iou"], max_per_img=t["max_per_img"],
+            min_bbox_size=t["min_bbox_size"], means=tuple(box["means"]), stds=tuple(box["stds"])))
+    return cache["forward"], cache["detect"]
+
+
+def _forward_and_postprocess(model: SSD, variables: dict, x: jax.Array, anchors: list[jax.Array],
+                             scale_factors: jax.Array, **test_cfg: Any) -> post.Detections:
+    cls_logits, box_deltas = model.apply(variables, x, train=False)
+    return post.postprocess(cls_logits, box_deltas, anchors, scale_factors, **test_cfg)

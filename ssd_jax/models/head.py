@@ -1,0 +1,42 @@
+"""mmdetection's ``SSDHead`` convolutions (plain 3×3, or SSDLite's depthwise-separable)."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import flax.linen as nn
+import jax
+
+from ssd_jax.models.layers import ConvModule, conv
+
+
+class SSDHead(nn.Module):
+    """Per level: class logits (N, H, W, A·(C+1)) and box deltas (N, H, W, A·4).
+
+    Channel ``a·(C+1)+c`` is anchor ``a``, class ``c``; class ``C`` (the last) is background.
+    """
+    in_channels: Sequence[int]
+    num_anchors: Sequence[int]
+    num_classes: int
+    use_depthwise: bool = False
+    norm: bool = False
+    act: str = "relu"
+    bn_axis_name: Optional[str] = None
+
+    @nn.compact
+    def __call__(self, feats: Sequence[jax.Array], train: bool = False
+                 ) -> tuple[list[jax.Array], list[jax.Array]]:
+        cls_out, reg_out = [], []
+        for level, (x, num_anchors) in enumerate(zip(feats, self.num_anchors)):
+            for branch, out_per_anchor, outs in (("cls_convs", self.num_classes + 1, cls_out),
+                                                  ("reg_convs", 4, reg_out)):
+                y = x
+                if self.use_depthwise:
+                    y = ConvModule(x.shape[-1], 3, 1, 1, groups=-1, norm=self.norm, act=self.act,
+                                   bn_axis_name=self.bn_axis_name,
+                                   name=f"{branch}_{level}_0")(y, train)
+                    y = conv(num_anchors * out_per_anchor, 1, name=f"{branch}_{level}_1")(y)
+                else:
+                    y = conv(num_anchors * out_per_anchor, 3, padding=1,
+                             name=f"{branch}_{level}_0")(y)
+                outs.append(y)
+        return cls_out, reg_out

@@ -1,0 +1,110 @@
+"""Building blocks shared by the backbones, neck and head (all NHWC).
+
+Submodule names mirror mmcv's ``ConvModule`` (``conv``, ``bn``) and
+``DepthwiseSeparableConvModule`` (``depthwise_conv``, ``pointwise_conv``) so that
+an mmdetection state_dict maps onto the Flax tree by a fixed rule
+(see ``ssd_jax.porting.convert``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# mmdetection's SSDLite sets norm_cfg=dict(type='BN', eps=0.001, momentum=0.03);
+# torch's momentum m is flax's 1 - m.
+BN_EPS = 1e-3
+BN_MOMENTUM = 0.97
+
+ACTIVATIONS: dict[str, Optional[Callable[[jax.Array], jax.Array]]] = {
+    "relu": nn.relu,
+    "relu6": nn.relu6,
+    "none": None,
+}
+
+
+def conv(features: int, kernel: int, stride: int = 1, padding: int = 0, *,
+         dilation: int = 1, groups: int = 1, use_bias: bool = True,
+         name: Optional[str] = None) -> nn.Conv:
+    """A torch-style Conv2d: symmetric explicit padding, HWIO kernel."""
+    return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
+                   padding=((padding, padding), (padding, padding)),
+                   kernel_dilation=(dilation, dilation), feature_group_count=groups,
+                   use_bias=use_bias, name=name)
+
+
+class ConvModule(nn.Module):
+    """conv → optional BatchNorm → optional activation, as mmcv's ConvModule.
+
+    With ``norm`` the conv has no bias (mmcv's ``bias='auto'``).
+    ``groups=-1`` means depthwise (groups = input channels).
+    """
+    features: int
+    kernel: int
+    stride: int = 1
+    padding: int = 0
+    groups: int = 1
+    norm: bool = False
+    act: str = "relu"
+    bn_axis_name: Optional[str] = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        groups = x.shape[-1] if self.groups == -1 else self.groups
+        x = conv(self.features, self.kernel, self.stride, self.padding, groups=groups,
+                 use_bias=not self.norm, name="conv")(x)
+        if self.norm:
+            x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
+                             epsilon=BN_EPS, axis_name=self.bn_axis_name, name="bn")(x)
+        act = ACTIVATIONS[self.act]
+        return act(x) if act is not None else x
+
+
+class DepthwiseSeparableConvModule(nn.Module):
+    """Depthwise k×k ConvModule then pointwise 1×1 ConvModule (mmcv's module)."""
+    features: int
+    kernel: int
+    stride: int = 1
+    padding: int = 0
+    norm: bool = False
+    act: str = "relu"
+    bn_axis_name: Optional[str] = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        x = ConvModule(x.shape[-1], self.kernel, self.stride, self.padding, groups=-1,
+                       norm=self.norm, act=self.act, bn_axis_name=self.bn_axis_name,
+                       name="depthwise_conv")(x, train)
+        return ConvModule(self.features, 1, norm=self.norm, act=self.act,
+                          bn_axis_name=self.bn_axis_name, name="pointwise_conv")(x, train)
+
+
+class L2Norm(nn.Module):
+    """Channel-wise L2 normalisation with a learned per-channel scale (SSD's conv4_3 norm).
+
+    ``y = weight * x / (||x||_2 + eps)`` over the channel axis, weight initialised to ``scale``.
+    """
+    scale: float = 20.0
+    eps: float = 1e-10
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        weight = self.param("weight", nn.initializers.constant(self.scale), (x.shape[-1],))
+        norm = jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)), axis=-1, keepdims=True))
+        y = weight * x.astype(jnp.float32) / (norm + self.eps)
+        return y.astype(x.dtype)
+
+
+def max_pool_ceil(x: jax.Array, window: int, stride: int) -> jax.Array:
+    """Max pooling without padding and with torch's ``ceil_mode=True`` output size (NHWC)."""
+    pads = []
+    for size in x.shape[1:3]:
+        out = math.ceil((size - window) / stride) + 1
+        # torch drops a last window that would start entirely in the padding.
+        if (out - 1) * stride >= size:
+            out -= 1
+        pads.append((0, max(0, (out - 1) * stride + window - size)))
+    return nn.max_pool(x, (window, window), (stride, stride), padding=tuple(pads))

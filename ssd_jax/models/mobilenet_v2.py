@@ -1,0 +1,64 @@
+"""MobileNetV2 as mmdetection's backbone (widen factor 1, BN eps 1e-3, ReLU6)."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import flax.linen as nn
+import jax
+
+from ssd_jax.models.layers import ConvModule
+
+# (expand ratio, channels, blocks, first stride) of layer1..layer7 (mmdet arch_settings).
+ARCH_SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
+                 (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+
+
+class InvertedResidual(nn.Module):
+    """1×1 expand (unless ratio 1) → 3×3 depthwise → 1×1 linear, residual when shapes allow."""
+    out_channels: int
+    mid_channels: int
+    stride: int
+    with_expand_conv: bool
+    bn_axis_name: Optional[str] = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        kw = dict(norm=True, bn_axis_name=self.bn_axis_name)
+        out = x
+        if self.with_expand_conv:
+            out = ConvModule(self.mid_channels, 1, act="relu6", name="expand_conv", **kw)(out, train)
+        out = ConvModule(self.mid_channels, 3, self.stride, 1, groups=-1, act="relu6",
+                         name="depthwise_conv", **kw)(out, train)
+        out = ConvModule(self.out_channels, 1, act="none", name="linear_conv", **kw)(out, train)
+        if self.stride == 1 and x.shape[-1] == self.out_channels:
+            out = x + out
+        return out
+
+
+class MobileNetV2(nn.Module):
+    """Returns the outputs of the layers in ``out_indices`` (0..6 = layer1..7, 7 = conv2), NHWC.
+
+    mmdetection's SSDLite uses ``(4, 7)``: 96 channels at stride 16 and 1280 at stride 32.
+    """
+    out_indices: Sequence[int] = (4, 7)
+    bn_axis_name: Optional[str] = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> list[jax.Array]:
+        kw = dict(norm=True, bn_axis_name=self.bn_axis_name)
+        x = ConvModule(32, 3, 2, 1, act="relu6", name="conv1", **kw)(x, train)
+        in_channels = 32
+        outs = []
+        for i, (ratio, channels, blocks, stride) in enumerate(ARCH_SETTINGS):
+            for j in range(blocks):
+                x = InvertedResidual(channels, int(round(in_channels * ratio)),
+                                     stride if j == 0 else 1, ratio != 1,
+                                     bn_axis_name=self.bn_axis_name,
+                                     name=f"layer{i + 1}_{j}")(x, train)
+                in_channels = channels
+            if i in self.out_indices:
+                outs.append(x)
+        x = ConvModule(1280, 1, act="relu6", name="conv2", **kw)(x, train)
+        if len(ARCH_SETTINGS) in self.out_indices:
+            outs.append(x)
+        return outs
