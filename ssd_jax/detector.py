@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from ssd_jax import objective
 from ssd_jax import postprocess as post
 from ssd_jax.anchors import SSDAnchorGenerator
 from ssd_jax.config import load_config
@@ -96,6 +97,30 @@ class Detector:
         """Fixed-shape detections for a preprocessed batch (boxes in original pixels)."""
         return self._detect(self.variables, jnp.asarray(x, jnp.float32),
                             [jnp.asarray(a) for a in self._anchors], jnp.asarray(scale_factors))
+
+    def loss(self, x: np.ndarray | jax.Array, gt_boxes: Sequence[np.ndarray],
+             gt_labels: Sequence[np.ndarray], train: bool = True) -> dict[str, np.ndarray]:
+        """Per-image ``{'loss_cls': (N,), 'loss_bbox': (N,)}`` as mmdetection's ``model.loss``.
+
+        x as in ``forward``; gt_boxes per image (n_i, 4) xyxy input pixels; gt_labels (n_i,).
+        ``train=True`` uses batch statistics in BatchNorm (the running ones are not changed).
+        """
+        boxes, labels, valid = objective.pad_ground_truth(list(gt_boxes), list(gt_labels))
+        out = self._loss(self.variables, jnp.asarray(x, jnp.float32), boxes, labels, valid,
+                         jnp.asarray(self.flat_anchors), train=train)
+        return {"loss_cls": np.asarray(out.loss_cls), "loss_bbox": np.asarray(out.loss_bbox)}
+
+    @property
+    def flat_anchors(self) -> np.ndarray:
+        """All levels' anchors concatenated, (A, 4)."""
+        return np.concatenate(self._anchors)
+
+    @functools.cached_property
+    def _loss(self):
+        t = self.config.train
+        return jax.jit(functools.partial(
+            objective.ssd_loss, self.model, target_cfg=objective.target_settings(self.config),
+            neg_pos_ratio=t.neg_pos_ratio, smoothl1_beta=t.smoothl1_beta), static_argnames="train")
 
     def predict(self, images: Sequence[np.ndarray], batch_size: Optional[int] = None
                 ) -> list[dict[str, np.ndarray]]:

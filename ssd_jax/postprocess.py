@@ -13,7 +13,7 @@ from typing import NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
-from ssd_jax import box_coder
+from ssd_jax import box_coder, box_ops
 
 
 class Detections(NamedTuple):
@@ -22,17 +22,6 @@ class Detections(NamedTuple):
     scores: jax.Array     # [N, M]
     labels: jax.Array     # [N, M] int32, 0..C-1
     num_valid: jax.Array  # [N] int32
-
-
-def box_iou_one_to_many(box: jax.Array, boxes: jax.Array) -> jax.Array:
-    """IoU of one xyxy box [4] with boxes [K, 4] → [K] (mmcv nms: offset 0)."""
-    lt = jnp.maximum(box[:2], boxes[:, :2])
-    rb = jnp.minimum(box[2:], boxes[:, 2:])
-    wh = jnp.maximum(rb - lt, 0.0)
-    inter = wh[:, 0] * wh[:, 1]
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return inter / jnp.maximum(area + areas - inter, 1e-12)
 
 
 def batched_nms(boxes: jax.Array, scores: jax.Array, labels: jax.Array, valid: jax.Array,
@@ -53,7 +42,7 @@ def batched_nms(boxes: jax.Array, scores: jax.Array, labels: jax.Array, valid: j
         i, live, keep = state
         j = jnp.argmax(live)
         keep = keep.at[i].set(j.astype(jnp.int32))
-        suppress = (box_iou_one_to_many(boxes[j], boxes) > iou_threshold) & (labels == labels[j])
+        suppress = (box_ops.iou_one_to_many(boxes[j], boxes) > iou_threshold) & (labels == labels[j])
         live = jnp.where(suppress, -jnp.inf, live).at[j].set(-jnp.inf)
         return i + 1, live, keep
 

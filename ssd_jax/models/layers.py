@@ -58,7 +58,8 @@ class ConvModule(nn.Module):
                  use_bias=not self.norm, name="conv")(x)
         if self.norm:
             x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
-                             epsilon=BN_EPS, axis_name=self.bn_axis_name, name="bn")(x)
+                             epsilon=BN_EPS, axis_name=self.bn_axis_name,
+                             use_fast_variance=False, name="bn")(x)
         act = ACTIVATIONS[self.act]
         return act(x) if act is not None else x
 

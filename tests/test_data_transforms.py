@@ -1,0 +1,200 @@
+"""Property tests of the SSD train augmentations (ssd_jax.data.transforms)."""
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ssd_jax.config import load_config
+from ssd_jax.data import transforms as T
+
+CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "ssd300_coco.py"
+MEAN = (123.675, 116.28, 103.53)
+SETTINGS = settings(max_examples=60, deadline=None)
+
+
+@st.composite
+def image_and_boxes(draw, min_side: int = 8, max_side: int = 96, max_boxes: int = 8):
+    """uint8 (h, w, 3) image and float32 (n, 4) boxes inside it with w, h >= 1 px."""
+    h = draw(st.integers(min_side, max_side))
+    w = draw(st.integers(min_side, max_side))
+    n = draw(st.integers(0, max_boxes))
+    boxes = []
+    for _ in range(n):
+        x1 = draw(st.floats(0, w - 1))
+        y1 = draw(st.floats(0, h - 1))
+        x2 = draw(st.floats(x1 + 1, w))
+        y2 = draw(st.floats(y1 + 1, h))
+        boxes.append([x1, y1, x2, y2])
+    seed = draw(st.integers(0, 2**32 - 1))
+    image = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    return image, np.asarray(boxes, np.float32).reshape(-1, 4), np.random.default_rng(seed + 1)
+
+
+def assert_inside(boxes: np.ndarray, image: np.ndarray) -> None:
+    """0 <= x1 < x2 <= W and 0 <= y1 < y2 <= H for every box."""
+    h, w = image.shape[:2]
+    x1, y1, x2, y2 = boxes.T
+    assert np.all(x1 >= 0) and np.all(y1 >= 0), boxes
+    assert np.all(x2 <= w) and np.all(y2 <= h), (boxes, image.shape)
+    assert np.all(x1 < x2) and np.all(y1 < y2), boxes
+
+
+@SETTINGS
+@given(image_and_boxes())
+def test_expand_keeps_every_box_and_places_the_image(case):
+    image, boxes, rng = case
+    out, out_boxes = T.expand(image, boxes, rng, mean=MEAN, ratio_range=(1.0, 4.0), prob=1.0)
+    h, w = image.shape[:2]
+    assert out.shape[0] >= h and out.shape[1] >= w and out.dtype == np.uint8
+    assert out_boxes.shape == boxes.shape
+    assert_inside(out_boxes, out)
+    if len(boxes):
+        shift = out_boxes[0, :2] - boxes[0, :2]
+        left, top = int(round(shift[0])), int(round(shift[1]))
+        np.testing.assert_allclose(out_boxes, boxes + [left, top, left, top], atol=1e-4)
+        np.testing.assert_array_equal(out[top:top + h, left:left + w], image)
+
+
+def test_expand_fills_the_canvas_with_the_truncated_mean_and_respects_prob():
+    image = np.full((10, 12, 3), 7, np.uint8)
+    boxes = np.array([[1, 1, 5, 5]], np.float32)
+    rng = np.random.default_rng(0)
+    out, _ = T.expand(image, boxes, rng, mean=MEAN, ratio_range=(4.0, 4.0), prob=1.0)
+    assert out.shape == (40, 48, 3)
+    background = out[(out != 7).any(-1)]
+    np.testing.assert_array_equal(np.unique(background, axis=0), [[123, 116, 103]])
+    same, same_boxes = T.expand(image, boxes, rng, mean=MEAN, prob=0.0)
+    assert same is image and same_boxes is boxes
+
+
+@SETTINGS
+@given(image_and_boxes())
+def test_crop_keeps_exactly_the_boxes_with_centres_inside(case):
+    image, boxes, rng = case
+    crop = T.min_iou_random_crop(image, boxes, rng, min_ious=(0.1, 0.3, 0.5, 0.7, 0.9),
+                                 min_crop_size=0.3)
+    x1, y1, x2, y2 = crop.patch
+    h, w = image.shape[:2]
+    assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h
+    np.testing.assert_array_equal(crop.image, image[y1:y2, x1:x2])
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    inside = ((centres[:, 0] > x1) & (centres[:, 0] < x2)
+              & (centres[:, 1] > y1) & (centres[:, 1] < y2))
+    np.testing.assert_array_equal(crop.keep, inside)
+    if len(boxes):
+        assert crop.keep.any()
+    expected = boxes[inside] - np.array([x1, y1, x1, y1], np.float32)
+    expected[:, 0::2] = expected[:, 0::2].clip(0, x2 - x1)
+    expected[:, 1::2] = expected[:, 1::2].clip(0, y2 - y1)
+    np.testing.assert_allclose(crop.boxes, expected, atol=1e-4)
+    assert_inside(crop.boxes, crop.image)
+
+
+class _FixedModeRng:
+    """A Generator stand-in whose ``integers`` always picks mode index ``mode``."""
+
+    def __init__(self, mode: int, seed: int) -> None:
+        self._rng = np.random.default_rng(seed)
+        self._mode = mode
+
+    def integers(self, n: int) -> int:
+        assert 0 <= self._mode < n
+        return self._mode
+
+    def __getattr__(self, name):
+        return getattr(self._rng, name)
+
+
+def test_crop_modes_are_keep_then_min_ious_then_any():
+    """mmdet's sample_mode (1, *min_ious, 0): index 0 keeps, index 1 = 0.9 bounds the IoU."""
+    image = np.zeros((80, 80, 3), np.uint8)
+    boxes = np.array([[2, 2, 78, 78]], np.float32)
+    kept = T.min_iou_random_crop(image, boxes, _FixedModeRng(0, 0), min_ious=(0.9,))
+    assert kept.image is image and kept.patch == (0, 0, 80, 80)
+    for seed in range(10):
+        crop = T.min_iou_random_crop(image, boxes, _FixedModeRng(1, seed), min_ious=(0.9,),
+                                     min_crop_size=0.3)
+        assert T._iou_with_patch(crop.patch, boxes)[0] >= 0.9
+    ious = [T._iou_with_patch(T.min_iou_random_crop(image, boxes, _FixedModeRng(2, seed),
+                                                    min_ious=(0.9,)).patch, boxes)[0]
+            for seed in range(10)]
+    assert min(ious) < 0.9  # mode 0: any overlap
+
+
+def test_crop_gives_up_on_an_image_too_small_to_crop():
+    image = np.zeros((1, 1, 3), np.uint8)
+    boxes = np.array([[0, 0, 1, 1]], np.float32)
+    crop = T.min_iou_random_crop(image, boxes, np.random.default_rng(0))
+    assert crop.patch == (0, 0, 1, 1) and crop.keep.all()
+
+
+@SETTINGS
+@given(image_and_boxes(), st.integers(16, 320))
+def test_resize_scales_boxes_into_the_square(case, size):
+    image, boxes, _ = case
+    out, out_boxes = T.resize(image, boxes, size)
+    assert out.shape == (size, size, 3) and out.dtype == np.uint8
+    h, w = image.shape[:2]
+    np.testing.assert_allclose(out_boxes, boxes * [size / w, size / h, size / w, size / h],
+                               rtol=1e-5, atol=1e-4)
+    assert_inside(out_boxes, out)
+
+
+@SETTINGS
+@given(image_and_boxes())
+def test_flip_drops_nothing_and_twice_is_the_identity(case):
+    image, boxes, rng = case
+    flipped, flipped_boxes = T.flip_horizontal(image, boxes)
+    assert flipped_boxes.shape == boxes.shape
+    assert_inside(flipped_boxes, flipped)
+    np.testing.assert_array_equal(flipped[:, ::-1], image)
+    back, back_boxes = T.flip_horizontal(flipped, flipped_boxes)
+    np.testing.assert_array_equal(back, image)
+    np.testing.assert_allclose(back_boxes, boxes, atol=1e-4)
+    out, out_boxes = T.random_flip(image, boxes, rng, prob=0.5)
+    assert out_boxes.shape == boxes.shape
+    assert_inside(out_boxes, out)
+
+
+def test_photometric_distortion_keeps_gray_gray_and_stays_in_range():
+    """Saturation 0 makes hue and saturation no-ops, and any channel order keeps R = G = B."""
+    rng = np.random.default_rng(0)
+    gray = np.repeat(np.arange(0, 256, dtype=np.uint8).reshape(16, 16, 1), 3, axis=2)
+    for _ in range(30):
+        out = T.photometric_distortion(gray, rng)
+        assert out.dtype == np.float32 and out.shape == gray.shape
+        np.testing.assert_allclose(out[..., 0], out[..., 1], atol=1e-3)
+        np.testing.assert_allclose(out[..., 0], out[..., 2], atol=1e-3)
+        assert out.min() >= -32 * 1.5 - 1e-3 and out.max() <= 287 * 1.5 + 1e-3
+
+
+def test_photometric_distortion_changes_colour_images_on_average():
+    rng = np.random.default_rng(0)
+    image = np.random.default_rng(1).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    changed = [np.abs(T.photometric_distortion(image, rng) - image).max() > 1 for _ in range(40)]
+    assert 0 < np.mean(changed) <= 1
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return load_config(CONFIG)
+
+
+@SETTINGS
+@given(case=image_and_boxes(min_side=16))
+def test_train_transform_boxes_stay_inside_the_square(cfg, case):
+    image, boxes, rng = case
+    labels = np.arange(len(boxes), dtype=np.int32)
+    out = T.train_transform({"boxes": boxes, "labels": labels}, image, rng, cfg)
+    size = cfg.input_size
+    assert out["image"].shape == (size, size, 3) and out["image"].dtype == np.uint8
+    assert out["boxes"].dtype == np.float32 and out["labels"].dtype == np.int32
+    assert len(out["boxes"]) == len(out["labels"])
+    assert set(out["labels"].tolist()) <= set(labels.tolist())
+    if len(boxes):
+        assert len(out["labels"]) >= 1  # the crop always keeps at least one centre
+    assert_inside(out["boxes"], out["image"])
