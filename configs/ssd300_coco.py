@@ -41,7 +41,8 @@ def get_config() -> ml_collections.ConfigDict:
                    neg_pos_ratio=3, smoothl1_beta=1.0, max_boxes=100,
                    batch_size=64,  # global batch: 8 GPUs × 8 images
                    seed=0, log_every=50, ckpt_every=2000, keep_ckpts=3, eval_every_epochs=1,
-                   max_nonfinite_in_row=10, pretrained_backbone="", load_from="")
+                   max_nonfinite_in_row=10, pretrained_backbone="", load_from="",
+                   num_steps=0)  # num_steps 0: schedule.epochs × steps per epoch
 
     # ---- optimizer and schedule (mmdet: optim_wrapper, param_scheduler, schedule_2x) ----
     c.optimizer = dict(lr=2e-3, momentum=0.9, weight_decay=5e-4, base_batch_size=64)

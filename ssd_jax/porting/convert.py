@@ -101,9 +101,9 @@ def merge_strict(loaded: Mapping[tuple[str, ...], tuple[str, np.ndarray]],
                  ignore_prefixes: tuple[str, ...] = ()) -> Variables:
     """Variables with ``expected``'s tree filled from ``loaded``; refuse any mismatch.
 
-    ``allow_missing_prefixes``: Flax module paths (e.g. ``('bbox_head',)``) whose variables keep
+    ``allow_missing_prefixes``: top-level modules (e.g. ``('bbox_head',)``) whose variables keep
     their ``expected`` values when absent from the checkpoint. ``ignore_prefixes``: checkpoint
-    entries under these module paths are left out (e.g. a head being re-initialised).
+    entries under these top-level modules are left out (e.g. a head being re-initialised).
     """
     want = traverse_util.flatten_dict(expected)
     loaded = {k: v for k, v in loaded.items() if not _under(k[1:], ignore_prefixes)}
@@ -127,4 +127,5 @@ def merge_strict(loaded: Mapping[tuple[str, ...], tuple[str, np.ndarray]],
 
 
 def _under(path: tuple[str, ...], prefixes: tuple[str, ...]) -> bool:
-    return any(path[:len(p)] == tuple(p) if isinstance(p, tuple) else path[0] == p for p in prefixes)
+    """Whether a Flax path (without its collection) lies under one of the module names."""
+    return bool(path) and path[0] in prefixes

@@ -1,0 +1,1 @@
+"""Training: optimizer and schedules, train state, the pmapped step, checkpoints, the loop."""

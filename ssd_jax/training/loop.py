@@ -1,0 +1,198 @@
+"""``train_and_evaluate(config, workdir)``: the training loop behind ``train.py``."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from ssd_jax.data.pipeline import make_train_loader
+from ssd_jax.detector import anchor_generator, featmap_sizes, init_variables
+from ssd_jax.models import build_model
+from ssd_jax.training import optim
+from ssd_jax.training.checkpointing import TrainCheckpointer
+from ssd_jax.training.init import initial_variables
+from ssd_jax.training.state import create_train_state
+from ssd_jax.training.step import make_p_train_step, replicate, shard_batch, unreplicate
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive steps with a non-finite loss."""
+
+
+def build_source(config: ml_collections.ConfigDict, split: str):
+    """The data source of ``config.data`` for 'train' or 'val'."""
+    d = config.data
+    if d.source == "coco":
+        from ssd_jax.data.coco import CocoSource
+        if split == "train":
+            return CocoSource(d.ann_file, d.img_dir, filter_train=True, min_size=d.min_size)
+        return CocoSource(d.val_ann_file, d.val_img_dir) if d.val_ann_file else None
+    if d.source == "tfds":
+        from ssd_jax.data.tfds_source import TfdsSource
+        return TfdsSource(d.tfds_name, "train" if split == "train" else "validation")
+    raise ValueError(f"unknown data.source {d.source!r} (coco or tfds)")
+
+
+def adopt_classes(config: ml_collections.ConfigDict, class_names) -> None:
+    """The class list comes from the data: set num_classes and class_names to match it."""
+    if list(class_names) != list(config.class_names):
+        log.info("data has %d classes (%s...); the config had %d", len(class_names),
+                 ", ".join(list(class_names)[:5]), len(config.class_names))
+    config.class_names = tuple(class_names)
+    config.model.num_classes = len(class_names)
+
+
+class MetricWriter:
+    """Scalars to ``workdir/metrics.jsonl`` and TensorBoard (process 0 only)."""
+
+    def __init__(self, workdir: str):
+        self.enabled = jax.process_index() == 0
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.tb = None
+        if self.enabled:
+            try:
+                from tensorboardX import SummaryWriter
+                self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            except ImportError:
+                log.warning("tensorboardX not installed: no TensorBoard logs")
+
+    def write(self, step: int, scalars: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **scalars}) + "\n")
+        if self.tb is not None:
+            for k, v in scalars.items():
+                self.tb.add_scalar(k, v, step)
+            self.tb.flush()
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, resume: bool = False
+                       ) -> dict[str, Any]:
+    """Train (resuming from ``workdir`` when asked and possible), validate, checkpoint.
+
+    Returns the final state's host copy of variables and the last validation metrics.
+    """
+    os.makedirs(workdir, exist_ok=True)
+    t = config.train
+    train_source = build_source(config, "train")
+    adopt_classes(config, train_source.class_names)
+    val_source = build_source(config, "val")
+
+    devices = jax.local_device_count()
+    global_batch = t.batch_size
+    if global_batch % (jax.process_count() * devices):
+        raise ValueError(f"train.batch_size={global_batch} is not divisible by the "
+                         f"{jax.process_count() * devices} devices")
+    steps_per_epoch = max(1, len(train_source) * config.schedule.dataset_repeat // global_batch)
+    total_steps = t.get("num_steps", 0) or config.schedule.epochs * steps_per_epoch
+
+    anchors_gen = anchor_generator(config)
+    bn_axis = "batch" if config.model.neck.norm or config.model.head.norm else None
+    model = build_model(config.model, anchors_gen.num_anchors, bn_axis_name=bn_axis)
+    eval_model = build_model(config.model, anchors_gen.num_anchors)
+    sizes = featmap_sizes(eval_model, config.input_size)
+    anchors = anchors_gen.grid_anchors(sizes)
+    schedule = optim.lr_schedule(config, global_batch, steps_per_epoch)
+    tx = optim.sgd(config, schedule)
+
+    checkpointer = TrainCheckpointer(workdir, keep=t.keep_ckpts)
+    state = create_train_state(init_variables(eval_model, config.input_size, t.seed), tx, t.seed)
+    loader = make_train_loader(train_source, config, global_batch_size=global_batch,
+                               process_index=jax.process_index(),
+                               process_count=jax.process_count(), seed=t.seed,
+                               num_workers=config.data.workers)
+    history: dict[str, list] = {"step": [], "loss": [], "eval_step": [], "mAP": []}
+    if resume and checkpointer.latest_step() is not None:
+        state, meta = checkpointer.restore(state)
+        loader.set_state(meta["data_state"])
+        history = meta.get("history", history)
+        log.info("resumed from step %d", int(state.step))
+    else:
+        variables = initial_variables(config, state.variables)
+        state = create_train_state(variables, tx, t.seed)
+
+    p_step = make_p_train_step(model, tx, np.concatenate(anchors), config)
+    writer = MetricWriter(workdir)
+    start = int(state.step)
+    pstate = replicate(state)
+    metrics: dict[str, float] = {}
+    last_eval: dict[str, Any] = {}
+    bar = tqdm(total=total_steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
+               disable=jax.process_index() != 0)
+    tick, tick_step = time.time(), start
+    for step in range(start, total_steps):
+        batch = next(loader)
+        pstate, pmetrics = p_step(pstate, shard_batch(
+            {k: batch[k] for k in ("image", "boxes", "labels", "valid")}, devices))
+        done = step + 1
+        epoch_end = done % steps_per_epoch == 0
+        if done % t.log_every == 0 or done == total_steps or epoch_end:
+            m = jax.tree.map(lambda a: float(np.asarray(a)[0]), pmetrics)
+            in_row = int(np.asarray(pstate.nonfinite_in_row)[0])
+            rate = (done - tick_step) * global_batch / max(time.time() - tick, 1e-9)
+            tick, tick_step = time.time(), done
+            metrics = {"loss": m["loss"], "loss_cls": m["loss_cls"], "loss_bbox": m["loss_bbox"],
+                       "lr": float(schedule(step)), "images_per_s": rate,
+                       "nonfinite_total": int(np.asarray(pstate.nonfinite_total)[0]),
+                       "skipped_images": loader.skipped_images}
+            writer.write(done, metrics)
+            history["step"].append(done)
+            history["loss"].append(m["loss"])
+            bar.set_postfix(loss=f"{m['loss']:.3f}", cls=f"{m['loss_cls']:.3f}",
+                            box=f"{m['loss_bbox']:.3f}", lr=f"{metrics['lr']:.2e}",
+                            img_s=f"{rate:.1f}")
+            if in_row >= t.max_nonfinite_in_row:
+                raise NonFiniteLossError(
+                    f"{in_row} consecutive steps up to step {done} had a non-finite loss (updates "
+                    f"skipped; last batch image ids {batch['image_id'].tolist()}). Try a lower "
+                    "optimizer.lr or a longer warm-up, and check the data for broken boxes.")
+        bar.update(1)
+        epoch = done // steps_per_epoch
+        evaluate_now = (epoch_end and val_source is not None and t.eval_every_epochs > 0
+                        and epoch % t.eval_every_epochs == 0) or (done == total_steps and val_source)
+        if evaluate_now:
+            last_eval = validate(eval_model, pstate, val_source, config)
+            history["eval_step"].append(done)
+            history["mAP"].append(last_eval["bbox_mAP_50"])
+            writer.write(done, {f"val/{k}": v for k, v in last_eval.items() if isinstance(v, float)})
+        if done % t.ckpt_every == 0 or epoch_end or done == total_steps:
+            host_state = unreplicate(pstate)
+            checkpointer.save(done, host_state, {
+                "data_state": loader.get_state(), "epoch": epoch, "config": config.name,
+                "class_names": list(config.class_names), "history": history,
+                "metrics": {k: v for k, v in last_eval.items() if isinstance(v, float)}},
+                metrics=last_eval if evaluate_now else None)
+    bar.close()
+    checkpointer.close()
+    final = unreplicate(pstate)
+    if jax.process_index() == 0:
+        from ssd_jax.training.report import write_curves
+        write_curves(history, os.path.join(workdir, "curves.png"))
+    return {"variables": final.variables, "metrics": last_eval, "history": history,
+            "step": int(final.step)}
+
+
+def validate(eval_model, pstate, source, config) -> dict[str, Any]:
+    """COCO metrics of the current weights on ``source``."""
+    from ssd_jax.evaluation.runner import evaluate_coco, make_p_detect
+    anchors = anchor_generator(config).grid_anchors(featmap_sizes(eval_model, config.input_size))
+    variables = unreplicate({"params": pstate.params, "batch_stats": pstate.batch_stats})
+    per_process = config.test.batch_size
+    per_process -= per_process % jax.local_device_count()
+    metrics, _ = evaluate_coco(make_p_detect(eval_model, config, anchors), variables, source,
+                               config, batch_size=max(per_process, jax.local_device_count()),
+                               progress=True)
+    log.info("validation: mAP %.4f, mAP@0.5 %.4f", metrics["bbox_mAP"], metrics["bbox_mAP_50"])
+    return metrics
