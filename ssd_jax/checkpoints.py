@@ -27,14 +27,15 @@ def save_variables(directory: str | os.PathLike, variables: dict, meta: dict, st
     return directory
 
 
-def is_orbax_dir(path: str | os.PathLike) -> bool:
-    return os.path.isdir(path)
-
-
 def load_variables(directory: str | os.PathLike, step: Optional[int] = None
                    ) -> tuple[dict[tuple[str, ...], np.ndarray], dict[str, Any]]:
-    """Flat ``{(collection, *path): array}`` and meta of the latest (or given) complete step."""
+    """Flat ``{(collection, *path): array}`` and meta of the latest (or given) complete step.
+
+    ``directory`` is an orbax manager directory, or a training workdir (its ``checkpoints``).
+    """
     directory = os.path.abspath(os.fspath(directory))
+    if os.path.isdir(os.path.join(directory, "checkpoints")):  # a training workdir
+        directory = os.path.join(directory, "checkpoints")
     with ocp.CheckpointManager(directory) as mngr:
         step = mngr.latest_step() if step is None else step
         if step is None:

@@ -114,7 +114,7 @@ def merge_strict(loaded: Mapping[tuple[str, ...], tuple[str, np.ndarray]],
         for k, v in loaded.items() if k in want and tuple(v[1].shape) != tuple(np.shape(want[k])))
     if missing or unexpected or mis_shaped:
         lines = [f"checkpoint {source} does not fit the config's model:"]
-        for title, keys in (("missing", [flat_to_torch_name(k) for k in missing]),
+        for title, keys in (("missing", sorted(flat_to_torch_name(k) for k in missing)),
                             ("unexpected", unexpected), ("mis-shaped", mis_shaped)):
             if keys:
                 shown = keys[:20] + ([f"... and {len(keys) - 20} more"] if len(keys) > 20 else [])

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -71,11 +71,11 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: SSD,
 
 
 def make_p_train_step(model: SSD, tx: optax.GradientTransformation, anchors: Any,
-                      config: ml_collections.ConfigDict):
-    """The pmapped step; the state argument's buffers are donated."""
+                      config: ml_collections.ConfigDict, devices: Optional[list] = None):
+    """The pmapped step over ``devices`` (default: all local); the state's buffers are donated."""
     fn = functools.partial(train_step, model=model, tx=tx, anchors=jnp.asarray(anchors),
                            config=config)
-    return jax.pmap(fn, axis_name=AXIS, donate_argnums=(0,))
+    return jax.pmap(fn, axis_name=AXIS, donate_argnums=(0,), devices=devices)
 
 
 def replicate(tree: Any) -> Any:

@@ -1,0 +1,36 @@
+"""One process of a multi-process training test: jax.distributed on localhost (CPU), a few
+train steps via ``train_and_evaluate``, final parameters saved to ``OUT/params_<id>.npz``.
+
+    python tests/distributed_train_driver.py PORT NUM_PROCESSES PROCESS_ID DATA_DIR WORKDIR OUT
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import traverse_util  # noqa: E402
+
+
+def main() -> None:
+    port, n, pid, data, workdir, out = sys.argv[1:7]
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    from ssd_jax.training.init import maybe_initialize_distributed, setup_logging
+    setup_logging()
+    maybe_initialize_distributed(f"localhost:{port}", int(n), int(pid))
+    assert jax.process_count() == int(n)
+    from ssd_jax.config import load_config
+    from ssd_jax.training.loop import train_and_evaluate
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    config = load_config(os.path.join(root, "configs", "ssdlite_shapes.py"), [
+        f"data.ann_file={data}/annotations/instances_train.json", f"data.img_dir={data}/train",
+        "data.val_ann_file=", "data.workers=0", "input_size=96", "train.batch_size=4",
+        "train.num_steps=3", "train.log_every=1", "train.ckpt_every=100"])
+    result = train_and_evaluate(config, workdir)
+    flat = traverse_util.flatten_dict(result["variables"], sep="/")
+    np.savez(os.path.join(out, f"params_{pid}.npz"), **{k: np.asarray(v) for k, v in flat.items()})
+
+
+if __name__ == "__main__":
+    main()
