@@ -22,7 +22,7 @@ from ssd_jax.training.state import TrainState
 def _manager(directory: str, keep: int, best: bool = False) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True, enable_async_checkpointing=False,
-        best_fn=(lambda m: m["bbox_mAP"]) if best else None, best_mode="max",
+        best_fn=(lambda m: m["score"]) if best else None, best_mode="max",
         keep_checkpoints_without_metrics=not best)
     return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
@@ -44,7 +44,7 @@ class TrainCheckpointer:
 
     def save(self, step: int, state: TrainState, meta: dict, metrics: Optional[dict] = None) -> None:
         """Save ``state`` (unreplicated, on host or device) as ``step``; also as best if
-        ``metrics`` beat the best so far."""
+        ``metrics['score']`` beats the best so far."""
         items = _train_items(state)
         args = ocp.args.Composite(variables=ocp.args.StandardSave(items["variables"]),
                                   train_state=ocp.args.StandardSave(items["train_state"]),
@@ -52,7 +52,7 @@ class TrainCheckpointer:
         if step not in self.latest.all_steps():
             self.latest.save(step, args=args, force=True)
         if metrics is not None:
-            self.best.save(step, args=args, metrics={"bbox_mAP": float(metrics["bbox_mAP"])},
+            self.best.save(step, args=args, metrics={"score": float(metrics["score"])},
                            force=True)
         self.latest.wait_until_finished()
         self.best.wait_until_finished()

@@ -28,7 +28,8 @@ def setup_logging() -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger("ssd_jax")
     root.setLevel(logging.INFO)
-    root.addHandler(handler)
+    if not root.handlers:
+        root.addHandler(handler)
     root.propagate = False
 
 

@@ -15,6 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ssd_jax.data.pipeline import make_train_loader
+from ssd_jax.evaluation.runner import make_p_detect
 from ssd_jax.detector import anchor_generator, featmap_sizes, init_variables
 from ssd_jax.models import build_model
 from ssd_jax.training import optim
@@ -31,17 +32,23 @@ class NonFiniteLossError(RuntimeError):
 
 
 def build_source(config: ml_collections.ConfigDict, split: str):
-    """The data source of ``config.data`` for 'train' or 'val'."""
+    """The data source of ``config.data`` for 'train', or the validation one (None if unset)."""
     d = config.data
+    if split != "train":
+        if d.source == "coco" and not d.val_ann_file:
+            return None
+        from ssd_jax.evaluation.runner import build_eval_source
+        return build_eval_source(config)
     if d.source == "coco":
         from ssd_jax.data.coco import CocoSource
-        if split == "train":
-            return CocoSource(d.ann_file, d.img_dir, filter_train=True, min_size=d.min_size)
-        return CocoSource(d.val_ann_file, d.val_img_dir) if d.val_ann_file else None
+        return CocoSource(d.ann_file, d.img_dir, filter_train=True, min_size=d.min_size)
     if d.source == "tfds":
         from ssd_jax.data.tfds_source import TfdsSource
-        return TfdsSource(d.tfds_name, "train" if split == "train" else "validation")
-    raise ValueError(f"unknown data.source {d.source!r} (coco or tfds)")
+        return TfdsSource(d.tfds_name, "train")
+    if d.source == "voc":
+        from ssd_jax.data.voc import VocSource
+        return VocSource(d.voc_root, split=d.voc_split, year=d.voc_year)
+    raise ValueError(f"unknown data.source {d.source!r} (coco, tfds or voc)")
 
 
 def adopt_classes(config: ml_collections.ConfigDict, class_names) -> None:
@@ -124,6 +131,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, resume: 
         state = create_train_state(variables, tx, t.seed)
 
     p_step = make_p_train_step(model, tx, np.concatenate(anchors), config)
+    p_detect = make_p_detect(eval_model, config, anchors) if val_source is not None else None
     writer = MetricWriter(workdir)
     start = int(state.step)
     pstate = replicate(state)
@@ -163,9 +171,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, resume: 
         evaluate_now = (epoch_end and val_source is not None and t.eval_every_epochs > 0
                         and epoch % t.eval_every_epochs == 0) or (done == total_steps and val_source)
         if evaluate_now:
-            last_eval = validate(eval_model, pstate, val_source, config)
+            last_eval = validate(p_detect, pstate, val_source, config)
             history["eval_step"].append(done)
-            history["mAP"].append(last_eval["bbox_mAP_50"])
+            history["mAP"].append(last_eval["mAP@0.5"])
             writer.write(done, {f"val/{k}": v for k, v in last_eval.items() if isinstance(v, float)})
         if done % t.ckpt_every == 0 or epoch_end or done == total_steps:
             host_state = unreplicate(pstate)
@@ -184,15 +192,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, resume: 
             "step": int(final.step)}
 
 
-def validate(eval_model, pstate, source, config) -> dict[str, Any]:
-    """COCO metrics of the current weights on ``source``."""
-    from ssd_jax.evaluation.runner import evaluate_coco, make_p_detect
-    anchors = anchor_generator(config).grid_anchors(featmap_sizes(eval_model, config.input_size))
+def validate(p_detect, pstate, source, config) -> dict[str, Any]:
+    """Validation metrics of the current weights: COCO's, or VOC's (config.evaluation.metric).
+
+    Adds ``score`` (what the best checkpoint is chosen by: COCO mAP, or VOC mAP) and
+    ``mAP@0.5`` (for the curves).
+    """
+    from ssd_jax.evaluation.runner import evaluate_coco, evaluate_voc
     variables = unreplicate({"params": pstate.params, "batch_stats": pstate.batch_stats})
-    per_process = config.test.batch_size
-    per_process -= per_process % jax.local_device_count()
-    metrics, _ = evaluate_coco(make_p_detect(eval_model, config, anchors), variables, source,
-                               config, batch_size=max(per_process, jax.local_device_count()),
-                               progress=True)
-    log.info("validation: mAP %.4f, mAP@0.5 %.4f", metrics["bbox_mAP"], metrics["bbox_mAP_50"])
+    batch = max(config.test.batch_size - config.test.batch_size % jax.local_device_count(),
+                jax.local_device_count())
+    if config.evaluation.metric == "voc":
+        metrics, _ = evaluate_voc(p_detect, variables, source, config, batch_size=batch,
+                                  mode=config.evaluation.voc_mode)
+        metrics = {k: v for k, v in metrics.items() if isinstance(v, float)}
+        metrics.update({"score": metrics["mAP"], "mAP@0.5": metrics["mAP"]})
+    else:
+        metrics, _ = evaluate_coco(p_detect, variables, source, config, batch_size=batch)
+        metrics.update({"score": metrics["bbox_mAP"], "mAP@0.5": metrics["bbox_mAP_50"]})
+    log.info("validation: score %.4f, mAP@0.5 %.4f", metrics["score"], metrics["mAP@0.5"])
     return metrics
