@@ -47,13 +47,24 @@ def main() -> None:
         if d == 2:  # both devices hold the same new state
             diffs = jax.tree.leaves(jax.tree.map(lambda a: float(np.abs(np.asarray(a[0]) - np.asarray(a[1])).max()), new))
             out["replica_diff"] = max(diffs)
+    # A non-finite loss skips the update and is counted.
+    p_step = make_p_train_step(model, tx, anchors, config, devices=jax.local_devices()[:2])
+    bad = state.replace(params=jax.tree.map(lambda a: np.full_like(a, np.nan), state.params))
+    bad_rep = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x)[None], (2,) + np.shape(x)), bad)
+    after, bad_metrics = p_step(bad_rep, shard_batch(batch, 2))
+    after = jax.tree.map(lambda a: np.asarray(a[0]), after)
+    skipped = {"finite": bool(np.asarray(bad_metrics["finite"])[0]),
+               "in_row": int(after.nonfinite_in_row), "total": int(after.nonfinite_total),
+               "step": int(after.step),
+               "opt_state_kept": all(np.array_equal(a, b, equal_nan=True) for a, b in zip(
+                   jax.tree.leaves(after.opt_state), jax.tree.leaves(bad.opt_state)))}
     diff = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), out[1].params, out[2].params)
     stats = jax.tree.map(lambda a, b: float(np.abs(a - b).max() / (1 + np.abs(a).max())),
                          out[1].batch_stats, out[2].batch_stats)
     moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), out[1].params, state.params)
     print(json.dumps({"params": max(jax.tree.leaves(diff)), "batch_stats": max(jax.tree.leaves(stats)),
                       "moved": max(jax.tree.leaves(moved)), "replica_diff": out["replica_diff"],
-                      "devices": jax.local_device_count()}))
+                      "devices": jax.local_device_count(), "nonfinite": skipped}))
 
 
 if __name__ == "__main__":

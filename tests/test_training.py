@@ -48,6 +48,8 @@ def test_pmap_two_devices_equals_one():
     assert r["params"] <= 1e-5        # 2 devices == 1 device on the same global batch
     assert r["batch_stats"] <= 1e-5   # SyncBN: statistics of the global batch
     assert r["replica_diff"] == 0.0   # replicas stay identical
+    assert r["nonfinite"] == {"finite": False, "in_row": 1, "total": 1, "step": 1,
+                              "opt_state_kept": True}
 
 
 def free_port() -> int:
@@ -114,6 +116,17 @@ def test_kill_and_resume_matches_uninterrupted(shapes, tmp_path):
         np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-6, err_msg=str(k))
     log = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
     assert log[-1]["step"] == steps
+
+
+def test_short_run_lowers_the_loss(shapes, tmp_path):
+    work = tmp_path / "run"
+    subprocess.run(train_cmd(shapes, work, 40), env=run_env(), cwd=REPO, check=True,
+                   capture_output=True, timeout=900)
+    losses = [json.loads(line)["loss"] for line in (work / "metrics.jsonl").read_text().splitlines()
+              if "loss" in json.loads(line)]
+    assert len(losses) == 40
+    first, last = np.mean(losses[:5]), np.mean(losses[-5:])
+    assert np.isfinite(losses).all() and last < 0.7 * first, (first, last)
 
 
 def test_lr_schedules():

@@ -82,7 +82,7 @@ def replicate(tree: Any) -> Any:
     """Copies on every local device, with a leading device axis (pmap's replicated layout)."""
     n = jax.local_device_count()
     stacked = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x)[None], (n,) + np.shape(x)), tree)
-    return jax.pmap(lambda x: x)(stacked)  # device arrays laid out as pmap outputs are
+    return jax.pmap(lambda x: x, axis_name=AXIS)(stacked)  # laid out as the steps return it
 
 
 def unreplicate(tree: Any) -> Any:

@@ -1,0 +1,103 @@
+"""Configs, SSD512 (no fixture: golden values), ceil-mode pooling, NMS and box-coding properties."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import REPO
+from ssd_jax import box_coder
+from ssd_jax.config import load_config
+from ssd_jax.detector import anchor_generator, featmap_sizes
+from ssd_jax.models import build_model
+from ssd_jax.models.layers import max_pool_ceil
+from ssd_jax.postprocess import batched_nms
+from ssd_jax.box_ops import pairwise_iou
+
+
+def test_ssd512_anchors_and_feature_maps():
+    config = load_config(REPO / "configs" / "ssd512_coco.py")
+    gen = anchor_generator(config)
+    model = build_model(config.model, gen.num_anchors)
+    sizes = featmap_sizes(model, 512)
+    assert sizes == [(64, 64), (32, 32), (16, 16), (8, 8), (4, 4), (2, 2), (1, 1)]
+    anchors = gen.grid_anchors(sizes)
+    assert sum(len(a) for a in anchors) == 24564
+    # mmdetection SSD512: min sizes (20, 51, 133, 215, 296, 378, 460), max (51, ..., 542).
+    first = anchors[0][:4]  # cell (0, 0), stride 8, centre 4
+    np.testing.assert_allclose(first[0], [4 - 10, 4 - 10, 4 + 10, 4 + 10], atol=1e-4)
+    big = np.sqrt(20 * 51) / 2
+    np.testing.assert_allclose(first[1], [4 - big, 4 - big, 4 + big, 4 + big], atol=1e-4)
+    w, h = 20 * np.sqrt(2), 20 / np.sqrt(2)  # ratio r = 1/2: h = s·sqrt(r), w = s / sqrt(r)
+    np.testing.assert_allclose(first[2], [4 - w / 2, 4 - h / 2, 4 + w / 2, 4 + h / 2], atol=1e-4)
+    last = anchors[6]  # one cell of stride 512, centre 256; sizes 460 and sqrt(460·542)
+    np.testing.assert_allclose(last[0], [256 - 230, 256 - 230, 256 + 230, 256 + 230], atol=1e-4)
+
+
+def test_ceil_mode_pool_sizes():
+    x = jnp.arange(75 * 75, dtype=jnp.float32).reshape(1, 75, 75, 1)
+    y = max_pool_ceil(x, 2, 2)
+    assert y.shape == (1, 38, 38, 1)
+    assert float(y[0, 37, 37, 0]) == float(x[0, 74, 74, 0])  # the last window has one pixel
+
+
+def test_config_overrides_and_typos():
+    c = load_config(REPO / "configs" / "ssd300_coco.py", ["--config.train.batch_size=32",
+                                                          "test.score_thr=0.05"])
+    assert c.train.batch_size == 32 and c.test.score_thr == 0.05
+    with pytest.raises(KeyError, match="did you mean 'train.batch_size'"):
+        load_config(REPO / "configs" / "ssd300_coco.py", ["train.bach_size=3"])
+
+
+boxes_strategy = st.lists(st.tuples(st.floats(0, 90), st.floats(0, 90), st.floats(2, 40),
+                                    st.floats(2, 40)), min_size=1, max_size=25)
+
+
+@settings(max_examples=30, deadline=None)
+@given(boxes_strategy, st.data())
+def test_nms_properties(raw, data):
+    b = np.array([[x, y, x + w, y + h] for x, y, w, h in raw], np.float32)
+    n = len(b)
+    scores = np.array(data.draw(st.lists(st.floats(0.05, 1), min_size=n, max_size=n)), np.float32)
+    labels = np.array(data.draw(st.lists(st.integers(0, 2), min_size=n, max_size=n)), np.int32)
+    keep, count = jax.jit(batched_nms, static_argnums=(4, 5))(
+        b, scores, labels, np.ones(n, bool), 0.45, 10)
+    keep = np.asarray(keep)[: int(count)]
+    assert len(set(keep.tolist())) == len(keep) and np.all(keep >= 0)  # a subset of the input
+    assert np.all(np.diff(scores[keep]) <= 0)                            # by descending score
+    iou = np.asarray(pairwise_iou(b[keep], b[keep]))
+    same = labels[keep][:, None] == labels[keep][None, :]
+    np.fill_diagonal(same, False)
+    assert not np.any(iou[same] > 0.45 + 1e-6)                           # no kept pair overlaps
+    if n <= 10:  # every box is kept or suppressed by a kept, higher-scoring one of its class
+        kept = set(keep.tolist())
+        for i in set(range(n)) - kept:
+            ious = np.asarray(pairwise_iou(b[i:i + 1], b[list(kept)]))[0] if kept else np.zeros(0)
+            assert any(iou_ > 0.45 and labels[k] == labels[i] and scores[k] >= scores[i]
+                       for iou_, k in zip(ious, kept))
+
+
+@settings(max_examples=50, deadline=None)
+@given(boxes_strategy, boxes_strategy)
+def test_encode_decode_round_trip(anchors_raw, gts_raw):
+    m = min(len(anchors_raw), len(gts_raw))
+    a = np.array([[x, y, x + w, y + h] for x, y, w, h in anchors_raw[:m]], np.float32)
+    g = np.array([[x, y, x + w, y + h] for x, y, w, h in gts_raw[:m]], np.float32)
+    d = box_coder.encode(a, g)
+    # Round trip holds while |log(gw/pw)| stays under the decoder's clamp (|log 0.016|).
+    assert np.all(np.abs(np.asarray(d)[:, 2:] * 0.2) < 4.135)
+    np.testing.assert_allclose(np.asarray(box_coder.decode(a, d)), g, atol=1e-3)
+
+
+@settings(max_examples=50, deadline=None)
+@given(boxes_strategy, boxes_strategy)
+def test_iou_symmetric_and_bounded(a_raw, b_raw):
+    a = np.array([[x, y, x + w, y + h] for x, y, w, h in a_raw], np.float32)
+    b = np.array([[x, y, x + w, y + h] for x, y, w, h in b_raw], np.float32)
+    ab, ba = np.asarray(pairwise_iou(a, b)), np.asarray(pairwise_iou(b, a))
+    np.testing.assert_allclose(ab, ba.T, atol=1e-6)
+    assert np.all((ab >= 0) & (ab <= 1 + 1e-6))
+    np.testing.assert_allclose(np.diag(np.asarray(pairwise_iou(a, a))), 1.0, atol=1e-5)

@@ -1,0 +1,55 @@
+"""Starting weights of a run: the ImageNet VGG16 backbone, or a full checkpoint to fine-tune."""
+from __future__ import annotations
+
+import logging
+
+import jax
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from conftest import FIXTURE_CONFIGS, fixture_dir
+from ssd_jax.config import load_config
+from ssd_jax.detector import anchor_generator
+from ssd_jax.models import build_model
+from ssd_jax.porting import read_state_dict
+from ssd_jax.training.init import initial_variables
+
+torch = pytest.importorskip("torch")
+
+
+def zeros_like_model(config) -> dict:
+    model = build_model(config.model, anchor_generator(config).num_anchors)
+    x = jax.ShapeDtypeStruct((1, config.input_size, config.input_size, 3), np.float32)
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+    zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+    return {"params": zeros["params"], "batch_stats": zeros.get("batch_stats", {})}
+
+
+def save(path, state_dict):
+    torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state_dict.items()}, path)
+    return str(path)
+
+
+def test_vgg16_caffe_backbone(tmp_path):
+    sd, _ = read_state_dict(fixture_dir("ssd300_coco") / "checkpoint.pth.xz")
+    # open-mmlab://vgg16_caffe holds the backbone only, as features.N.*
+    vgg = {k.removeprefix("backbone."): v for k, v in sd.items() if k.startswith("backbone.")}
+    config = load_config(FIXTURE_CONFIGS["ssd300_coco"])
+    config.train.pretrained_backbone = save(tmp_path / "vgg16_caffe.pth", vgg)
+    out = traverse_util.flatten_dict(initial_variables(config, zeros_like_model(config)))
+    np.testing.assert_array_equal(out[("params", "backbone", "features_0", "kernel")],
+                                  sd["backbone.features.0.weight"].transpose(2, 3, 1, 0))
+    assert not out[("params", "neck", "l2_norm", "weight")].any()  # untouched: fresh init
+
+
+def test_fine_tune_with_other_classes_reinitialises_the_head(tmp_path, caplog):
+    sd, _ = read_state_dict(fixture_dir("ssd300_coco") / "checkpoint.pth.xz")
+    config = load_config(FIXTURE_CONFIGS["ssd300_coco"])
+    config.model.num_classes = 20  # e.g. VOC
+    config.train.load_from = save(tmp_path / "coco.pth", sd)
+    with caplog.at_level(logging.WARNING, logger="ssd_jax"):
+        out = traverse_util.flatten_dict(initial_variables(config, zeros_like_model(config)))
+    assert "re-initialised" in caplog.text
+    np.testing.assert_array_equal(out[("params", "neck", "l2_norm", "weight")], sd["neck.l2_norm.weight"])
+    assert not out[("params", "bbox_head", "cls_convs_0_0", "kernel")].any()
