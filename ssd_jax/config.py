@@ -58,3 +58,68 @@ def set_by_path(config: ml_collections.ConfigDict, key: str, value: Any) -> None
         if i < len(parts) - 1:
             node = node[part]
     node[parts[-1]] = value
+
+
+def _number(config: ml_collections.ConfigDict, key: str) -> Any:
+    node: Any = config
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+# (key, test, requirement) for validate_config; a test is False for NaN and for non-numbers.
+_RANGES = (
+    ("input_size", lambda v: _is_int(v) and v > 0, "a positive integer"),
+    ("optimizer.lr", lambda v: _is_real(v) and 0 < v < float("inf"), "> 0 and finite"),
+    ("optimizer.weight_decay", lambda v: _is_real(v) and 0 <= v < float("inf"),
+     ">= 0 and finite"),
+    ("optimizer.momentum", lambda v: _is_real(v) and 0 <= v < 1, "in [0, 1)"),
+    ("train.batch_size", lambda v: _is_int(v) and v > 0, "a positive integer"),
+    ("train.max_boxes", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("test.score_thr", lambda v: _is_real(v) and 0 <= v <= 1, "in [0, 1]"),
+    ("test.nms_iou", lambda v: _is_real(v) and 0 < v <= 1, "in (0, 1]"),
+)
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v  # NaN != NaN
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Refuse values out of range before anything is built: raises ValueError listing each one.
+
+    Checked: input_size > 0; optimizer.lr > 0; optimizer.weight_decay >= 0; optimizer.momentum
+    in [0, 1); train.batch_size > 0; train.max_boxes >= 1; test.score_thr in [0, 1];
+    test.nms_iou in (0, 1]. NaN, infinities (lr, weight decay), booleans, strings and floats
+    where an integer is needed are refused too. A key the config does not have is skipped.
+    """
+    problems = []
+    for key, ok, requirement in _RANGES:
+        try:
+            value = _number(config, key)
+        except (KeyError, AttributeError, TypeError):
+            continue
+        if not ok(value):
+            problems.append(f"{key}={value!r} must be {requirement}")
+    if problems:
+        name = config.get("name", "config") if hasattr(config, "get") else "config"
+        raise ValueError(f"invalid {name} settings: " + "; ".join(problems))
+
+
+def check_batch_divisible(batch_size: int, num_devices: int) -> None:
+    """Refuse a global batch that does not split evenly over ``num_devices`` (all processes').
+
+    Raises ValueError naming both numbers and the nearest valid batch sizes.
+    """
+    if num_devices < 1:
+        raise ValueError(f"num_devices must be >= 1, got {num_devices}")
+    if batch_size < 1 or batch_size % num_devices:
+        below = batch_size // num_devices * num_devices
+        above = below + num_devices
+        options = " or ".join(str(b) for b in (below, above) if b > 0)
+        raise ValueError(f"train.batch_size={batch_size} is not divisible by the {num_devices} "
+                         f"devices: use a multiple of {num_devices}, e.g. {options}")

@@ -52,14 +52,13 @@ class Detector:
     def __init__(self, config: ml_collections.ConfigDict, variables: Optional[dict] = None):
         self.config = config
         self._anchor_gen = anchor_generator(config)
-        self.model = build_model(config.model, self._anchor_gen.num_anchors)
+        self.model = build_model(config.model, self._anchor_gen.num_anchors,
+                                 precision=config.get("precision", "fp32"))
         self.featmap_sizes = featmap_sizes(self.model, config.input_size)
         self._anchors = self._anchor_gen.grid_anchors(self.featmap_sizes)
         self.variables = variables if variables is not None else init_variables(
             self.model, config.input_size)
-        self._forward, self._detect = _compiled_functions(
-            config.model.to_json_best_effort(sort_keys=True), config.test.to_json_best_effort(
-                sort_keys=True), config.input_size, self.model)
+        self._forward, self._detect = _compiled_functions(config, self.model)
 
     @classmethod
     def from_checkpoint(cls, config: str | os.PathLike | ml_collections.ConfigDict,
@@ -142,23 +141,22 @@ class Detector:
         return results
 
 
-@functools.lru_cache(maxsize=8)
-def _jit_cache(model_key: str, test_key: str, input_size: int):
-    return {}
+_COMPILED: dict[str, tuple] = {}
 
 
-def _compiled_functions(model_key: str, test_key: str, input_size: int, model: SSD):
-    """jitted (forward, forward+postprocess), shared by Detectors of the same config."""
-    cache = _jit_cache(model_key, test_key, input_size)
-    if not cache:
-        t = json.loads(test_key)
-        box = json.loads(model_key)["box_coder"]
-        cache["forward"] = jax.jit(functools.partial(model.apply, train=False))
-        cache["detect"] = jax.jit(functools.partial(
-            _forward_and_postprocess, model, input_size=input_size, score_thr=t["score_thr"],
-            nms_pre=t["nms_pre"], nms_iou=t["nms_iou"], max_per_img=t["max_per_img"],
-            min_bbox_size=t["min_bbox_size"], means=tuple(box["means"]), stds=tuple(box["stds"])))
-    return cache["forward"], cache["detect"]
+def _compiled_functions(config: ml_collections.ConfigDict, model: SSD):
+    """jitted (forward, forward + postprocess), shared by Detectors of the same settings."""
+    key = json.dumps([config.model.to_json_best_effort(sort_keys=True),
+                      config.test.to_json_best_effort(sort_keys=True), config.input_size,
+                      config.get("precision", "fp32")])
+    if key not in _COMPILED:
+        t, box = config.test, config.model.box_coder
+        _COMPILED[key] = (jax.jit(functools.partial(model.apply, train=False)), jax.jit(
+            functools.partial(_forward_and_postprocess, model, input_size=config.input_size,
+                              score_thr=t.score_thr, nms_pre=t.nms_pre, nms_iou=t.nms_iou,
+                              max_per_img=t.max_per_img, min_bbox_size=t.min_bbox_size,
+                              means=tuple(box.means), stds=tuple(box.stds))))
+    return _COMPILED[key]
 
 
 def _forward_and_postprocess(model: SSD, variables: dict, x: jax.Array, anchors: list[jax.Array],

@@ -1,10 +1,11 @@
 """mmdetection's ``SSDHead`` convolutions (plain 3×3, or SSDLite's depthwise-separable)."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from ssd_jax.models.layers import ConvModule, conv
 
@@ -21,6 +22,7 @@ class SSDHead(nn.Module):
     norm: bool = False
     act: str = "relu"
     bn_axis_name: Optional[str] = None
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, feats: Sequence[jax.Array], train: bool = False
@@ -32,11 +34,12 @@ class SSDHead(nn.Module):
                 y = x
                 if self.use_depthwise:
                     y = ConvModule(x.shape[-1], 3, 1, 1, groups=-1, norm=self.norm, act=self.act,
-                                   bn_axis_name=self.bn_axis_name,
+                                   bn_axis_name=self.bn_axis_name, dtype=self.dtype,
                                    name=f"{branch}_{level}_0")(y, train)
-                    y = conv(num_anchors * out_per_anchor, 1, name=f"{branch}_{level}_1")(y)
+                    y = conv(num_anchors * out_per_anchor, 1, dtype=self.dtype,
+                             name=f"{branch}_{level}_1")(y)
                 else:
-                    y = conv(num_anchors * out_per_anchor, 3, padding=1,
+                    y = conv(num_anchors * out_per_anchor, 3, padding=1, dtype=self.dtype,
                              name=f"{branch}_{level}_0")(y)
                 outs.append(y)
         return cls_out, reg_out

@@ -8,7 +8,7 @@ an mmdetection state_dict maps onto the Flax tree by a fixed rule
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -27,13 +27,14 @@ ACTIVATIONS: dict[str, Optional[Callable[[jax.Array], jax.Array]]] = {
 
 
 def conv(features: int, kernel: int, stride: int = 1, padding: int = 0, *,
-         dilation: int = 1, groups: int = 1, use_bias: bool = True,
+         dilation: int = 1, groups: int = 1, use_bias: bool = True, dtype: Any = jnp.float32,
          name: Optional[str] = None) -> nn.Conv:
-    """A torch-style Conv2d: symmetric explicit padding, HWIO kernel."""
+    """A torch-style Conv2d: symmetric explicit padding, HWIO kernel (float32 parameters,
+    computation in ``dtype``)."""
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                    padding=((padding, padding), (padding, padding)),
                    kernel_dilation=(dilation, dilation), feature_group_count=groups,
-                   use_bias=use_bias, name=name)
+                   use_bias=use_bias, dtype=dtype, name=name)
 
 
 class ConvModule(nn.Module):
@@ -50,14 +51,15 @@ class ConvModule(nn.Module):
     norm: bool = False
     act: str = "relu"
     bn_axis_name: Optional[str] = None
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         groups = x.shape[-1] if self.groups == -1 else self.groups
         x = conv(self.features, self.kernel, self.stride, self.padding, groups=groups,
-                 use_bias=not self.norm, name="conv")(x)
+                 use_bias=not self.norm, dtype=self.dtype, name="conv")(x)
         if self.norm:
-            x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
+            x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, dtype=self.dtype,
                              epsilon=BN_EPS, axis_name=self.bn_axis_name,
                              use_fast_variance=False, name="bn")(x)
         act = ACTIVATIONS[self.act]
@@ -73,14 +75,14 @@ class DepthwiseSeparableConvModule(nn.Module):
     norm: bool = False
     act: str = "relu"
     bn_axis_name: Optional[str] = None
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        kw = dict(norm=self.norm, act=self.act, bn_axis_name=self.bn_axis_name, dtype=self.dtype)
         x = ConvModule(x.shape[-1], self.kernel, self.stride, self.padding, groups=-1,
-                       norm=self.norm, act=self.act, bn_axis_name=self.bn_axis_name,
-                       name="depthwise_conv")(x, train)
-        return ConvModule(self.features, 1, norm=self.norm, act=self.act,
-                          bn_axis_name=self.bn_axis_name, name="pointwise_conv")(x, train)
+                       name="depthwise_conv", **kw)(x, train)
+        return ConvModule(self.features, 1, name="pointwise_conv", **kw)(x, train)
 
 
 class L2Norm(nn.Module):

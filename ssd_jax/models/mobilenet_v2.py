@@ -1,10 +1,11 @@
 """MobileNetV2 as mmdetection's backbone (widen factor 1, BN eps 1e-3, ReLU6)."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from ssd_jax.models.layers import ConvModule
 
@@ -20,10 +21,11 @@ class InvertedResidual(nn.Module):
     stride: int
     with_expand_conv: bool
     bn_axis_name: Optional[str] = None
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        kw = dict(norm=True, bn_axis_name=self.bn_axis_name)
+        kw = dict(norm=True, bn_axis_name=self.bn_axis_name, dtype=self.dtype)
         out = x
         if self.with_expand_conv:
             out = ConvModule(self.mid_channels, 1, act="relu6", name="expand_conv", **kw)(out, train)
@@ -42,10 +44,11 @@ class MobileNetV2(nn.Module):
     """
     out_indices: Sequence[int] = (4, 7)
     bn_axis_name: Optional[str] = None
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> list[jax.Array]:
-        kw = dict(norm=True, bn_axis_name=self.bn_axis_name)
+        kw = dict(norm=True, bn_axis_name=self.bn_axis_name, dtype=self.dtype)
         x = ConvModule(32, 3, 2, 1, act="relu6", name="conv1", **kw)(x, train)
         in_channels = 32
         outs = []
@@ -53,7 +56,7 @@ class MobileNetV2(nn.Module):
             for j in range(blocks):
                 x = InvertedResidual(channels, int(round(in_channels * ratio)),
                                      stride if j == 0 else 1, ratio != 1,
-                                     bn_axis_name=self.bn_axis_name,
+                                     bn_axis_name=self.bn_axis_name, dtype=self.dtype,
                                      name=f"layer{i + 1}_{j}")(x, train)
                 in_channels = channels
             if i in self.out_indices:

@@ -1,10 +1,11 @@
 """mmdetection's ``SSDNeck``: optional L2Norm on the first level plus the extra layers."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from ssd_jax.models.layers import ConvModule, DepthwiseSeparableConvModule, L2Norm
 
@@ -26,13 +27,14 @@ class SSDNeck(nn.Module):
     norm: bool = False
     act: str = "relu"
     bn_axis_name: Optional[str] = None
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, feats: Sequence[jax.Array], train: bool = False) -> list[jax.Array]:
         outs = list(feats)
         if self.l2_norm_scale is not None:
             outs[0] = L2Norm(self.l2_norm_scale, name="l2_norm")(outs[0])
-        kw = dict(norm=self.norm, act=self.act, bn_axis_name=self.bn_axis_name)
+        kw = dict(norm=self.norm, act=self.act, bn_axis_name=self.bn_axis_name, dtype=self.dtype)
         extra = self.out_channels[len(self.in_channels):]
         x = outs[-1]
         for i, (channels, stride, padding) in enumerate(

@@ -5,6 +5,7 @@ from typing import Any, Optional
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from ssd_jax.models.head import SSDHead
@@ -28,24 +29,32 @@ class SSD(nn.Module):
         return self.bbox_head(self.features(x, train), train)
 
 
-def build_backbone(cfg: ml_collections.ConfigDict, bn_axis_name: Optional[str]) -> nn.Module:
+PRECISIONS = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
+
+
+def build_backbone(cfg: ml_collections.ConfigDict, bn_axis_name: Optional[str], dtype) -> nn.Module:
     if cfg.type == "SSDVGG":
-        return SSDVGG()
+        return SSDVGG(dtype=dtype)
     if cfg.type == "MobileNetV2":
-        return MobileNetV2(tuple(cfg.out_indices), bn_axis_name=bn_axis_name)
+        return MobileNetV2(tuple(cfg.out_indices), bn_axis_name=bn_axis_name, dtype=dtype)
     raise ValueError(f"unknown backbone type {cfg.type!r} (expected 'SSDVGG' or 'MobileNetV2')")
 
 
 def build_model(model_cfg: ml_collections.ConfigDict, num_anchors: list[int],
-                bn_axis_name: Optional[str] = None) -> SSD:
+                bn_axis_name: Optional[str] = None, precision: str = "fp32") -> SSD:
     """The Flax SSD for ``config.model``; ``num_anchors`` per level comes from the anchor generator.
 
     ``bn_axis_name`` names the pmap axis over which BatchNorm statistics are averaged (SyncBN).
+    ``precision`` 'bf16' computes in bfloat16 with float32 parameters (outputs are bfloat16;
+    losses and NMS cast them to float32).
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: expected one of {sorted(PRECISIONS)}")
+    dtype = PRECISIONS[precision]
     n, h = model_cfg.neck, model_cfg.head
     neck = SSDNeck(tuple(n.in_channels), tuple(n.out_channels), tuple(n.level_strides),
                    tuple(n.level_paddings), n.l2_norm_scale, n.last_kernel_size,
-                   n.use_depthwise, n.norm, n.act, bn_axis_name)
+                   n.use_depthwise, n.norm, n.act, bn_axis_name, dtype)
     head = SSDHead(tuple(n.out_channels), tuple(num_anchors), model_cfg.num_classes,
-                   h.use_depthwise, h.norm, h.act, bn_axis_name)
-    return SSD(build_backbone(model_cfg.backbone, bn_axis_name), neck, head)
+                   h.use_depthwise, h.norm, h.act, bn_axis_name, dtype)
+    return SSD(build_backbone(model_cfg.backbone, bn_axis_name, dtype), neck, head)

@@ -6,8 +6,11 @@ Conv names are the torch ``features.N`` indices (``features_N``) so that
 """
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from ssd_jax.models.layers import conv, max_pool_ceil
 
@@ -18,6 +21,7 @@ VGG16_STAGES = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))
 
 class SSDVGG(nn.Module):
     """Returns ``[relu4_3, relu7]``: (N, H/8, W/8, 512) and (N, H/16, W/16, 1024), NHWC."""
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> list[jax.Array]:
@@ -26,7 +30,7 @@ class SSDVGG(nn.Module):
         idx = 0  # index into torch's nn.Sequential ``features``
         for stage, (num_convs, channels) in enumerate(VGG16_STAGES):
             for _ in range(num_convs):
-                x = nn.relu(conv(channels, 3, padding=1, name=f"features_{idx}")(x))
+                x = nn.relu(conv(channels, 3, padding=1, dtype=self.dtype, name=f"features_{idx}")(x))
                 idx += 2  # conv, relu
             if stage == 3:
                 outs.append(x)  # relu4_3 (features index 22)
@@ -36,7 +40,7 @@ class SSDVGG(nn.Module):
         # pool5 3×3/1 pad 1, then fc6 (dilated 3×3) and fc7 (1×1) as convolutions.
         x = nn.max_pool(x, (3, 3), (1, 1), padding=((1, 1), (1, 1)))
         idx += 1
-        x = nn.relu(conv(1024, 3, padding=6, dilation=6, name=f"features_{idx}")(x))
-        x = nn.relu(conv(1024, 1, name=f"features_{idx + 2}")(x))
+        x = nn.relu(conv(1024, 3, padding=6, dilation=6, dtype=self.dtype, name=f"features_{idx}")(x))
+        x = nn.relu(conv(1024, 1, dtype=self.dtype, name=f"features_{idx + 2}")(x))
         outs.append(x)  # relu7 (features index 34)
         return outs

@@ -6,10 +6,18 @@ items ``variables`` (params, batch_stats — what ``Detector.from_checkpoint`` r
 ``train_state`` (optimizer state, step, RNG, counters) and ``meta`` (JSON: data-loader position,
 epoch, config name, class names, metrics). Orbax writes a step to a temporary directory and
 renames it when complete, so a run killed mid-save resumes from the previous complete step.
+
+Faults: a save that runs out of disk (ENOSPC, EDQUOT, EFBIG) raises ``CheckpointSaveError`` and
+leaves the earlier steps as they were; ``restore()`` of the latest step falls back to the one
+before (with a warning) when a step's files are unreadable, e.g. truncated by a copy or a full
+disk, and raises ``CheckpointRestoreError`` listing every step tried when none restores.
 """
 from __future__ import annotations
 
+import errno
+import logging
 import os
+import re
 from typing import Any, Optional
 
 import jax
@@ -17,6 +25,52 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from ssd_jax.training.state import TrainState
+
+log = logging.getLogger(__name__)
+
+# errno → what ran out; orbax raises OSError for these, tensorstore a ValueError whose message
+# ends in ``[os_error_code='28']``.
+_SPACE_ERRNOS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded",
+                 errno.EFBIG: "file size limit exceeded"}
+_SPACE_MESSAGES = {os.strerror(code): reason for code, reason in _SPACE_ERRNOS.items()}
+# What a step whose files are cut, missing or corrupt raises while restoring (orbax, tensorstore
+# and json errors), as opposed to bugs, which still propagate.
+_RESTORE_ERRORS = (OSError, ValueError, KeyError, TypeError, EOFError)
+
+
+class CheckpointSaveError(OSError):
+    """A step could not be written for lack of space; the steps saved before are intact."""
+
+
+class CheckpointRestoreError(RuntimeError):
+    """No step (or not the step asked for) could be restored; the message lists why."""
+
+
+def _space_reason(exc: BaseException) -> Optional[str]:
+    """"disk full" (or quota, file size) if ``exc`` or an exception it wraps is one; else None."""
+    pending, seen = [exc], set()
+    while pending:
+        e = pending.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _SPACE_ERRNOS:
+            return _SPACE_ERRNOS[e.errno]
+        text = str(e)
+        code = re.search(r"os_error_code='(\d+)'", text)
+        if code and int(code.group(1)) in _SPACE_ERRNOS:
+            return _SPACE_ERRNOS[int(code.group(1))]
+        for message, reason in _SPACE_MESSAGES.items():
+            if message in text:
+                return reason
+        pending.extend(getattr(e, "exceptions", ()))  # ExceptionGroup from asyncio
+        pending.extend([e.__cause__, e.__context__])
+    return None
+
+
+def _first_line(exc: BaseException, limit: int = 300) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:limit] if text else ''}"
 
 
 def _manager(directory: str, keep: int, best: bool = False) -> ocp.CheckpointManager:
@@ -41,31 +95,89 @@ class TrainCheckpointer:
     def __init__(self, workdir: str, keep: int = 3):
         self.latest = _manager(os.path.join(workdir, "checkpoints"), keep)
         self.best = _manager(os.path.join(workdir, "best"), 1, best=True)
+        self._unreadable: set[int] = set()  # steps that restore() found broken
 
     def save(self, step: int, state: TrainState, meta: dict, metrics: Optional[dict] = None) -> None:
         """Save ``state`` (unreplicated, on host or device) as ``step``; also as best if
-        ``metrics['score']`` beats the best so far."""
+        ``metrics['score']`` beats the best so far.
+
+        A step already saved is kept as it is, unless ``restore`` found it unreadable: then it is
+        replaced. Raises CheckpointSaveError when the disk (or quota, or file size limit) runs
+        out; orbax's half-written ``<step>.orbax-checkpoint-tmp*`` directory is then left behind,
+        ignored by ``restore`` and replaced by the next save of that step.
+        """
         items = _train_items(state)
         args = ocp.args.Composite(variables=ocp.args.StandardSave(items["variables"]),
                                   train_state=ocp.args.StandardSave(items["train_state"]),
                                   meta=ocp.args.JsonSave(meta))
+        if step in self._unreadable and step in self.latest.all_steps():
+            log.warning("replacing unreadable checkpoint step %d in %s", step,
+                        self.latest.directory)
+            self.latest.delete(step)
+        self._unreadable.discard(step)
         if step not in self.latest.all_steps():
-            self.latest.save(step, args=args, force=True)
+            self._save(self.latest, step, args)
         if metrics is not None:
-            self.best.save(step, args=args, metrics={"score": float(metrics["score"])},
-                           force=True)
-        self.latest.wait_until_finished()
-        self.best.wait_until_finished()
+            self._save(self.best, step, args, metrics={"score": float(metrics["score"])})
+
+    @staticmethod
+    def _save(manager: ocp.CheckpointManager, step: int, args: Any, **kwargs: Any) -> None:
+        try:
+            manager.save(step, args=args, force=True, **kwargs)
+            manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001 - re-raised unless it is a full disk
+            reason = _space_reason(e)
+            if reason is None:
+                raise
+            raise CheckpointSaveError(
+                f"{reason} while saving step {step} to {manager.directory}; earlier checkpoints "
+                f"are intact (latest complete step: {manager.latest_step()}). Free space and "
+                "resume with --resume.") from e
 
     def latest_step(self) -> Optional[int]:
         return self.latest.latest_step()
 
     def restore(self, state_template: TrainState, step: Optional[int] = None
                 ) -> tuple[TrainState, dict]:
-        """The state and meta of ``step`` (default: the latest complete one)."""
-        step = self.latest.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError("no complete checkpoint to resume from")
+        """The state and meta of ``step`` (default: the latest complete one that restores).
+
+        Without ``step``, steps are tried newest first: one that fails (a file cut, missing or
+        corrupt) is logged as a warning and the step before it is tried. Raises
+        FileNotFoundError when there is no complete step, and CheckpointRestoreError naming
+        every step tried (or the one asked for) with its error when none restores.
+        """
+        directory = self.latest.directory
+        steps = sorted(self.latest.all_steps(), reverse=True)
+        if step is not None:
+            if step not in steps:
+                raise FileNotFoundError(f"no complete checkpoint step {step} in {directory} "
+                                        f"(complete steps: {sorted(steps)})")
+            try:
+                return self._restore(state_template, step)
+            except _RESTORE_ERRORS as e:
+                raise CheckpointRestoreError(f"cannot restore step {step} from {directory}: "
+                                             f"{_first_line(e)}") from e
+        if not steps:
+            raise FileNotFoundError(f"no complete checkpoint to resume from in {directory}")
+        failures = []
+        for candidate in steps:
+            try:
+                result = self._restore(state_template, candidate)
+            except _RESTORE_ERRORS as e:
+                self._unreadable.add(candidate)
+                failures.append(f"step {candidate}: {_first_line(e)}")
+                log.warning("cannot restore checkpoint step %d from %s (%s); trying the previous "
+                            "step", candidate, directory, _first_line(e))
+                continue
+            if failures:
+                log.warning("restored step %d of %s; newer step(s) %s are unreadable and will be "
+                            "replaced when training saves them again", candidate, directory,
+                            sorted(self._unreadable))
+            return result
+        raise CheckpointRestoreError(f"no checkpoint step in {directory} could be restored:\n  "
+                                     + "\n  ".join(failures))
+
+    def _restore(self, state_template: TrainState, step: int) -> tuple[TrainState, dict]:
         template = _train_items(state_template)
         restored = self.latest.restore(step, args=ocp.args.Composite(
             variables=ocp.args.StandardRestore(template["variables"]),

@@ -107,8 +107,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, resume: 
 
     anchors_gen = anchor_generator(config)
     bn_axis = "batch" if config.model.neck.norm or config.model.head.norm else None
-    model = build_model(config.model, anchors_gen.num_anchors, bn_axis_name=bn_axis)
-    eval_model = build_model(config.model, anchors_gen.num_anchors)
+    model = build_model(config.model, anchors_gen.num_anchors, bn_axis_name=bn_axis,
+                        precision=config.precision)
+    eval_model = build_model(config.model, anchors_gen.num_anchors, precision=config.precision)
     sizes = featmap_sizes(eval_model, config.input_size)
     anchors = anchors_gen.grid_anchors(sizes)
     schedule = optim.lr_schedule(config, global_batch, steps_per_epoch)
