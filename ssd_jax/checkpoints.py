@@ -7,6 +7,7 @@ written by training, ``train_state``. ``python -m ssd_jax.porting`` writes step 
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Optional
 
@@ -14,6 +15,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
+
+log = logging.getLogger(__name__)
 
 
 def save_variables(directory: str | os.PathLike, variables: dict, meta: dict, step: int = 0) -> str:
@@ -37,10 +40,21 @@ def load_variables(directory: str | os.PathLike, step: Optional[int] = None
     if os.path.isdir(os.path.join(directory, "checkpoints")):  # a training workdir
         directory = os.path.join(directory, "checkpoints")
     with ocp.CheckpointManager(directory) as mngr:
-        step = mngr.latest_step() if step is None else step
-        if step is None:
+        steps = sorted(mngr.all_steps(), reverse=True) if step is None else [step]
+        if not steps:
             raise FileNotFoundError(f"no complete orbax checkpoint step in {directory}")
-        restored = mngr.restore(step, args=ocp.args.Composite(
-            variables=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+        failures = []
+        for candidate in steps:
+            try:
+                restored = mngr.restore(candidate, args=ocp.args.Composite(
+                    variables=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+                break
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                where = os.path.join(directory, str(candidate))
+                failures.append(f"{where}: {type(e).__name__}: {e}")
+                log.warning("cannot read checkpoint %s (%s: %s)%s", where, type(e).__name__, e,
+                            "; trying the previous step" if candidate != steps[-1] else "")
+        else:
+            raise ValueError("no readable checkpoint step:\n  " + "\n  ".join(failures))
     flat = traverse_util.flatten_dict(jax.tree.map(np.asarray, dict(restored["variables"])))
     return flat, dict(restored["meta"] or {})

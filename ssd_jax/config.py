@@ -60,7 +60,7 @@ def set_by_path(config: ml_collections.ConfigDict, key: str, value: Any) -> None
     node[parts[-1]] = value
 
 
-def _number(config: ml_collections.ConfigDict, key: str) -> Any:
+def _get_by_path(config: ml_collections.ConfigDict, key: str) -> Any:
     node: Any = config
     for part in key.split("."):
         node = node[part]
@@ -100,7 +100,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     problems = []
     for key, ok, requirement in _RANGES:
         try:
-            value = _number(config, key)
+            value = _get_by_path(config, key)
         except (KeyError, AttributeError, TypeError):
             continue
         if not ok(value):

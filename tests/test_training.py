@@ -44,7 +44,7 @@ def test_pmap_two_devices_equals_one():
     assert out.returncode == 0, out.stderr[-3000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["devices"] == 2
-    assert r["moved"] > 1e-3          # the step really changed the parameters
+    assert r["moved"] > 1e-4          # the step changed the parameters well beyond the tolerance
     assert r["params"] <= 1e-5        # 2 devices == 1 device on the same global batch
     assert r["batch_stats"] <= 1e-5   # SyncBN: statistics of the global batch
     assert r["replica_diff"] == 0.0   # replicas stay identical

@@ -14,6 +14,7 @@ import contextlib
 import io
 import json
 import logging
+import math
 import os
 from typing import Any, Mapping
 
@@ -42,6 +43,8 @@ def drop_reason(bbox: Any, area: float, category_known: bool, image_hw: tuple[fl
     height, width = image_hw
     if ignore:
         return "ignore"
+    if not all(math.isfinite(v) for v in (x, y, w, h)):
+        return "non_finite"
     inter_w = max(0.0, min(x + w, width) - max(x, 0.0))
     inter_h = max(0.0, min(y + h, height) - max(y, 0.0))
     if inter_w * inter_h == 0:
@@ -196,13 +199,24 @@ def _validate(path: str, data: Mapping[str, Any]) -> None:
             missing = [k for k in keys if not isinstance(entry, dict) or k not in entry]
             if missing:
                 raise ValueError(f"{path}: {section}[{i}] lacks {missing}: {entry!r:.200}")
-            if section == "annotations" and len(entry["bbox"]) != 4:
-                raise ValueError(f"{path}: {section}[{i}] bbox is not [x, y, w, h]: "
-                                 f"{entry['bbox']}")
+            if section == "annotations" and not _is_xywh(entry["bbox"]):
+                raise ValueError(f"{path}: {section}[{i}] (id {entry['id']}) bbox is not "
+                                 f"[x, y, w, h] numbers: {entry['bbox']!r:.200}")
+            if section == "annotations" and not _is_number(entry["area"]):
+                raise ValueError(f"{path}: {section}[{i}] (id {entry['id']}) area is not a "
+                                 f"number: {entry['area']!r:.200}")
             j = first_index.setdefault(entry["id"], i)
             if j != i:
                 raise ValueError(f"{path}: {section}[{i}] repeats id {entry['id']} of "
                                  f"{section}[{j}]")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_xywh(bbox: Any) -> bool:
+    return isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox))
 
 
 def _build_coco(path: str, data: dict[str, Any]) -> COCO:

@@ -165,9 +165,13 @@ class _TrainExample(grain.RandomMapTransform):
         if isinstance(image, str):
             return {"error": image, "image_id": record["image_id"]}
         out = train_transform(record, image, rng, self._cfg)
-        boxes, labels, valid = pad_boxes(out["boxes"], out["labels"], self._max_boxes)
+        # A box cut to (almost) nothing by the image border can come out of the resize with
+        # x1 == x2 or y1 == y2; its regression target would be log(0).
+        b = out["boxes"]
+        keep = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+        boxes, labels, valid = pad_boxes(b[keep], out["labels"][keep], self._max_boxes)
         return {"image": out["image"], "boxes": boxes, "labels": labels, "valid": valid,
-                "image_id": np.int64(record["image_id"]), "num_boxes": len(out["labels"])}
+                "image_id": np.int64(record["image_id"]), "num_boxes": int(keep.sum())}
 
 
 class _EvalExample(grain.MapTransform):

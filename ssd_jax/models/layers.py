@@ -37,6 +37,39 @@ def conv(features: int, kernel: int, stride: int = 1, padding: int = 0, *,
                    use_bias=use_bias, dtype=dtype, name=name)
 
 
+class DepthwiseConv(nn.Module):
+    """k×k depthwise convolution (one filter per channel), torch-style symmetric padding.
+
+    Same parameters as ``nn.Conv(feature_group_count=C)`` (``kernel`` (k, k, 1, C), ``bias``),
+    computed as a sum of k² shifted, per-channel-scaled copies of the input: XLA's CPU backend
+    runs grouped convolutions (and their gradients) far slower than these elementwise ops.
+    """
+    kernel_size: int
+    stride: int = 1
+    padding: int = 0
+    use_bias: bool = True
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k, s, c = self.kernel_size, self.stride, x.shape[-1]
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, 1, c), jnp.float32)
+        x = x.astype(self.dtype)
+        kernel = kernel.astype(self.dtype)
+        p = self.padding
+        x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+        h_out = (x.shape[1] - k) // s + 1
+        w_out = (x.shape[2] - k) // s + 1
+        y = None
+        for i in range(k):
+            for j in range(k):
+                tap = x[:, i:i + s * (h_out - 1) + 1:s, j:j + s * (w_out - 1) + 1:s, :] * kernel[i, j, 0]
+                y = tap if y is None else y + tap
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (c,), jnp.float32).astype(self.dtype)
+        return y
+
+
 class ConvModule(nn.Module):
     """conv → optional BatchNorm → optional activation, as mmcv's ConvModule.
 
@@ -55,9 +88,12 @@ class ConvModule(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        groups = x.shape[-1] if self.groups == -1 else self.groups
-        x = conv(self.features, self.kernel, self.stride, self.padding, groups=groups,
-                 use_bias=not self.norm, dtype=self.dtype, name="conv")(x)
+        if self.groups == -1:  # depthwise
+            x = DepthwiseConv(self.kernel, self.stride, self.padding, use_bias=not self.norm,
+                              dtype=self.dtype, name="conv")(x)
+        else:
+            x = conv(self.features, self.kernel, self.stride, self.padding, groups=self.groups,
+                     use_bias=not self.norm, dtype=self.dtype, name="conv")(x)
         if self.norm:
             x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, dtype=self.dtype,
                              epsilon=BN_EPS, axis_name=self.bn_axis_name,

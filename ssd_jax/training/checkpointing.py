@@ -86,6 +86,7 @@ def _train_items(state: TrainState) -> dict[str, Any]:
     return {"variables": {"params": host.params, "batch_stats": host.batch_stats},
             "train_state": {"step": host.step, "opt_state": host.opt_state, "rng": host.rng,
                             "nonfinite_in_row": host.nonfinite_in_row,
+                            "nonfinite_longest": host.nonfinite_longest,
                             "nonfinite_total": host.nonfinite_total}}
 
 
@@ -187,7 +188,7 @@ class TrainCheckpointer:
         state = state_template.replace(
             step=t["step"], params=v["params"], batch_stats=v["batch_stats"],
             opt_state=t["opt_state"], rng=t["rng"], nonfinite_in_row=t["nonfinite_in_row"],
-            nonfinite_total=t["nonfinite_total"])
+            nonfinite_longest=t["nonfinite_longest"], nonfinite_total=t["nonfinite_total"])
         return state, dict(restored["meta"])
 
     def close(self) -> None:

@@ -14,6 +14,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
+from ssd_jax.config import check_batch_divisible, validate_config
 from ssd_jax.data.pipeline import make_train_loader
 from ssd_jax.evaluation.runner import make_p_detect
 from ssd_jax.detector import anchor_generator, featmap_sizes, init_variables
@@ -91,6 +92,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, resume: 
 
     Returns the final state's host copy of variables and the last validation metrics.
     """
+    validate_config(config)
     os.makedirs(workdir, exist_ok=True)
     t = config.train
     train_source = build_source(config, "train")
@@ -99,9 +101,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, resume: 
 
     devices = jax.local_device_count()
     global_batch = t.batch_size
-    if global_batch % (jax.process_count() * devices):
-        raise ValueError(f"train.batch_size={global_batch} is not divisible by the "
-                         f"{jax.process_count() * devices} devices")
+    check_batch_divisible(global_batch, jax.process_count() * devices)
     steps_per_epoch = max(1, len(train_source) * config.schedule.dataset_repeat // global_batch)
     total_steps = t.get("num_steps", 0) or config.schedule.epochs * steps_per_epoch
 
@@ -149,7 +149,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, resume: 
         epoch_end = done % steps_per_epoch == 0
         if done % t.log_every == 0 or done == total_steps or epoch_end:
             m = jax.tree.map(lambda a: float(np.asarray(a)[0]), pmetrics)
-            in_row = int(np.asarray(pstate.nonfinite_in_row)[0])
+            # The longest streak so far, so that one between two log steps is not missed.
+            longest = int(np.asarray(pstate.nonfinite_longest)[0])
             rate = (done - tick_step) * global_batch / max(time.time() - tick, 1e-9)
             tick, tick_step = time.time(), done
             metrics = {"loss": m["loss"], "loss_cls": m["loss_cls"], "loss_bbox": m["loss_bbox"],
@@ -162,9 +163,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, resume: 
             bar.set_postfix(loss=f"{m['loss']:.3f}", cls=f"{m['loss_cls']:.3f}",
                             box=f"{m['loss_bbox']:.3f}", lr=f"{metrics['lr']:.2e}",
                             img_s=f"{rate:.1f}")
-            if in_row >= t.max_nonfinite_in_row:
+            if longest >= t.max_nonfinite_in_row:
                 raise NonFiniteLossError(
-                    f"{in_row} consecutive steps up to step {done} had a non-finite loss (updates "
+                    f"{longest} consecutive steps, by step {done}, had a non-finite loss (updates "
                     f"skipped; last batch image ids {batch['image_id'].tolist()}). Try a lower "
                     "optimizer.lr or a longer warm-up, and check the data for broken boxes.")
         bar.update(1)

@@ -16,6 +16,7 @@ class TrainState:
     opt_state: optax.OptState
     rng: jax.Array
     nonfinite_in_row: jax.Array  # consecutive steps whose update was skipped
+    nonfinite_longest: jax.Array  # the longest such streak so far
     nonfinite_total: jax.Array
 
     @property
@@ -28,4 +29,5 @@ def create_train_state(variables: dict, tx: optax.GradientTransformation, seed: 
     return TrainState(step=jnp.int32(0), params=variables["params"],
                       batch_stats=variables.get("batch_stats", {}),
                       opt_state=tx.init(variables["params"]), rng=jax.random.PRNGKey(seed),
-                      nonfinite_in_row=jnp.int32(0), nonfinite_total=jnp.int32(0))
+                      nonfinite_in_row=jnp.int32(0), nonfinite_longest=jnp.int32(0),
+                      nonfinite_total=jnp.int32(0))

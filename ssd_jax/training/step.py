@@ -59,6 +59,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: SSD,
         batch_stats=keep(out.batch_stats, state.batch_stats),
         opt_state=keep(new_opt_state, state.opt_state),
         nonfinite_in_row=jnp.where(finite, 0, state.nonfinite_in_row + 1),
+        nonfinite_longest=jnp.maximum(state.nonfinite_longest,
+                                      jnp.where(finite, 0, state.nonfinite_in_row + 1)),
         nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32))
     metrics = {
         "loss": global_loss,

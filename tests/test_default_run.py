@@ -1,0 +1,72 @@
+"""The README's first command, ``bash run_default.sh``, end to end in a reduced form.
+
+32 train + 8 val images, 1 training step, into a temporary workdir; pip is skipped when .venv
+already exists. Checks that every file the README promises is left in the workdir.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TIMEOUT_S = 600  # about 2 minutes on an idle 2-core machine, mostly XLA compilation
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory) -> tuple[pathlib.Path, str]:
+    tmp = tmp_path_factory.mktemp("default_run")
+    workdir, data = tmp / "runs" / "shapes", tmp / "data" / "shapes"
+    env = dict(os.environ, RUN_DEFAULT_STEPS="1", RUN_DEFAULT_NUM_TRAIN="32",
+               RUN_DEFAULT_NUM_VAL="8", RUN_DEFAULT_WORKDIR=str(workdir),
+               RUN_DEFAULT_DATA=str(data))
+    if (REPO / ".venv" / "bin" / "python").exists():
+        env["RUN_DEFAULT_SKIP_INSTALL"] = "1"
+    proc = subprocess.run(["bash", str(REPO / "run_default.sh")], cwd=tmp, env=env,
+                          capture_output=True, text=True, timeout=TIMEOUT_S)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"run_default.sh failed ({proc.returncode}):\n{output[-6000:]}"
+    return workdir, output
+
+
+def test_data_generated(default_run, tmp_path_factory):
+    workdir, _ = default_run
+    data = workdir.parents[1] / "data" / "shapes"
+    train = json.loads((data / "annotations" / "instances_train.json").read_text())
+    assert len(train["images"]) == 32
+    assert len(list((data / "val").glob("*.jpg"))) == 8
+
+
+def test_checkpoint_with_a_step(default_run):
+    workdir, _ = default_run
+    steps = [p for p in (workdir / "checkpoints").iterdir() if p.is_dir() and p.name.isdigit()]
+    assert [p.name for p in steps] == ["1"]
+    assert (steps[0] / "variables").is_dir()
+
+
+def test_metrics(default_run):
+    workdir, _ = default_run
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss" in row for row in rows)
+    assert any("val/bbox_mAP_50" in row for row in rows)
+    final = json.loads((workdir / "final_metrics.json").read_text())
+    assert 0.0 <= final["mAP@0.5"] <= 1.0
+    assert final["timings_s"]["total_s"] > 0
+
+
+def test_pictures(default_run):
+    workdir, _ = default_run
+    assert (workdir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    pictures = sorted((workdir / "val_detections").glob("*.png"))
+    assert len(pictures) == 8
+    assert pictures[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_says_what_it_does(default_run):
+    _, output = default_run
+    for stage in ("1/5", "2/5", "3/5", "4/5", "5/5"):
+        assert f"== {stage}" in output, output[-3000:]
+    assert "mAP@0.5" in output
