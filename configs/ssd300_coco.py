@@ -55,9 +55,10 @@ def get_config() -> ml_collections.ConfigDict:
                   val_ann_file="data/coco/annotations/instances_val2017.json",
                   val_img_dir="data/coco/val2017",
                   tfds_name="coco/2017", workers=2, min_size=32,
-                  voc_root="data", voc_split="trainval", voc_year="2007")
-    # Validation / eval.py metric: "coco" (pycocotools box AP) or "voc" (mAP@0.5, area or 11points).
-    c.evaluation = dict(metric="coco", voc_mode="area")
+                  voc_root="data", voc_split="trainval", val_voc_split="test", voc_year="2007")
+    # Validation / eval.py metric: "coco" (pycocotools box AP) or "voc" (mAP@0.5, area or
+    # 11points); "" chooses by the data: "voc" for VOC sources, else "coco".
+    c.evaluation = dict(metric="", voc_mode="area")
     c.augment = dict(expand_ratio=(1.0, 4.0), min_ious=(0.1, 0.3, 0.5, 0.7, 0.9),
                      min_crop_size=0.3, flip_prob=0.5, brightness_delta=32,
                      contrast_range=(0.5, 1.5), saturation_range=(0.5, 1.5), hue_delta=18)

@@ -112,19 +112,21 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
              "--num-train", str(args.num_train), "--num-val", str(args.num_val)])
     timings["data_s"] = time.time() - t
 
+    final_path = workdir / "final_metrics.json"
+    if final_path.is_file():
+        print(f"\n{workdir} already holds a finished run (delete it, or set RUN_DEFAULT_WORKDIR, "
+              f"to train again); its summary, {final_path}:")
+        print(final_path.read_text())
+        return
+
     say(f"2/5 training SSDLite ({CONFIG}) in {workdir}")
     t = time.time()
-    final_path = workdir / "final_metrics.json"
     ckpt_dir = workdir / "checkpoints"
-    if final_path.is_file():
-        print(f"{workdir} already holds a finished run; delete it (or set RUN_DEFAULT_WORKDIR) "
-              "to train again")
-    else:
-        resume = ["--resume"] if ckpt_dir.is_dir() and any(ckpt_dir.iterdir()) else []
-        if resume:
-            print(f"continuing the interrupted run in {workdir}")
-        run([sys.executable, "train.py", "--config", CONFIG, "--workdir", str(workdir),
-             *resume, *flags])
+    resume = ["--resume"] if ckpt_dir.is_dir() and any(ckpt_dir.iterdir()) else []
+    if resume:
+        print(f"continuing the interrupted run in {workdir}")
+    run([sys.executable, "train.py", "--config", CONFIG, "--workdir", str(workdir),
+         *resume, *flags])
     timings["train_s"] = time.time() - t
 
     from ssd_jax.training import report
@@ -161,8 +163,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         "machine": {"cpus": os.cpu_count(), "load_avg_start": load_start,
                     "load_avg_end": os.getloadavg()},
     }
-    if not final_path.is_file():
-        report.write_json(final_path, summary)
+    report.write_json(final_path, summary)
     print(f"mAP@0.5 {_fmt(summary['mAP@0.5'])}, mAP {_fmt(summary['mAP'])} ({source}); "
           f"training {_fmt(summary['train_images_per_s'], 1)} images/s; "
           f"total {report.format_seconds(timings['total_s'])}")

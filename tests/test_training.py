@@ -46,7 +46,10 @@ def test_pmap_two_devices_equals_one():
     assert r["devices"] == 2
     assert r["moved"] > 1e-4          # the step changed the parameters well beyond the tolerance
     assert r["params"] <= 1e-5        # 2 devices == 1 device on the same global batch
-    assert r["batch_stats"] <= 1e-5   # SyncBN: statistics of the global batch
+    # SyncBN: running statistics of the global batch. Relative 1e-4: the variances of the 1×1
+    # maps (4 values per channel) differ in their last float32 digits between the two
+    # reductions; unsynchronised statistics (2 images vs 4) would differ by O(1).
+    assert r["batch_stats"] <= 1e-4
     assert r["replica_diff"] == 0.0   # replicas stay identical
     assert r["nonfinite"] == {"finite": False, "in_row": 1, "total": 1, "step": 1,
                               "opt_state_kept": True}

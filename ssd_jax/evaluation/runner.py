@@ -332,7 +332,7 @@ def build_eval_source(config: ml_collections.ConfigDict, *, data: str = "",
 
     Empty arguments fall back to the config's val split: ``data.val_ann_file`` /
     ``val_img_dir``; ``data.tfds_name`` split 'validation'; ``data.voc_root`` (the folder
-    holding ``VOCdevkit``), ``data.voc_split`` (default 'test'), ``data.voc_year`` ('2007').
+    holding ``VOCdevkit``), ``data.val_voc_split`` (default 'test'), ``data.voc_year`` ('2007').
     """
     d = config.data
     data = data or ("coco" if ann_file else d.get("source", "coco"))
@@ -356,7 +356,7 @@ def build_eval_source(config: ml_collections.ConfigDict, *, data: str = "",
         root = voc_root or d.get("voc_root", "")
         if not root:
             raise ValueError("VOC evaluation needs --voc_root (the folder holding VOCdevkit)")
-        return VocSource(root, split=voc_split or d.get("voc_split", "test"),
+        return VocSource(root, split=voc_split or d.get("val_voc_split", "test"),
                          year=voc_year or d.get("voc_year", "2007"))
     raise ValueError(f"unknown data source {data!r} (coco, tfds or voc)")
 

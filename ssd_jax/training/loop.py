@@ -200,11 +200,11 @@ def validate(p_detect, pstate, source, config) -> dict[str, Any]:
     Adds ``score`` (what the best checkpoint is chosen by: COCO mAP, or VOC mAP) and
     ``mAP@0.5`` (for the curves).
     """
-    from ssd_jax.evaluation.runner import evaluate_coco, evaluate_voc
+    from ssd_jax.evaluation.runner import evaluate_coco, evaluate_voc, metric_for
     variables = unreplicate({"params": pstate.params, "batch_stats": pstate.batch_stats})
     batch = max(config.test.batch_size - config.test.batch_size % jax.local_device_count(),
                 jax.local_device_count())
-    if config.evaluation.metric == "voc":
+    if metric_for(config, source) == "voc":
         metrics, _ = evaluate_voc(p_detect, variables, source, config, batch_size=batch,
                                   mode=config.evaluation.voc_mode)
         metrics = {k: v for k, v in metrics.items() if isinstance(v, float)}
