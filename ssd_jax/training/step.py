@@ -50,8 +50,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: SSD,
     new_params = optax.apply_updates(state.params, updates)
 
     global_loss = jax.lax.psum(loss, AXIS)
-    finite = jnp.isfinite(global_loss) & jnp.all(jnp.asarray(
-        [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    finite = jnp.isfinite(global_loss) & jnp.isfinite(optax.global_norm(grads))
     keep = functools.partial(jax.tree.map, lambda new, old: jnp.where(finite, new, old))
     new_state = state.replace(
         step=state.step + 1,
