@@ -59,8 +59,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Validation / eval.py metric: "coco" (pycocotools box AP) or "voc" (mAP@0.5, area or
     # 11points); "" chooses by the data: "voc" for VOC sources, else "coco".
     c.evaluation = dict(metric="", voc_mode="area")
-    c.augment = dict(expand_ratio=(1.0, 4.0), min_ious=(0.1, 0.3, 0.5, 0.7, 0.9),
-                     min_crop_size=0.3, flip_prob=0.5, brightness_delta=32,
+    c.augment = dict(expand_ratio=(1.0, 4.0), min_iou_crop=True,
+                     min_ious=(0.1, 0.3, 0.5, 0.7, 0.9), min_crop_size=0.3, flip_prob=0.5,
+                     photometric=True, brightness_delta=32,
                      contrast_range=(0.5, 1.5), saturation_range=(0.5, 1.5), hue_delta=18)
     c.precision = "fp32"
     return c

@@ -36,7 +36,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--workdir", default=env("RUN_DEFAULT_WORKDIR", "runs/shapes"))
     p.add_argument("--data", default=env("RUN_DEFAULT_DATA", DEFAULT_DATA))
-    p.add_argument("--num-train", type=int, default=int(env("RUN_DEFAULT_NUM_TRAIN", "1000")))
+    p.add_argument("--num-train", type=int, default=int(env("RUN_DEFAULT_NUM_TRAIN", "3000")))
     p.add_argument("--num-val", type=int, default=int(env("RUN_DEFAULT_NUM_VAL", "200")))
     p.add_argument("--steps", type=int, default=int(env("RUN_DEFAULT_STEPS", "0")),
                    help="training steps (0: the config's schedule)")

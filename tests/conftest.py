@@ -92,7 +92,7 @@ def load_eval_detector(name: str):
     momentum = 0.03  # mmdetection SSDLite norm_cfg momentum
     x = jnp.asarray(load_reference(name)["inputs_nchw"].transpose(0, 2, 3, 1))
     _, state = det.model.apply(det.variables, x, train=True, mutable=["batch_stats", "intermediates"],
-                               capture_intermediates=lambda m, _: type(m).__name__ in ("Conv", "DepthwiseConv"))
+                               capture_intermediates=lambda m, _: type(m).__name__ in ("Conv", "PointwiseConv", "DepthwiseConv"))
     conv_out = traverse_util.flatten_dict(state["intermediates"])
     post = traverse_util.flatten_dict(det.variables["batch_stats"])
     pre = {}

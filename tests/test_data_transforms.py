@@ -198,3 +198,23 @@ def test_train_transform_boxes_stay_inside_the_square(cfg, case):
     if len(boxes):
         assert len(out["labels"]) >= 1  # the crop always keeps at least one centre
     assert_inside(out["boxes"], out["image"])
+
+
+@SETTINGS
+@given(case=image_and_boxes(min_side=16))
+def test_train_transform_without_crop_and_photometric_is_resize_and_flip(cfg, case):
+    image, boxes, rng = case
+    light = load_config(CONFIG, ["augment.expand_ratio=(1.0, 1.0)", "augment.min_iou_crop=False",
+                                 "augment.photometric=False"])
+    labels = np.arange(len(boxes), dtype=np.int32)
+    seed = int(rng.integers(2**31))
+    out = T.train_transform({"boxes": boxes, "labels": labels}, image,
+                            np.random.default_rng(seed), light)
+    np.testing.assert_array_equal(out["labels"], labels)  # nothing dropped
+    resized, resized_boxes = T.resize(image, boxes, light.input_size)
+    flipped, flipped_boxes = T.flip_horizontal(resized, resized_boxes)
+    if np.array_equal(out["image"], resized):
+        np.testing.assert_allclose(out["boxes"], resized_boxes, atol=1e-4)
+    else:  # the flip is the only random step left
+        np.testing.assert_array_equal(out["image"], flipped)
+        np.testing.assert_allclose(out["boxes"], flipped_boxes, atol=1e-4)

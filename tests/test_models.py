@@ -13,7 +13,7 @@ from ssd_jax import box_coder
 from ssd_jax.config import load_config
 from ssd_jax.detector import anchor_generator, featmap_sizes
 from ssd_jax.models import build_model
-from ssd_jax.models.layers import max_pool_ceil
+from ssd_jax.models.layers import DepthwiseConv, PointwiseConv, conv, max_pool_ceil
 from ssd_jax.postprocess import batched_nms
 from ssd_jax.box_ops import pairwise_iou
 
@@ -101,3 +101,32 @@ def test_iou_symmetric_and_bounded(a_raw, b_raw):
     np.testing.assert_allclose(ab, ba.T, atol=1e-6)
     assert np.all((ab >= 0) & (ab <= 1 + 1e-6))
     np.testing.assert_allclose(np.diag(np.asarray(pairwise_iou(a, a))), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["pointwise", "depthwise_s1", "depthwise_s2"])
+def test_fast_convolutions_equal_lax_convolution(kind):
+    """PointwiseConv / DepthwiseConv (the CPU-fast forms) give nn.Conv's values and gradients
+    with the same parameters."""
+    import flax.linen as nn
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 7, 9, 6)).astype(np.float32))
+    if kind == "pointwise":
+        fast, ref = PointwiseConv(5), nn.Conv(5, (1, 1))
+        assert isinstance(conv(5, 1), PointwiseConv) and isinstance(conv(5, 1, padding=1), nn.Conv)
+    else:
+        s = 1 if kind == "depthwise_s1" else 2
+        fast = DepthwiseConv(3, s, 1)
+        ref = nn.Conv(6, (3, 3), strides=(s, s), padding=((1, 1), (1, 1)), feature_group_count=6)
+    params = fast.init(jax.random.PRNGKey(0), x)
+    params = jax.tree.map(lambda p: p + jnp.asarray(rng.normal(size=p.shape).astype(np.float32)),
+                          params)
+    assert jax.tree.map(jnp.shape, ref.init(jax.random.PRNGKey(0), x)) == \
+        jax.tree.map(jnp.shape, params)
+
+    def loss(module, p, x):
+        return jnp.sum(jnp.sin(module.apply(p, x)))
+
+    np.testing.assert_allclose(fast.apply(params, x), ref.apply(params, x), rtol=1e-5, atol=1e-5)
+    g_fast = jax.grad(lambda p, x: loss(fast, p, x), argnums=(0, 1))(params, x)
+    g_ref = jax.grad(lambda p, x: loss(ref, p, x), argnums=(0, 1))(params, x)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), g_fast, g_ref)

@@ -36,7 +36,7 @@ JPEG_QUALITY = 92
 _SHIFT = 4                        # cv2.fillPoly sub-pixel bits
 
 
-def write_shapes_dataset(root: str | os.PathLike, num_train: int = 1000, num_val: int = 200,
+def write_shapes_dataset(root: str | os.PathLike, num_train: int = 3000, num_val: int = 200,
                          image_size: int = 128, seed: int = 0) -> dict[str, str]:
     """Write the data set under ``root``; returns the paths of its annotation files and folders.
 
@@ -196,7 +196,7 @@ def background(rng: np.random.Generator, size: int) -> np.ndarray:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("out_dir")
-    parser.add_argument("--num-train", type=int, default=1000)
+    parser.add_argument("--num-train", type=int, default=3000)
     parser.add_argument("--num-val", type=int, default=200)
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)

@@ -245,8 +245,10 @@ def train_transform(record: dict[str, Any], image: np.ndarray, rng: np.random.Ge
       image: uint8 RGB (H, W, 3).
       rng: the example's generator.
       cfg: the model config; uses ``cfg.input_size`` (S), ``cfg.model.mean`` (RGB, the Expand
-        fill) and ``cfg.augment`` (expand_ratio, min_ious, min_crop_size, flip_prob,
-        brightness_delta, contrast_range, saturation_range, hue_delta).
+        fill) and ``cfg.augment`` (expand_ratio, min_iou_crop, min_ious, min_crop_size,
+        flip_prob, photometric, brightness_delta, contrast_range, saturation_range,
+        hue_delta). ``min_iou_crop`` / ``photometric`` False leave that step out (mmdetection's
+        SSD pipelines have both).
 
     Returns:
       {"image": uint8 (S, S, 3), "boxes": float32 (k, 4) xyxy in [0, S], "labels": int32 (k,)}.
@@ -257,11 +259,15 @@ def train_transform(record: dict[str, Any], image: np.ndarray, rng: np.random.Ge
     boxes = np.asarray(record["boxes"], np.float32).reshape(-1, 4)
     labels = np.asarray(record["labels"], np.int32).reshape(-1)
     image, boxes = expand(image, boxes, rng, mean=cfg.model.mean, ratio_range=aug.expand_ratio)
-    crop = min_iou_random_crop(image, boxes, rng, min_ious=aug.min_ious,
-                               min_crop_size=aug.min_crop_size)
-    image, boxes = resize(crop.image, crop.boxes, cfg.input_size)
+    if aug.min_iou_crop:
+        crop = min_iou_random_crop(image, boxes, rng, min_ious=aug.min_ious,
+                                   min_crop_size=aug.min_crop_size)
+        image, boxes, labels = crop.image, crop.boxes, labels[crop.keep]
+    image, boxes = resize(image, boxes, cfg.input_size)
     image, boxes = random_flip(image, boxes, rng, prob=aug.flip_prob)
-    distorted = photometric_distortion(
-        image, rng, brightness_delta=aug.brightness_delta, contrast_range=aug.contrast_range,
-        saturation_range=aug.saturation_range, hue_delta=aug.hue_delta)
-    return {"image": to_uint8(distorted), "boxes": boxes, "labels": labels[crop.keep]}
+    if aug.photometric:
+        image = photometric_distortion(
+            image, rng, brightness_delta=aug.brightness_delta, contrast_range=aug.contrast_range,
+            saturation_range=aug.saturation_range, hue_delta=aug.hue_delta)
+    return {"image": to_uint8(image) if image.dtype != np.uint8 else image, "boxes": boxes,
+            "labels": labels}

@@ -28,13 +28,36 @@ ACTIVATIONS: dict[str, Optional[Callable[[jax.Array], jax.Array]]] = {
 
 def conv(features: int, kernel: int, stride: int = 1, padding: int = 0, *,
          dilation: int = 1, groups: int = 1, use_bias: bool = True, dtype: Any = jnp.float32,
-         name: Optional[str] = None) -> nn.Conv:
+         name: Optional[str] = None) -> nn.Module:
     """A torch-style Conv2d: symmetric explicit padding, HWIO kernel (float32 parameters,
     computation in ``dtype``)."""
+    if (kernel, stride, padding, dilation, groups) == (1, 1, 0, 1, 1):
+        return PointwiseConv(features, use_bias=use_bias, dtype=dtype, name=name)
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                    padding=((padding, padding), (padding, padding)),
                    kernel_dilation=(dilation, dilation), feature_group_count=groups,
                    use_bias=use_bias, dtype=dtype, name=name)
+
+
+class PointwiseConv(nn.Module):
+    """1×1 convolution, stride 1, as a matrix product over the channel axis.
+
+    Same parameters as ``nn.Conv(features, (1, 1))`` (``kernel`` (1, 1, C_in, C_out), ``bias``);
+    XLA's CPU backend runs the product and its gradients about 2× faster than the convolution.
+    """
+    features: int
+    use_bias: bool = True
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                            (1, 1, x.shape[-1], self.features), jnp.float32)
+        y = jnp.dot(x.astype(self.dtype), kernel[0, 0].astype(self.dtype))
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,),
+                               jnp.float32).astype(self.dtype)
+        return y
 
 
 class DepthwiseConv(nn.Module):

@@ -61,6 +61,8 @@ class MobileNetV2(nn.Module):
                 in_channels = channels
             if i in self.out_indices:
                 outs.append(x)
+            if len(outs) == len(self.out_indices):
+                return outs  # the deeper layers would feed nothing
         x = ConvModule(1280, 1, act="relu6", name="conv2", **kw)(x, train)
         if len(ARCH_SETTINGS) in self.out_indices:
             outs.append(x)
