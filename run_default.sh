@@ -12,9 +12,9 @@ cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
 STAMP=.venv/.run_default_requirements  # requirements.txt as last installed by this script
 
-if [ ! -x .venv/bin/python ]; then
+if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then  # missing, or cut while created
   echo "== creating the virtual environment .venv ($("$PY" --version 2>&1))"
-  "$PY" -m venv .venv
+  "$PY" -m venv --clear .venv
 fi
 if [ "${RUN_DEFAULT_SKIP_INSTALL:-0}" = 1 ]; then
   echo "== not installing requirements.txt (RUN_DEFAULT_SKIP_INSTALL=1)"

@@ -4,7 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 echo "== creating .venv and installing requirements-test.txt"
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
+# (re)created when missing or without pip, e.g. after an interrupted creation
+if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then "$PY" -m venv --clear .venv; fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -r requirements-test.txt
 echo "== running the tests"
