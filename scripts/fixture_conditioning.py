@@ -64,7 +64,7 @@ def main() -> None:
 
     x = ref["inputs_nchw"].transpose(0, 2, 3, 1)
     rng = np.random.default_rng(0)
-    print("trial  " + "  ".join(k.split(".", 1)[1][-28:] for k in keys) + "  loss_cls")
+    print("trial  " + "  ".join(f"{key[-28:]:>28}" for key in keys) + "  loss_cls")
     for trial in range(args.trials):
         xp = x if trial == 0 else (x * (1 + 2.0**-23 * rng.standard_normal(x.shape))).astype(np.float32)
         grads, loss_cls = gradients(det.variables["params"], jnp.asarray(xp))
