@@ -38,6 +38,7 @@ from ssd_jax.evaluation.coco import (coco_evaluate, detections_to_coco_results,
                                      format_metrics_table, write_results_json)
 from ssd_jax.evaluation.voc import voc_map
 from ssd_jax.models import SSD
+from ssd_jax.training.report import json_safe
 from ssd_jax.training.step import AXIS, normalize_on_device, replicate, shard_batch
 
 log = logging.getLogger(__name__)
@@ -481,19 +482,6 @@ def write_outputs(out_dir: str | os.PathLike, metrics: dict[str, Any],
     """``metrics.json`` (strict JSON: nan → null) and ``results.bbox.json`` in ``out_dir``."""
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-        json.dump(_json_safe(metrics), f, indent=1, allow_nan=False)
+        json.dump(json_safe(metrics), f, indent=1, allow_nan=False)
     write_results_json(os.path.join(out_dir, "results.bbox.json"), results)
     log.info("wrote %s/metrics.json and results.bbox.json (%d detections)", out_dir, len(results))
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN/inf floats → None, NumPy scalars → Python, recursively through dicts and lists."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value

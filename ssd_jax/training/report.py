@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any
+from typing import Any, Iterator
 
 import matplotlib
 
@@ -42,15 +42,11 @@ def history_from_metrics(path: str | os.PathLike) -> dict[str, list]:
     """
     loss: dict[int, float] = {}
     mean_ap: dict[int, float] = {}
-    with open(path) as f:
-        for line in f:
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            if "loss" in row:
-                loss[int(row["step"])] = float(row["loss"])
-            if "val/bbox_mAP_50" in row:
-                mean_ap[int(row["step"])] = float(row["val/bbox_mAP_50"])
+    for row in _metrics_rows(path):
+        if "loss" in row:
+            loss[int(row["step"])] = float(row["loss"])
+        if "val/bbox_mAP_50" in row:
+            mean_ap[int(row["step"])] = float(row["val/bbox_mAP_50"])
     return {"step": sorted(loss), "loss": [loss[s] for s in sorted(loss)],
             "eval_step": sorted(mean_ap), "mAP": [mean_ap[s] for s in sorted(mean_ap)]}
 
@@ -59,15 +55,19 @@ def last_validation(path: str | os.PathLike) -> dict[str, Any]:
     """The last validation row of a ``metrics.jsonl`` (keys without the "val/" prefix, plus
     "step"), or {} when the run never validated."""
     last: dict[str, Any] = {}
+    for row in _metrics_rows(path):
+        if any(k.startswith("val/") for k in row):
+            last = {"step": row["step"]} | {k[4:]: v for k, v in row.items()
+                                             if k.startswith("val/")}
+    return last
+
+
+def _metrics_rows(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
+    """The JSON rows of a ``metrics.jsonl``, skipping blank lines."""
     with open(path) as f:
         for line in f:
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            if any(k.startswith("val/") for k in row):
-                last = {"step": row["step"]} | {k[4:]: v for k, v in row.items()
-                                                 if k.startswith("val/")}
-    return last
+            if line.strip():
+                yield json.loads(line)
 
 
 def write_val_detections(detector: Any, source: Any, out_dir: str | os.PathLike, n: int = 8, *,
@@ -111,20 +111,23 @@ def _enlarge(image: np.ndarray, factor: int) -> np.ndarray:
     return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
 
 
+def json_safe(value: Any) -> Any:
+    """NaN/inf floats → None, NumPy scalars → Python, recursively through dicts and lists."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
 def write_json(path: str | os.PathLike, data: dict) -> None:
     """``data`` as indented JSON (NaN and infinities as null)."""
-    def clean(v: Any) -> Any:
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        if isinstance(v, (float, np.floating)):
-            return float(v) if math.isfinite(v) else None
-        if isinstance(v, np.integer):
-            return int(v)
-        return v
     with open(path, "w") as f:
-        json.dump(clean(data), f, indent=2, sort_keys=True)
+        json.dump(json_safe(data), f, indent=2, sort_keys=True)
         f.write("\n")
 
 
