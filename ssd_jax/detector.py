@@ -22,6 +22,7 @@ from ssd_jax import postprocess as post
 from ssd_jax.anchors import SSDAnchorGenerator
 from ssd_jax.config import load_config
 from ssd_jax.models import SSD, build_model
+from ssd_jax.models.ssd import compute_dtype
 from ssd_jax.preprocess import preprocess_batch
 
 
@@ -52,8 +53,10 @@ class Detector:
     def __init__(self, config: ml_collections.ConfigDict, variables: Optional[dict] = None):
         self.config = config
         self._anchor_gen = anchor_generator(config)
-        self.model = build_model(config.model, self._anchor_gen.num_anchors,
-                                 precision=config.get("precision", "fp32"))
+        precision = config.get("precision", "fp32")
+        self.model = build_model(config.model, self._anchor_gen.num_anchors, precision=precision)
+        # Inputs (and the loss's ground truth) are float32, float64 in fp64 mode.
+        self.input_dtype = jnp.promote_types(compute_dtype(precision), jnp.float32)
         self.featmap_sizes = featmap_sizes(self.model, config.input_size)
         self._anchors = self._anchor_gen.grid_anchors(self.featmap_sizes)
         self.variables = variables if variables is not None else init_variables(
@@ -77,11 +80,11 @@ class Detector:
 
     def forward(self, x: np.ndarray | jax.Array) -> tuple[list[jax.Array], list[jax.Array]]:
         """Raw head outputs per level: (N, H, W, A·(C+1)) logits and (N, H, W, A·4) deltas."""
-        return self._forward(self.variables, jnp.asarray(x, jnp.float32))
+        return self._forward(self.variables, jnp.asarray(x, self.input_dtype))
 
     def features(self, x: np.ndarray | jax.Array) -> list[jax.Array]:
         """The neck's outputs per level, (N, H, W, C)."""
-        return self.model.apply(self.variables, jnp.asarray(x, jnp.float32), method=SSD.features)
+        return self.model.apply(self.variables, jnp.asarray(x, self.input_dtype), method=SSD.features)
 
     def anchors(self) -> list[np.ndarray]:
         """Per level (H·W·A, 4) float32 xyxy anchors in input pixels (mmdetection's order)."""
@@ -94,7 +97,7 @@ class Detector:
 
     def detect_batch(self, x: np.ndarray | jax.Array, scale_factors: np.ndarray) -> post.Detections:
         """Fixed-shape detections for a preprocessed batch (boxes in original pixels)."""
-        return self._detect(self.variables, jnp.asarray(x, jnp.float32),
+        return self._detect(self.variables, jnp.asarray(x, self.input_dtype),
                             [jnp.asarray(a) for a in self._anchors], jnp.asarray(scale_factors))
 
     def loss(self, x: np.ndarray | jax.Array, gt_boxes: Sequence[np.ndarray],
@@ -102,10 +105,12 @@ class Detector:
         """Per-image ``{'loss_cls': (N,), 'loss_bbox': (N,)}`` as mmdetection's ``model.loss``.
 
         x as in ``forward``; gt_boxes per image (n_i, 4) xyxy input pixels; gt_labels (n_i,).
+        Computed in float32 (bf16 networks: their outputs cast to float32), float64 for fp64.
         ``train=True`` uses batch statistics in BatchNorm (the running ones are not changed).
         """
-        boxes, labels, valid = objective.pad_ground_truth(list(gt_boxes), list(gt_labels))
-        out = self._loss(self.variables, jnp.asarray(x, jnp.float32), boxes, labels, valid,
+        boxes, labels, valid = objective.pad_ground_truth(list(gt_boxes), list(gt_labels),
+                                                          dtype=self.input_dtype)
+        out = self._loss(self.variables, jnp.asarray(x, self.input_dtype), boxes, labels, valid,
                          jnp.asarray(self.flat_anchors), train=train)
         return {"loss_cls": np.asarray(out.loss_cls), "loss_bbox": np.asarray(out.loss_bbox)}
 

@@ -35,7 +35,8 @@ def multibox_loss(cls_logits: jax.Array, box_deltas: jax.Array, targets: Targets
     ``neg_pos_ratio``·positives highest-loss negatives. Regression: smooth L1 on positives.
     """
     num_classes = cls_logits.shape[-1] - 1
-    logits = cls_logits.astype(jnp.float32)
+    acc = jnp.promote_types(cls_logits.dtype, jnp.float32)  # bf16 → f32; f64 stays
+    logits = cls_logits.astype(acc)
     log_norm = jax.nn.logsumexp(logits, axis=-1)
     picked = jnp.take_along_axis(logits, targets.labels[..., None], axis=-1)[..., 0]
     ce = (log_norm - picked) * targets.label_weights  # [N, A]
@@ -46,7 +47,7 @@ def multibox_loss(cls_logits: jax.Array, box_deltas: jax.Array, targets: Targets
     pos_sum = jnp.sum(jnp.where(positive, ce, 0.0), axis=-1)
     neg_sum = jax.vmap(hard_negative_sum)(ce, negative, num_neg)
     loss_cls = (pos_sum + neg_sum) / avg_factor
-    reg = smooth_l1(box_deltas.astype(jnp.float32) - targets.box_targets, beta)
+    reg = smooth_l1(box_deltas.astype(acc) - targets.box_targets.astype(acc), beta)
     loss_bbox = jnp.sum(jnp.where(positive[..., None], reg, 0.0), axis=(-2, -1)) / (avg_factor + _EPS)
     return loss_cls, loss_bbox
 

@@ -6,6 +6,7 @@ from typing import Any, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from ssd_jax import losses
 from ssd_jax.assigner import build_targets
@@ -56,19 +57,20 @@ def ssd_loss(model: SSD, variables: dict, images: jax.Array, gt_boxes: jax.Array
     return LossOutput(loss_cls, loss_bbox, num_pos, batch_stats)
 
 
-def pad_ground_truth(boxes: list, labels: list, max_boxes: Optional[int] = None):
-    """Lists of (n_i, 4) boxes and (n_i,) labels → padded [N, M, 4], [N, M], valid [N, M]."""
-    import numpy as np
+def pad_ground_truth(boxes: list, labels: list, max_boxes: Optional[int] = None,
+                     dtype: Any = np.float32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lists of (n_i, 4) boxes and (n_i,) labels → padded [N, M, 4] (``dtype``), [N, M] int32,
+    valid [N, M] bool."""
     m = max_boxes or max(1, max(len(b) for b in boxes))
     n = len(boxes)
-    out_b = np.zeros((n, m, 4), np.float32)
+    out_b = np.zeros((n, m, 4), dtype)
     out_l = np.zeros((n, m), np.int32)
     valid = np.zeros((n, m), bool)
     for i, (b, l) in enumerate(zip(boxes, labels)):
         k = len(b)
         if k > m:
             raise ValueError(f"image {i} has {k} boxes, more than max_boxes={m}")
-        out_b[i, :k] = np.asarray(b, np.float32).reshape(-1, 4)
+        out_b[i, :k] = np.asarray(b, dtype).reshape(-1, 4)
         out_l[i, :k] = np.asarray(l)
         valid[i, :k] = True
     return out_b, out_l, valid

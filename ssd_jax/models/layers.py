@@ -19,6 +19,18 @@ import jax.numpy as jnp
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.97
 
+
+
+def param_dtype(dtype: Any) -> Any:
+    """Parameters are float32 (computation in ``dtype``), float64 when computing in float64."""
+    return jnp.float64 if jnp.dtype(dtype) == jnp.float64 else jnp.float32
+
+
+def accum_dtype(dtype: Any) -> Any:
+    """float32, or float64 for float64 (where bf16 activations are reduced or normalised)."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 ACTIVATIONS: dict[str, Optional[Callable[[jax.Array], jax.Array]]] = {
     "relu": nn.relu,
     "relu6": nn.relu6,
@@ -30,13 +42,13 @@ def conv(features: int, kernel: int, stride: int = 1, padding: int = 0, *,
          dilation: int = 1, groups: int = 1, use_bias: bool = True, dtype: Any = jnp.float32,
          name: Optional[str] = None) -> nn.Module:
     """A torch-style Conv2d: symmetric explicit padding, HWIO kernel (float32 parameters,
-    computation in ``dtype``)."""
+    float64 for float64; computation in ``dtype``)."""
     if (kernel, stride, padding, dilation, groups) == (1, 1, 0, 1, 1):
         return PointwiseConv(features, use_bias=use_bias, dtype=dtype, name=name)
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                    padding=((padding, padding), (padding, padding)),
                    kernel_dilation=(dilation, dilation), feature_group_count=groups,
-                   use_bias=use_bias, dtype=dtype, name=name)
+                   use_bias=use_bias, dtype=dtype, param_dtype=param_dtype(dtype), name=name)
 
 
 class PointwiseConv(nn.Module):
@@ -52,11 +64,11 @@ class PointwiseConv(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                            (1, 1, x.shape[-1], self.features), jnp.float32)
+                            (1, 1, x.shape[-1], self.features), param_dtype(self.dtype))
         y = jnp.dot(x.astype(self.dtype), kernel[0, 0].astype(self.dtype))
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,),
-                               jnp.float32).astype(self.dtype)
+                               param_dtype(self.dtype)).astype(self.dtype)
         return y
 
 
@@ -76,7 +88,8 @@ class DepthwiseConv(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         k, s, c = self.kernel_size, self.stride, x.shape[-1]
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, 1, c), jnp.float32)
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, 1, c),
+                            param_dtype(self.dtype))
         x = x.astype(self.dtype)
         kernel = kernel.astype(self.dtype)
         p = self.padding
@@ -89,7 +102,8 @@ class DepthwiseConv(nn.Module):
                 tap = x[:, i:i + s * (h_out - 1) + 1:s, j:j + s * (w_out - 1) + 1:s, :] * kernel[i, j, 0]
                 y = tap if y is None else y + tap
         if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (c,), jnp.float32).astype(self.dtype)
+            y = y + self.param("bias", nn.initializers.zeros, (c,),
+                               param_dtype(self.dtype)).astype(self.dtype)
         return y
 
 
@@ -119,7 +133,8 @@ class ConvModule(nn.Module):
                      use_bias=not self.norm, dtype=self.dtype, name="conv")(x)
         if self.norm:
             x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, dtype=self.dtype,
-                             epsilon=BN_EPS, axis_name=self.bn_axis_name,
+                             param_dtype=param_dtype(self.dtype), epsilon=BN_EPS,
+                             axis_name=self.bn_axis_name,
                              use_fast_variance=False, name="bn")(x)
         act = ACTIVATIONS[self.act]
         return act(x) if act is not None else x
@@ -154,9 +169,11 @@ class L2Norm(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        weight = self.param("weight", nn.initializers.constant(self.scale), (x.shape[-1],))
-        norm = jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)), axis=-1, keepdims=True))
-        y = weight * x.astype(jnp.float32) / (norm + self.eps)
+        acc = accum_dtype(x.dtype)
+        weight = self.param("weight", nn.initializers.constant(self.scale), (x.shape[-1],),
+                            param_dtype(x.dtype))
+        norm = jnp.sqrt(jnp.sum(jnp.square(x.astype(acc)), axis=-1, keepdims=True))
+        y = weight.astype(acc) * x.astype(acc) / (norm + self.eps)
         return y.astype(x.dtype)
 
 

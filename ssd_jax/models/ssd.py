@@ -29,7 +29,19 @@ class SSD(nn.Module):
         return self.bbox_head(self.features(x, train), train)
 
 
-PRECISIONS = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
+# Computation dtype per ``config.precision``. fp64 (float64 parameters and activations) is for
+# parity checks against mmdetection's float64 references; it needs ``jax_enable_x64``.
+PRECISIONS = {"fp32": jnp.float32, "bf16": jnp.bfloat16, "fp64": jnp.float64}
+
+
+def compute_dtype(precision: str) -> Any:
+    """The activation dtype of ``precision``; refuses unknown names and fp64 without x64."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: expected one of {sorted(PRECISIONS)}")
+    if precision == "fp64" and not jax.config.jax_enable_x64:
+        raise ValueError("precision 'fp64' needs 64-bit JAX: set JAX_ENABLE_X64=1 or run inside "
+                         "`with jax.enable_x64(True):`")
+    return PRECISIONS[precision]
 
 
 def build_backbone(cfg: ml_collections.ConfigDict, bn_axis_name: Optional[str], dtype) -> nn.Module:
@@ -46,11 +58,9 @@ def build_model(model_cfg: ml_collections.ConfigDict, num_anchors: list[int],
 
     ``bn_axis_name`` names the pmap axis over which BatchNorm statistics are averaged (SyncBN).
     ``precision`` 'bf16' computes in bfloat16 with float32 parameters (outputs are bfloat16;
-    losses and NMS cast them to float32).
+    losses and NMS cast them to float32); 'fp64' in float64 with float64 parameters.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r}: expected one of {sorted(PRECISIONS)}")
-    dtype = PRECISIONS[precision]
+    dtype = compute_dtype(precision)
     n, h = model_cfg.neck, model_cfg.head
     neck = SSDNeck(tuple(n.in_channels), tuple(n.out_channels), tuple(n.level_strides),
                    tuple(n.level_paddings), n.l2_norm_scale, n.last_kernel_size,
