@@ -26,4 +26,5 @@ else
   .venv/bin/python -m pip install -q -r requirements.txt
   cp requirements.txt "$STAMP"
 fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the ssd_jax package of this checkout
 exec .venv/bin/python scripts/run_default.py "$@"

@@ -6,7 +6,7 @@ mmdetection's zoo checkpoint scores 25.5 box AP on COCO val2017.
 """
 import ml_collections
 
-from ssd_jax.coco_classes import COCO_CLASSES
+from ssd_jax.coco_classes import COCO_CATEGORY_IDS, COCO_CLASSES
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -14,6 +14,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.name = "ssd300_coco"
     c.input_size = 300
     c.class_names = COCO_CLASSES
+    # The data set's category id of each label (what COCO results files carry); training on
+    # other data replaces both with the data's.
+    c.category_ids = COCO_CATEGORY_IDS
 
     # ---- model (mmdet: model.backbone / neck / bbox_head) ----
     c.model = ml_collections.ConfigDict()
@@ -40,6 +43,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.train = dict(pos_iou_thr=0.5, neg_iou_thr=0.5, min_pos_iou=0.0, gt_max_assign_all=False,
                    neg_pos_ratio=3, smoothl1_beta=1.0, max_boxes=100,
                    batch_size=64,  # global batch: 8 GPUs × 8 images
+                   # Images per "GPU": BatchNorm statistics and the loss's avg_factor are taken
+                   # per group of this many images, as mmdetection's per-GPU batch; 0 = the
+                   # whole global batch (SyncBN, one avg_factor).
+                   per_gpu_batch=8,
                    seed=0, log_every=50, ckpt_every=2000, keep_ckpts=3, eval_every_epochs=1,
                    max_nonfinite_in_row=10, pretrained_backbone="", load_from="",
                    num_steps=0)  # num_steps 0: schedule.epochs × steps per epoch
@@ -54,7 +61,7 @@ def get_config() -> ml_collections.ConfigDict:
                   img_dir="data/coco/train2017",
                   val_ann_file="data/coco/annotations/instances_val2017.json",
                   val_img_dir="data/coco/val2017",
-                  tfds_name="coco/2017", workers=2, min_size=32,
+                  tfds_name="coco/2017", workers=2, min_size=32, shuffle=True,
                   voc_root="data", voc_split="trainval", val_voc_split="test", voc_year="2007")
     # Validation / eval.py metric: "coco" (pycocotools box AP) or "voc" (mAP@0.5, area or
     # 11points); "" chooses by the data: "voc" for VOC sources, else "coco".

@@ -5,11 +5,11 @@ mmdetection's zoo checkpoint scores 29.5 box AP on COCO val2017.
 """
 import ml_collections
 
-from configs import ssd300_coco
+from ssd_jax.config import base_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    c = ssd300_coco.get_config()
+    c = base_config(__file__, "ssd300_coco")
     c.name = "ssd512_coco"
     c.input_size = 512
     c.model.neck.out_channels = (512, 1024, 512, 256, 256, 256, 256)

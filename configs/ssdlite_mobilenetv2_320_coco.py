@@ -6,11 +6,11 @@ mmdetection's zoo checkpoint scores 21.3 box AP on COCO val2017.
 """
 import ml_collections
 
-from configs import ssd300_coco
+from ssd_jax.config import base_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    c = ssd300_coco.get_config()
+    c = base_config(__file__, "ssd300_coco")
     c.name = "ssdlite_mobilenetv2_320_coco"
     c.input_size = 320
     c.model.backbone = dict(type="MobileNetV2", out_indices=(4, 7))
@@ -25,6 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
         min_sizes=(48, 100, 150, 202, 253, 304), max_sizes=(100, 150, 202, 253, 304, 320))
     c.model.std = (58.395, 57.12, 57.375)
     c.train.batch_size = 192  # 8 GPUs × 24 images
+    c.train.per_gpu_batch = 24
     c.optimizer = dict(lr=0.015, momentum=0.9, weight_decay=4e-5, base_batch_size=192)
     c.schedule = dict(type="cosine", epochs=120, milestones=(), gamma=0.1,
                       warmup_iters=500, warmup_start_factor=0.001, dataset_repeat=5)

@@ -10,14 +10,15 @@ Expected: COCO mAP@0.5 ≥ 0.5 on the val split (see the README for the measured
 """
 import ml_collections
 
-from configs import ssdlite_mobilenetv2_320_coco
+from ssd_jax.config import base_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    c = ssdlite_mobilenetv2_320_coco.get_config()
+    c = base_config(__file__, "ssdlite_mobilenetv2_320_coco")
     c.name = "ssdlite_shapes"
     c.input_size = 128  # the generated images' size: no resize
     c.class_names = ("ellipse", "rectangle", "triangle", "star")
+    c.category_ids = (1, 2, 3, 4)  # ssd_jax.data.synthetic's categories
     c.model.num_classes = 4
     # A shorter MobileNetV2: its stride-8 (32 channels) and stride-16 (96 channels) layers feed
     # the neck, so the 16 px shapes meet a 16×16 first level; feature maps 16, 8, 4, 2, 1, 1.
@@ -41,6 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.augment.photometric = False
     c.train.max_boxes = 8  # the generator draws at most 6 shapes per image
     c.train.batch_size = 8
+    c.train.per_gpu_batch = 0  # one "GPU": the whole batch, whatever --config.train.batch_size
     c.train.log_every = 10
     c.train.ckpt_every = 1000
     c.train.keep_ckpts = 1

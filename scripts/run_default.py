@@ -94,7 +94,6 @@ def train_images_per_s(metrics_path: pathlib.Path) -> Optional[float]:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
     os.chdir(REPO)
-    sys.path.insert(0, str(REPO))
     start = time.time()
     load_start = os.getloadavg()
     timings: dict[str, float] = {}
@@ -129,17 +128,17 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
          *resume, *flags])
     timings["train_s"] = time.time() - t
 
-    from ssd_jax.training import report
+    from ssd_jax import jsonio, visualize
 
     metrics_path = workdir / "metrics.jsonl"
-    metrics = report.last_validation(metrics_path)
+    metrics = jsonio.last_validation(metrics_path)
     source = "validation at the end of training"
     eval_dir = workdir / "eval"
     say("3/5 evaluating the final checkpoint on the val split")
     t = time.time()
     if args.eval and (REPO / "eval.py").is_file():
         run([sys.executable, "eval.py", "--config", CONFIG, "--checkpoint", str(ckpt_dir),
-             "--out", str(eval_dir), *flags])
+             "--out", str(eval_dir), "--overwrite", *flags])
         evaluated = _read_eval_metrics(eval_dir)
         if evaluated:
             metrics, source = evaluated, "eval.py"
@@ -150,7 +149,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     say(f"4/5 curves and val images with detections in {workdir}")
     t = time.time()
-    report.write_curves(report.history_from_metrics(metrics_path), str(workdir / "curves.png"))
+    visualize.write_curves(jsonio.history_from_metrics(metrics_path), str(workdir / "curves.png"))
     pictures = _write_pictures(ckpt_dir, overrides, workdir / "val_detections")
     timings["pictures_s"] = time.time() - t
     timings["total_s"] = time.time() - start
@@ -163,10 +162,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         "machine": {"cpus": os.cpu_count(), "load_avg_start": load_start,
                     "load_avg_end": os.getloadavg()},
     }
-    report.write_json(final_path, summary)
+    jsonio.write_json(final_path, summary)
     print(f"mAP@0.5 {_fmt(summary['mAP@0.5'])}, mAP {_fmt(summary['mAP'])} ({source}); "
           f"training {_fmt(summary['train_images_per_s'], 1)} images/s; "
-          f"total {report.format_seconds(timings['total_s'])}")
+          f"total {format_seconds(timings['total_s'])}")
     for path in (ckpt_dir, metrics_path, final_path, workdir / "curves.png"):
         print(f"  {path}")
     print(f"  {workdir / 'val_detections'}/ ({len(pictures)} PNGs)")
@@ -189,15 +188,20 @@ def _read_eval_metrics(eval_dir: pathlib.Path) -> dict[str, Any]:
 
 def _write_pictures(ckpt_dir: pathlib.Path, overrides: list[str], out_dir: pathlib.Path
                     ) -> list[str]:
-    from ssd_jax import Detector
+    from ssd_jax import Detector, visualize
     from ssd_jax.config import load_config
     from ssd_jax.data.coco import CocoSource
-    from ssd_jax.training import report
 
     config = load_config(CONFIG, [o for o in overrides if o.startswith("data.")])
     detector = Detector.from_checkpoint(config, ckpt_dir)
     source = CocoSource(config.data.val_ann_file, config.data.val_img_dir)
-    return report.write_val_detections(detector, source, out_dir, n=NUM_VAL_PICTURES)
+    return visualize.write_val_detections(detector, source, out_dir, n=NUM_VAL_PICTURES)
+
+
+def format_seconds(seconds: float) -> str:
+    """"12 min 5 s" / "48 s"."""
+    seconds = int(round(seconds))
+    return f"{seconds // 60} min {seconds % 60} s" if seconds >= 60 else f"{seconds} s"
 
 
 def _fmt(value: Optional[float], digits: int = 3) -> str:

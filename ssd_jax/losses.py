@@ -1,8 +1,6 @@
 """SSD's multibox loss as mmdetection's ``SSDHead.loss_by_feat``, in fixed shapes."""
 from __future__ import annotations
 
-from typing import Optional
-
 import jax
 import jax.numpy as jnp
 
@@ -29,8 +27,9 @@ def multibox_loss(cls_logits: jax.Array, box_deltas: jax.Array, targets: Targets
                   ) -> tuple[jax.Array, jax.Array]:
     """Per-image (loss_cls [N], loss_bbox [N]).
 
-    cls_logits [N, A, C+1], box_deltas [N, A, 4], targets with a leading N. ``avg_factor`` is the
-    number of positives over the whole batch (all devices under data parallelism), floored at 1.
+    cls_logits [N, A, C+1], box_deltas [N, A, 4], targets with a leading N. ``avg_factor`` [N]
+    (or a scalar): each image's divisor, the positives of its "GPU"'s images (each image
+    counting at least 1, see ``objective.group_positives``).
     Classification: softmax cross-entropy over all positives plus, per image, the
     ``neg_pos_ratio``·positives highest-loss negatives. Regression: smooth L1 on positives.
     """
@@ -56,11 +55,3 @@ def flatten_levels(per_level: list[jax.Array], last_dim: int) -> jax.Array:
     """[N, H, W, A·K] per level → [N, Σ H·W·A, K] in anchor order (y, x, a)."""
     n = per_level[0].shape[0]
     return jnp.concatenate([x.reshape(n, -1, last_dim) for x in per_level], axis=1)
-
-
-def count_positives(targets: Targets, axis_name: Optional[str] = None) -> jax.Array:
-    """Positives in the batch (summed over ``axis_name`` when given), floored at 1."""
-    total = targets.positive.sum().astype(jnp.float32)
-    if axis_name is not None:
-        total = jax.lax.psum(total, axis_name)
-    return jnp.maximum(total, 1.0)

@@ -1,11 +1,12 @@
 """Test-time preprocessing as mmdetection's test pipeline and data preprocessor.
 
-Resize to the square input without keeping the aspect ratio (cv2 bilinear, as ``mmcv.imresize``),
-RGB, then ``(x - mean) / std``. Runs on the host (NumPy/OpenCV).
+Resize to the square input without keeping the aspect ratio (cv2 bilinear, as ``mmcv.imresize``)
+on the host; ``(x - mean) / std`` on RGB, by ``normalize``, the one normalisation of the project
+(NumPy arrays on the host, JAX arrays on the device: the train step, every detect path).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import cv2
 import numpy as np
@@ -20,14 +21,23 @@ def resize_image(image: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     return resized, np.array([size / w, size / h], np.float32)
 
 
-def normalize(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """(..., 3) uint8/float RGB → float32 ``(x - mean) / std``."""
-    return ((images.astype(np.float32) - np.asarray(mean, np.float32))
-            / np.asarray(std, np.float32))
+def resize_batch(images: Sequence[np.ndarray], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images of any sizes → uint8 (N, size, size, 3) and (N, 2) scale factors."""
+    resized, scales = zip(*(resize_image(im, size) for im in images))
+    return np.stack(resized), np.stack(scales)
+
+
+def normalize(images: Any, mean: Sequence[float], std: Sequence[float],
+              dtype: Any = np.float32) -> Any:
+    """(..., 3) uint8/float RGB → ``(x - mean) / std`` in ``dtype`` (float32; float64 for fp64).
+
+    NumPy in, NumPy out; a JAX array in (e.g. inside jit), a JAX array out.
+    """
+    return (images.astype(dtype) - np.asarray(mean, dtype)) / np.asarray(std, dtype)
 
 
 def preprocess_batch(images: Sequence[np.ndarray], size: int, mean: Sequence[float],
                      std: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     """Images of any sizes → normalised (N, size, size, 3) float32 and (N, 2) scale factors."""
-    resized, scales = zip(*(resize_image(im, size) for im in images))
-    return normalize(np.stack(resized), mean, std), np.stack(scales)
+    resized, scales = resize_batch(images, size)
+    return normalize(resized, mean, std), scales

@@ -1,7 +1,15 @@
-"""Drawing detections onto images (Pillow): a box, class name and score per detection."""
+"""Pictures: detections drawn onto images (Pillow), validation images of a run, loss and mAP
+curves (matplotlib, imported when used).
+
+    drawn = draw_detections(image, boxes, scores, labels, class_names)
+    write_val_detections(Detector(config, variables), val_source, "runs/shapes/val_detections")
+    write_curves(history_from_metrics("runs/shapes/metrics.jsonl"), "runs/shapes/curves.png")
+"""
 from __future__ import annotations
 
-from typing import Sequence
+import math
+import os
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -77,3 +85,61 @@ def _draw_caption(draw: ImageDraw.ImageDraw, font: ImageFont.ImageFont | ImageFo
     luminance = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
     ink = (0, 0, 0) if luminance > 140 else (255, 255, 255)
     draw.text((x + 1 - left, y + 1 - top), text, fill=ink, font=font)
+
+
+def write_val_detections(detector: Any, source: Any, out_dir: str | os.PathLike, n: int = 8, *,
+                         score_thr: float = 0.3, min_side: int = 384) -> list[str]:
+    """PNGs of the first ``n`` images of ``source`` with ``detector``'s detections drawn.
+
+    detector: an ``ssd_jax.Detector`` (e.g. ``Detector(config, variables)`` or
+    ``Detector.from_checkpoint(config, "runs/shapes/checkpoints")``). source: records with
+    "file_name" (or "image") and "image_id", e.g. a ``CocoSource`` of the val split. Images
+    smaller than ``min_side`` are enlarged by an integer factor first, so that the captions stay
+    readable; detections scoring at most ``score_thr`` are left out. Files are
+    ``out_dir/<image_id>.png``; returns their paths.
+    """
+    from ssd_jax.image_io import read_image_rgb
+
+    os.makedirs(out_dir, exist_ok=True)
+    records = [source[i] for i in range(min(n, len(source)))]
+    images = [r["image"] if "image" in r else read_image_rgb(r["file_name"]) for r in records]
+    if not images:
+        return []
+    results = detector.predict(images, batch_size=len(images))
+    paths = []
+    for record, image, result in zip(records, images, results):
+        factor = max(1, math.ceil(min_side / min(image.shape[:2])))
+        big = _enlarge(image, factor)
+        drawn = draw_detections(big, np.asarray(result["boxes"]) * factor, result["scores"],
+                                result["labels"], detector.class_names, score_thr=score_thr)
+        path = os.path.join(out_dir, f"{int(record['image_id']):06d}.png")
+        Image.fromarray(drawn).save(path)
+        paths.append(path)
+    return paths
+
+
+def _enlarge(image: np.ndarray, factor: int) -> np.ndarray:
+    """Nearest-neighbour ×``factor`` (pixels stay sharp; box coordinates scale by ``factor``)."""
+    if factor == 1:
+        return image
+    return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
+
+
+def write_curves(history: dict, path: str) -> None:
+    """PNG with the training loss (left) and validation mAP@0.5 (right) against the step.
+
+    ``history``: {"step": [...], "loss": [...], "eval_step": [...], "mAP": [...]} as the training
+    loop keeps it; empty lists give empty axes.
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_map) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(history.get("step", []), history.get("loss", []))
+    ax_loss.set(xlabel="step", ylabel="loss (cls + bbox)", title="training loss")
+    ax_map.plot(history.get("eval_step", []), history.get("mAP", []), marker="o")
+    ax_map.set(xlabel="step", ylabel="mAP@0.5", title="validation", ylim=(0, 1))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

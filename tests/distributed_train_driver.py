@@ -6,17 +6,16 @@ train steps via ``train_and_evaluate``, final parameters saved to ``OUT/params_<
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-from flax import traverse_util  # noqa: E402
+import jax
+import numpy as np
+from flax import traverse_util
 
 
 def main() -> None:
     port, n, pid, data, workdir, out = sys.argv[1:7]
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    from ssd_jax.training.init import maybe_initialize_distributed, setup_logging
+    from ssd_jax.cli.common import setup_logging
+    from ssd_jax.parallel import maybe_initialize_distributed
     setup_logging()
     maybe_initialize_distributed(f"localhost:{port}", int(n), int(pid))
     assert jax.process_count() == int(n)

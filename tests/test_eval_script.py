@@ -1,12 +1,10 @@
-"""eval.py and ``ssd_jax.evaluation.runner``: the evaluation path against mmdetection's
-detections, end to end on small data sets (COCO format, mmdetection .pth, VOC)."""
+"""``ssd-jax-eval`` (eval.py) and ``ssd_jax.evaluation``: the evaluation path against
+mmdetection's detections, end to end on small data sets (COCO format, mmdetection .pth, VOC)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import pathlib
-import sys
 
 import jax
 import numpy as np
@@ -16,31 +14,13 @@ from PIL import Image
 
 from conftest import REPO, fixture_dir, load_reference
 
+from ssd_jax.cli.evaluate import evaluate
+from ssd_jax.coco_classes import COCO_CATEGORY_IDS as COCO_CAT_IDS
 from ssd_jax.coco_classes import COCO_CLASSES
 from ssd_jax.evaluation.coco import coco_evaluate, detections_to_coco_results, metric_names
-
-# COCO's category ids of the 80 classes, in COCO_CLASSES order (1..90 with gaps).
-COCO_CAT_IDS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23,
-                24, 25, 27, 28, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47,
-                48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 67, 70,
-                72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84, 85, 86, 87, 88, 89, 90)
+from ssd_jax.porting import CheckpointMismatchError
 MMDET_MAX_DETS = (100, 300, 1000)
 METRIC_NAMES = metric_names(MMDET_MAX_DETS)
-
-_EVAL_MODULE = None
-
-
-def eval_script():
-    """eval.py imported as a module (once per session; it defines no global flags on import)."""
-    global _EVAL_MODULE
-    if _EVAL_MODULE is None:
-        if str(REPO) not in sys.path:
-            sys.path.insert(0, str(REPO))  # config files import ``configs``
-        spec = importlib.util.spec_from_file_location("ssd_jax_eval_script", REPO / "eval.py")
-        _EVAL_MODULE = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(_EVAL_MODULE)
-    return _EVAL_MODULE
-
 
 def read_outputs(out: pathlib.Path) -> tuple[dict, list[dict]]:
     return (json.loads((out / "metrics.json").read_text()),
@@ -114,11 +94,11 @@ def test_eval_script_matches_mmdetection_on_fixture(tmp_path):
     assert 0 < expected["bbox_mAP_75"] < expected["bbox_mAP_50"] < 1
 
     out = tmp_path / "out"
-    metrics = eval_script().run([
-        "eval.py", f"--config={REPO / 'configs' / 'ssd300_coco.py'}",
+    metrics = evaluate([
+        f"--config={REPO / 'configs' / 'ssd300_coco.py'}",
         f"--checkpoint={fixture_dir('ssd300_coco') / 'checkpoint.pth.xz'}",
-        f"--ann_file={ann_file}", f"--img_dir={img_dir}", f"--out={out}",
-        "--batch_size=2", "--num_workers=0", "--noprogress"])
+        f"--ann-file={ann_file}", f"--img-dir={img_dir}", f"--out={out}",
+        "--batch-size=2", "--num-workers=0", "--no-progress"])
     assert_same_metrics(metrics, expected)
     written, results = read_outputs(out)
     assert list(written)[:12] == list(METRIC_NAMES)
@@ -134,7 +114,7 @@ def test_eval_script_matches_mmdetection_on_fixture(tmp_path):
 def random_variables(config, seed: int = 0) -> dict:
     """Random variables of the config's model (normal weights, unit BN variances), without
     compiling its initialisers (slow on CPU)."""
-    from ssd_jax.evaluation.runner import zero_variables
+    from ssd_jax.models.assembly import zero_variables
 
     rng = np.random.default_rng(seed)
     zeros = zero_variables(config)
@@ -161,16 +141,16 @@ def shapes_run(tmp_path_factory):
 
 
 def shapes_argv(run: dict, *extra: str) -> list[str]:
-    return ["eval.py", f"--config={REPO / 'configs' / 'ssdlite_shapes.py'}",
-            f"--checkpoint={run['ckpt']}", "--num_workers=0", "--noprogress",
+    return [f"--config={REPO / 'configs' / 'ssdlite_shapes.py'}",
+            f"--checkpoint={run['ckpt']}", "--num-workers=0", "--no-progress",
             "--config.test.batch_size=4", *extra]
 
 
 def test_eval_script_end_to_end_orbax(shapes_run, capsys):
     out = shapes_run["dir"] / "out"
-    metrics = eval_script().run(shapes_argv(
-        shapes_run, f"--ann_file={shapes_run['val_annotations']}",
-        f"--img_dir={shapes_run['val_images']}", f"--out={out}"))
+    metrics = evaluate(shapes_argv(
+        shapes_run, f"--ann-file={shapes_run['val_annotations']}",
+        f"--img-dir={shapes_run['val_images']}", f"--out={out}"))
     written, results = read_outputs(out)
     assert list(written)[:12] == list(METRIC_NAMES) and len(written) == 13
     assert set(written["per_class_AP"]) == {"ellipse", "rectangle", "triangle", "star"}
@@ -189,20 +169,22 @@ def test_eval_script_refuses_other_class_count(shapes_run, tmp_path):
     coco["annotations"] = [a for a in coco["annotations"] if a["category_id"] <= 3]
     ann_file = tmp_path / "three_classes.json"
     ann_file.write_text(json.dumps(coco))
-    with pytest.raises(ValueError, match="trained for 4 classes but the evaluation data has 3"):
-        eval_script().run(shapes_argv(shapes_run, f"--ann_file={ann_file}",
-                                      f"--img_dir={shapes_run['val_images']}",
+    with pytest.raises(CheckpointMismatchError,
+                       match="it is a ssdlite_shapes trained for 4 classes, the config .* has 3"):
+        evaluate(shapes_argv(shapes_run, f"--ann-file={ann_file}",
+                                      f"--img-dir={shapes_run['val_images']}",
                                       f"--out={tmp_path / 'out'}"))
 
 
 def test_eval_script_refuses_pth_of_other_classes(shapes_run, tmp_path):
     # The 80-class mmdetection checkpoint on the 4-class shapes data.
-    with pytest.raises(ValueError, match="trained for 80 classes but the evaluation data has 4"):
-        eval_script().run([
-            "eval.py", f"--config={REPO / 'configs' / 'ssd300_coco.py'}",
+    with pytest.raises(CheckpointMismatchError,
+                       match="it is a ssd300_coco trained for 80 classes, the config .* has 4"):
+        evaluate([
+            f"--config={REPO / 'configs' / 'ssd300_coco.py'}",
             f"--checkpoint={fixture_dir('ssd300_coco') / 'checkpoint.pth.xz'}",
-            f"--ann_file={shapes_run['val_annotations']}",
-            f"--img_dir={shapes_run['val_images']}", f"--out={tmp_path / 'out'}"])
+            f"--ann-file={shapes_run['val_annotations']}",
+            f"--img-dir={shapes_run['val_images']}", f"--out={tmp_path / 'out'}"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,7 +262,7 @@ def test_evaluate_voc_maps_string_ids_and_difficult(tmp_path, mode):
     # AP 0.5 in both modes. person: only a difficult gt → not counted (nan). mAP = 0.75.
     from ssd_jax.config import load_config
     from ssd_jax.data.voc import VocSource
-    from ssd_jax.evaluation.runner import evaluate_voc
+    from ssd_jax.evaluation.evaluate import evaluate_voc
 
     root = write_voc_tree(tmp_path)
     config = load_config(REPO / "configs" / "ssdlite_shapes.py")
@@ -300,7 +282,7 @@ def test_evaluate_coco_on_voc_records(tmp_path):
     # exact boxes, so every IoU threshold agrees; the difficult person is ignored (crowd).
     from ssd_jax.config import load_config
     from ssd_jax.data.voc import VocSource
-    from ssd_jax.evaluation.runner import evaluate_coco
+    from ssd_jax.evaluation.evaluate import evaluate_coco
 
     root = write_voc_tree(tmp_path)
     config = load_config(REPO / "configs" / "ssdlite_shapes.py")
@@ -325,10 +307,10 @@ def test_eval_script_voc_end_to_end(tmp_path):
     config.class_names, config.model.num_classes = VOC_CLASSES, len(VOC_CLASSES)
     ckpt = save_variables(tmp_path / "ckpt", random_variables(config), {"config": "voc20"})
     out = tmp_path / "out"
-    metrics = eval_script().run([
-        "eval.py", f"--config={REPO / 'configs' / 'ssdlite_shapes.py'}", f"--checkpoint={ckpt}",
-        "--data=voc", f"--voc_root={root}", "--voc_mode=11points", f"--out={out}",
-        "--batch_size=2", "--num_workers=0", "--noprogress"])
+    metrics = evaluate([
+        f"--config={REPO / 'configs' / 'ssdlite_shapes.py'}", f"--checkpoint={ckpt}",
+        "--data=voc", f"--voc-root={root}", "--voc-mode=11points", f"--out={out}",
+        "--batch-size=2", "--num-workers=0", "--no-progress"])
     written, results = read_outputs(out)
     assert written["mode"] == "11points" and 0 <= written["mAP"] <= 1
     assert written["mAP"] == pytest.approx(metrics["mAP"])

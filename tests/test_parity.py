@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 
 def nchw_to_nhwc(a: np.ndarray) -> np.ndarray:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import re
 
-import jax
 import numpy as np
 import pytest
 from flax import traverse_util
@@ -51,15 +50,9 @@ def test_pth_to_orbax_round_trip(tmp_path):
 
 
 def expected_shapes(config_path) -> dict:
-    config = load_config(config_path)
-    det_cls = Detector.__new__(Detector)  # shapes only: no init compile
-    from ssd_jax.detector import anchor_generator
-    from ssd_jax.models import build_model
-    model = build_model(config.model, anchor_generator(config).num_anchors)
-    x = jax.ShapeDtypeStruct((1, config.input_size, config.input_size, 3), np.float32)
-    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
-    del det_cls
-    return {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})}
+    """The config's variable tree (zeros; nothing compiled)."""
+    from ssd_jax.models.assembly import zero_variables
+    return zero_variables(load_config(config_path))
 
 
 def test_other_class_count_is_refused_naming_keys(tmp_path):
@@ -83,6 +76,36 @@ def test_vgg_checkpoint_for_ssdlite_is_refused(tmp_path):
     msg = str(e.value)
     assert re.search(r"missing \(\d+\)", msg) and "backbone.conv1.conv.weight" in msg
     assert re.search(r"unexpected \(\d+\)", msg) and "backbone.features.0.weight" in msg
+
+
+def test_a_mismatch_says_in_its_first_line_which_config_fits(tmp_path):
+    """With the config, the refusal's first line names the bundled config the checkpoint fits
+    (or, for the right network with another head, the class count it was trained for)."""
+    path = save_pth(tmp_path / "vgg.pth", ssd300_state_dict())
+    ssdlite = load_config(FIXTURE_CONFIGS["ssdlite_mobilenetv2_320_coco"])
+    with pytest.raises(CheckpointMismatchError) as e:
+        load_checkpoint_variables(path, expected_shapes(FIXTURE_CONFIGS["ssdlite_mobilenetv2_320_coco"]),
+                                  config=ssdlite)
+    first = str(e.value).splitlines()[0]
+    assert "vgg.pth" in first and "it fits config ssd300_coco with 80 classes" in first
+    sd = ssd300_state_dict()
+    for k in [k for k in sd if k.startswith("bbox_head.cls_convs.")]:
+        sd[k] = sd[k][: sd[k].shape[0] // 81 * 21]
+    voc = save_pth(tmp_path / "voc.pth", sd)
+    config = load_config(FIXTURE_CONFIGS[SSD300])
+    with pytest.raises(CheckpointMismatchError) as e:
+        load_checkpoint_variables(voc, expected_shapes(FIXTURE_CONFIGS[SSD300]), config=config)
+    assert "it is a ssd300_coco trained for 20 classes, the config" in str(e.value).splitlines()[0]
+
+
+def test_import_refuses_a_non_empty_output_folder(tmp_path):
+    out = tmp_path / "orbax"
+    out.mkdir()
+    (out / "keep.txt").write_text("user data")
+    args = [str(fixture_dir(SSD300) / "checkpoint.pth.xz"), str(out), "--config",
+            str(FIXTURE_CONFIGS[SSD300])]
+    assert porting_main(args) == 2
+    assert (out / "keep.txt").read_text() == "user data"
 
 
 class _RunsCode:

@@ -1,6 +1,8 @@
-"""Image reading, drawing, and ``predict.py`` end to end on a random-init SSDLite."""
+"""``ssd-jax-predict`` (predict.py) end to end on a random-init SSDLite: results with the data
+set's ids, drawn images, and never replacing an input or an earlier output."""
 from __future__ import annotations
 
+import hashlib
 import json
 import pathlib
 
@@ -8,119 +10,40 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssd_jax.image_io import ImageReadError, list_images, read_image_rgb
-from ssd_jax.visualize import draw_detections
+from ssd_jax.cli.predict import image_ids_for, main
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SSDLITE_CONFIG = REPO / "configs" / "ssdlite_mobilenetv2_320_coco.py"
+CONFIG = REPO / "configs" / "ssdlite_shapes.py"
 
 
 def _random_rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
-# ---- image_io ----
+def md5(path: pathlib.Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
 
-def test_png_with_alpha_drops_alpha(tmp_path):
-    rgba = np.dstack([_random_rgb(6, 5), np.full((6, 5), 7, np.uint8)])
-    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
-    image = read_image_rgb(tmp_path / "a.png")
-    assert image.shape == (6, 5, 3) and image.dtype == np.uint8
-    np.testing.assert_array_equal(image, rgba[..., :3])
-
-
-def test_grayscale_png_has_three_equal_channels(tmp_path):
-    gray = _random_rgb(4, 7)[..., 0]
-    Image.fromarray(gray, "L").save(tmp_path / "g.png")
-    image = read_image_rgb(tmp_path / "g.png")
-    assert image.shape == (4, 7, 3)
-    for c in range(3):
-        np.testing.assert_array_equal(image[..., c], gray)
-
-
-def test_16bit_png_is_scaled_not_clipped(tmp_path):
-    Image.fromarray(np.array([[0, 32768, 65535]], np.uint16)).save(tmp_path / "g16.png")
-    image = read_image_rgb(tmp_path / "g16.png")
-    assert image.shape == (1, 3, 3)
-    assert image[0, 0, 0] == 0 and abs(int(image[0, 1, 0]) - 128) <= 1 and image[0, 2, 0] == 255
-
-
-def test_cmyk_jpeg_becomes_rgb(tmp_path):
-    Image.new("CMYK", (8, 6), (0, 255, 0, 0)).save(tmp_path / "c.jpg")
-    image = read_image_rgb(tmp_path / "c.jpg")
-    assert image.shape == (6, 8, 3) and image.dtype == np.uint8
-
-
-def test_exif_orientation_is_applied(tmp_path):
-    exif = Image.Exif()
-    exif[0x0112] = 6  # Orientation: rotate 90° clockwise to display
-    Image.fromarray(_random_rgb(20, 40)).save(tmp_path / "o.jpg", exif=exif)
-    assert read_image_rgb(tmp_path / "o.jpg").shape == (40, 20, 3)
-
-
-def _truncated_jpeg(path: pathlib.Path) -> None:
-    Image.fromarray(_random_rgb(32, 32)).save(path.with_suffix(".full.jpg"))
-    data = path.with_suffix(".full.jpg").read_bytes()
-    path.write_bytes(data[:len(data) // 2])
-
-
-@pytest.mark.parametrize("name, make", [
-    ("empty.png", lambda p: p.write_bytes(b"")),
-    ("truncated.jpg", _truncated_jpeg),
-    ("notes.jpg", lambda p: p.write_text("not an image\n")),
-])
-def test_unreadable_files_raise_naming_the_file(tmp_path, name, make):
-    make(tmp_path / name)
-    with pytest.raises(ImageReadError, match=name):
-        read_image_rgb(tmp_path / name)
-
-
-def test_missing_file_is_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nowhere.png"):
-        read_image_rgb(tmp_path / "nowhere.png")
-
-
-def test_list_images_expands_directories(tmp_path):
-    for name in ("b.PNG", "a.jpg", "notes.txt"):
-        (tmp_path / name).write_bytes(b"x")
-    extra = tmp_path / "extra.raw"
-    extra.write_bytes(b"x")
-    assert list_images([str(tmp_path), str(extra)]) == [
-        str(tmp_path / "a.jpg"), str(tmp_path / "b.PNG"), str(extra)]
-    with pytest.raises(FileNotFoundError, match="gone"):
-        list_images([str(tmp_path), str(tmp_path / "gone")])
-
-
-# ---- visualize ----
-
-def test_draw_detections_draws_in_box_and_keeps_input():
-    image = np.full((64, 80, 3), 255, np.uint8)
-    original = image.copy()
-    drawn = draw_detections(image, np.array([[10.0, 20.0, 50.0, 60.0], [0, 0, 5, 5]]),
-                            np.array([0.9, 0.1]), np.array([1, 0]), ("a", "b"), score_thr=0.3)
-    np.testing.assert_array_equal(image, original)
-    assert drawn.shape == image.shape and drawn.dtype == np.uint8
-    assert (drawn[20:61, 10:51] != 255).any()  # the kept box's outline
-    assert (drawn[61:, :] == 255).all()  # nothing below the box (caption goes above it)
-
-
-# ---- predict.py end to end ----
 
 @pytest.fixture(scope="module")
-def ssdlite_checkpoint(tmp_path_factory) -> pathlib.Path:
-    """A random-init SSDLite 320 orbax checkpoint."""
+def checkpoint(tmp_path_factory) -> pathlib.Path:
+    """A random-init ssdlite_shapes orbax checkpoint whose data had category ids 3, 5, 7, 9."""
     from ssd_jax import Detector
     from ssd_jax.checkpoints import save_variables
     from ssd_jax.config import load_config
 
-    directory = tmp_path_factory.mktemp("ckpt") / "ssdlite"
-    save_variables(directory, Detector(load_config(SSDLITE_CONFIG)).variables, meta={})
+    config = load_config(CONFIG)
+    directory = tmp_path_factory.mktemp("ckpt") / "shapes"
+    save_variables(directory, Detector(config).variables,
+                   meta={"class_names": list(config.class_names), "category_ids": [3, 5, 7, 9]})
     return directory
 
 
-def test_predict_end_to_end(tmp_path, ssdlite_checkpoint, capsys):
-    import predict
+def predict(checkpoint, *args: str) -> int:
+    return main(["--config", str(CONFIG), "--checkpoint", str(checkpoint),
+                 "--config.test.score_thr=0.0", "--config.test.max_per_img=5", *args])
 
+
+def test_predict_end_to_end(tmp_path, checkpoint, capsys):
     images = tmp_path / "images"
     images.mkdir()
     Image.fromarray(_random_rgb(48, 64, seed=1)).save(images / "first.png")
@@ -128,29 +51,79 @@ def test_predict_end_to_end(tmp_path, ssdlite_checkpoint, capsys):
     (images / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
     out = tmp_path / "out"
 
-    code = predict.main(["--config", str(SSDLITE_CONFIG), "--checkpoint", str(ssdlite_checkpoint),
-                         str(images), "--out", str(out), "--score-thr", "0.0",
-                         "--config.test.score_thr=0.0", "--config.test.max_per_img=5"])
+    code = predict(checkpoint, str(images), "--out", str(out), "--score-thr", "0.0")
 
     assert code == 1
     assert "corrupt.jpg" in capsys.readouterr().err
     results = json.loads((out / "detections.json").read_text())
-    assert results, "score_thr=0 should keep max_per_img detections per image"
+    assert len(results) == 10, "score_thr=0 keeps max_per_img detections per image"
     assert {r["image_id"] for r in results} == {1, 2}  # sorted: corrupt.jpg, first, second
+    names = ("ellipse", "rectangle", "triangle", "star")
     for r in results:
         assert set(r) == {"file_name", "image_id", "bbox", "score", "category_id",
                           "category_name"}
         assert len(r["bbox"]) == 4 and r["bbox"][2] >= 0 and r["bbox"][3] >= 0
+        # the checkpoint's own category ids, not 0-based labels
+        assert r["category_id"] == (3, 5, 7, 9)[names.index(r["category_name"])]
     assert sorted(p.name for p in out.glob("*.png")) == ["first.png", "second.png"]
     assert np.asarray(Image.open(out / "first.png")).shape == (48, 64, 3)
 
 
-def test_predict_missing_input_exits_2(tmp_path, capsys):
-    import predict
+def test_image_ids_from_the_annotation_file_or_coco_file_names(tmp_path):
+    ann = tmp_path / "instances.json"
+    ann.write_text(json.dumps({"images": [{"id": 42, "file_name": "dir/a.jpg"},
+                                          {"id": 7, "file_name": "b.jpg"}]}))
+    assert image_ids_for(["x/a.jpg", "y/b.jpg"], str(ann)) == [42, 7]
+    assert image_ids_for(["000000397133.jpg", "000000000139.jpg"]) == [397133, 139]
+    assert image_ids_for(["a.jpg", "000000000139.jpg"]) == [0, 1]
+    from ssd_jax.errors import InputFileError
+    with pytest.raises(InputFileError, match="lists no image named c.jpg"):
+        image_ids_for(["c.jpg"], str(ann))
 
+
+def test_out_equal_to_the_inputs_folder_is_refused_and_nothing_changes(tmp_path, checkpoint,
+                                                                        capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(_random_rgb(40, 40, seed=3)).save(photos / "logo2.png")
+    before = md5(photos / "logo2.png")
+    assert predict(checkpoint, str(photos), "--out", str(photos)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "logo2.png is an input and would be replaced" in err[0]
+    assert md5(photos / "logo2.png") == before
+    assert sorted(p.name for p in photos.iterdir()) == ["logo2.png"]
+
+
+def test_outputs_inside_the_inputs_folder_are_not_read_back(tmp_path, checkpoint):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(_random_rgb(40, 40, seed=4)).save(photos / "a.jpg", quality=95)
+    assert predict(checkpoint, str(photos), "--out", str(photos)) == 0  # writes photos/a.png
+    drawn = md5(photos / "a.png")
+    assert predict(checkpoint, str(photos), "--out", str(photos), "--overwrite") == 0
+    results = json.loads((photos / "detections.json").read_text())
+    assert {r["file_name"] for r in results} == {str(photos / "a.jpg")}  # not a.png
+    assert md5(photos / "a.png") == drawn  # redrawn from a.jpg, the same picture
+    assert sorted(p.name for p in photos.glob("*.png")) == ["a.png"]
+
+
+def test_an_earlier_output_is_kept_unless_overwrite(tmp_path, checkpoint, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(_random_rgb(40, 40, seed=5)).save(images / "p.png")
+    out = tmp_path / "out"
+    assert predict(checkpoint, str(images), "--out", str(out)) == 0
+    (out / "detections.json").write_text("[]  # edited by the user")
+    capsys.readouterr()
+    assert predict(checkpoint, str(images), "--out", str(out)) == 2
+    assert "exists (an earlier output?)" in capsys.readouterr().err
+    assert (out / "detections.json").read_text() == "[]  # edited by the user"
+    assert predict(checkpoint, str(images), "--out", str(out), "--overwrite") == 0
+    assert json.loads((out / "detections.json").read_text())
+
+
+def test_a_missing_input_exits_2_naming_it(tmp_path, checkpoint, capsys):
     missing = tmp_path / "no_such_dir"
-    code = predict.main(["--config", str(SSDLITE_CONFIG), "--checkpoint", str(tmp_path),
-                         str(missing), "--out", str(tmp_path / "out")])
-    assert code == 2
+    assert predict(checkpoint, str(missing), "--out", str(tmp_path / "out")) == 2
     assert str(missing) in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

@@ -10,7 +10,7 @@ from flax import traverse_util
 
 from conftest import FIXTURE_CONFIGS, fixture_dir
 from ssd_jax.config import load_config
-from ssd_jax.detector import anchor_generator
+from ssd_jax.models.assembly import anchor_generator
 from ssd_jax.models import build_model
 from ssd_jax.porting import read_state_dict
 from ssd_jax.training.init import initial_variables

@@ -21,7 +21,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 def run_env(**extra) -> dict:
     """Environment of a training subprocess; compiled steps are shared through JAX's cache."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1",
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO),
                JAX_COMPILATION_CACHE_DIR=str(REPO / ".pytest_cache" / "jax_cache"),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", **extra)
     if "XLA_FLAGS" not in extra:
@@ -35,24 +35,6 @@ def shapes(tmp_path_factory) -> pathlib.Path:
     root = tmp_path_factory.mktemp("shapes")
     write_shapes_dataset(root, num_train=24, num_val=8, image_size=96, seed=1)
     return root
-
-
-def test_pmap_two_devices_equals_one():
-    out = subprocess.run([sys.executable, str(REPO / "tests" / "pmap_equivalence_check.py")],
-                         env=run_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"),
-                         capture_output=True, text=True, timeout=900, cwd=REPO)
-    assert out.returncode == 0, out.stderr[-3000:]
-    r = json.loads(out.stdout.strip().splitlines()[-1])
-    assert r["devices"] == 2
-    assert r["moved"] > 1e-4          # the step changed the parameters well beyond the tolerance
-    assert r["params"] <= 1e-5        # 2 devices == 1 device on the same global batch
-    # SyncBN: running statistics of the global batch. Relative 1e-4: the variances of the 1×1
-    # maps (4 values per channel) differ in their last float32 digits between the two
-    # reductions; unsynchronised statistics (2 images vs 4) would differ by O(1).
-    assert r["batch_stats"] <= 1e-4
-    assert r["replica_diff"] == 0.0   # replicas stay identical
-    assert r["nonfinite"] == {"finite": False, "in_row": 1, "total": 1, "step": 1,
-                              "opt_state_kept": True}
 
 
 def free_port() -> int:

@@ -2,7 +2,7 @@
 
     source = CocoSource(cfg.data.ann_file, cfg.data.img_dir, filter_train=True)
     train = make_train_loader(source, cfg, global_batch_size=64, seed=0, num_workers=2)
-    batch = next(train)              # {"image": uint8 (B, S, S, 3), "boxes", "labels", ...}
+    batch = next(train)              # {"image": (B, S, S, 3), "boxes", "labels", ...}
     state = train.get_state()        # JSON-serialisable; train.set_state(state) resumes exactly
 
 Worker processes (grain ``DataLoader``, ``worker_count=num_workers``) decode and augment single
@@ -40,12 +40,14 @@ _READ_OPTIONS = grain.ReadOptions(num_threads=4, prefetch_buffer_size=64)
 
 
 def make_train_loader(source: Any, cfg: Any, *, global_batch_size: int, process_index: int = 0,
-                      process_count: int = 1, seed: int, num_workers: int) -> TrainIterator:
+                      process_count: int = 1, seed: int, num_workers: int,
+                      shuffle: bool = True) -> TrainIterator:
     """An endless iterator of augmented training batches for this process.
 
     Order: the source is split into ``process_count`` contiguous shards (each process reads only
     its own, the remainder dropped); every epoch the shard is shuffled anew (deterministic for
-    ``seed``, a non-negative 32-bit int), and epochs repeat without end. Each example is decoded,
+    ``seed``, a non-negative 32-bit int; in source order with ``shuffle`` False), and epochs
+    repeat without end. Each example is decoded,
     augmented by ``transforms.train_transform`` with a generator seeded by (seed + its global
     position in the stream), and its boxes padded to M = ``cfg.train.max_boxes``. An image with
     more than M boxes after augmentation keeps the M largest by area (in their original order);
@@ -53,7 +55,8 @@ def make_train_loader(source: Any, cfg: Any, *, global_batch_size: int, process_
 
     Batches of B = global_batch_size // process_count::
 
-        {"image": uint8 (B, S, S, 3) RGB, S = cfg.input_size,
+        {"image": (B, S, S, 3) RGB, S = cfg.input_size: uint8, or float32 (unclipped) when
+                  cfg.augment.photometric distorts it as mmdetection does,
          "boxes": float32 (B, M, 4) xyxy pixels of the S×S input (padding: zeros),
          "labels": int32 (B, M) (padding: 0), "valid": bool (B, M),
          "image_id": int64 (B,)}
@@ -66,7 +69,7 @@ def make_train_loader(source: Any, cfg: Any, *, global_batch_size: int, process_
         raise ValueError(f"{source!r} has {len(source)} images, fewer than {process_count} "
                          "processes")
     shard = grain.ShardOptions(process_index, process_count, drop_remainder=True)
-    sampler = grain.IndexSampler(num_records=len(source), shard_options=shard, shuffle=True,
+    sampler = grain.IndexSampler(num_records=len(source), shard_options=shard, shuffle=shuffle,
                                  num_epochs=None, seed=seed)
     batch_size = global_batch_size // process_count
     _allow_unparsed_absl_flags()

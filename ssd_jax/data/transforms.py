@@ -187,52 +187,72 @@ def random_flip(image: np.ndarray, boxes: np.ndarray, rng: np.random.Generator, 
     return image, boxes
 
 
-def photometric_distortion(image: np.ndarray, rng: np.random.Generator, *,
-                           brightness_delta: float = 32,
-                           contrast_range: Sequence[float] = (0.5, 1.5),
-                           saturation_range: Sequence[float] = (0.5, 1.5),
-                           hue_delta: float = 18) -> np.ndarray:
-    """mmdet 3.x ``PhotoMetricDistortion``: uint8 (H, W, 3) → float32 (H, W, 3), not clipped.
+class PhotometricParams(NamedTuple):
+    """One draw of mmdetection's ``PhotoMetricDistortion._random_flags`` (same order)."""
+    mode: int            # 1: contrast before the HSV steps, 0: after
+    brightness_on: bool
+    contrast_on: bool
+    saturation_on: bool
+    hue_on: bool
+    swap_on: bool
+    delta: float         # brightness, added
+    alpha: float         # contrast, multiplied
+    saturation: float    # S multiplied
+    hue: float           # degrees added to H
+    order: np.ndarray    # (3,) channel permutation
 
-    Each step happens with probability 0.5, in this order: brightness (+U(−δ, δ)); contrast
-    (×U(contrast_range)) here if ``mode == 1``; to HSV (OpenCV, float32: H in degrees); saturation
-    (S ×U(saturation_range)); hue (H +U(−hue_delta, hue_delta), then −360 where > 360 and +360
-    where < 0); back to RGB; contrast here if ``mode == 0``; a random permutation of the channels
-    (mmdet 3.x draws ``swap_flag`` and ``random.permutation(3)``; it is on by default). ``mode`` is
-    0 or 1 with equal probability. Values can leave [0, 255]; mmdetection feeds them to the model
-    unclipped.
+
+def draw_photometric(rng: np.random.Generator, *, brightness_delta: float = 32,
+                     contrast_range: Sequence[float] = (0.5, 1.5),
+                     saturation_range: Sequence[float] = (0.5, 1.5),
+                     hue_delta: float = 18) -> PhotometricParams:
+    """The random choices of one distortion: six coin flips, then the values (mmdet's order)."""
+    flags = rng.integers(2, size=6)
+    return PhotometricParams(
+        int(flags[0]), *map(bool, flags[1:]), rng.uniform(-brightness_delta, brightness_delta),
+        rng.uniform(*contrast_range), rng.uniform(*saturation_range),
+        rng.uniform(-hue_delta, hue_delta), rng.permutation(3))
+
+
+def apply_photometric(image: np.ndarray, p: PhotometricParams) -> np.ndarray:
+    """mmdet 3.3.0 ``PhotoMetricDistortion.transform`` with the choices ``p``: uint8 (H, W, 3)
+    → float32 (H, W, 3), not clipped.
+
+    In this order: brightness (+delta); contrast (×alpha) here if ``mode == 1``; to HSV (OpenCV,
+    float32: H in degrees, S in [0, 1]); saturation (S ×factor, clipped to [0, 1] when the factor
+    is above 1); hue (H + hue, then −360 where > 360 and +360 where < 0); back to RGB; contrast
+    here if ``mode == 0``; the channel permutation. Each step only if its flag is on. Values can
+    leave [0, 255]; mmdetection feeds them to the network unclipped.
     """
-    mode, bright_on, contrast_on, sat_on, hue_on, swap_on = rng.integers(2, size=6)
-    delta = rng.uniform(-brightness_delta, brightness_delta)
-    alpha = rng.uniform(*contrast_range)
-    saturation = rng.uniform(*saturation_range)
-    hue = rng.uniform(-hue_delta, hue_delta)
-    order = rng.permutation(3)
-
     img = image.astype(np.float32)
-    if bright_on:
-        img += np.float32(delta)
-    if mode == 1 and contrast_on:
-        img *= np.float32(alpha)
+    if p.brightness_on:
+        img += np.float32(p.delta)
+    if p.mode == 1 and p.contrast_on:
+        img *= np.float32(p.alpha)
     img = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
-    if sat_on:
-        img[..., 1] *= np.float32(saturation)
-    if hue_on:
+    if p.saturation_on:
+        img[..., 1] *= np.float32(p.saturation)
+        if p.saturation > 1:  # OpenCV's float HSV keeps S in [0, 1]; mmdet clips it there
+            np.clip(img[..., 1], 0, 1, out=img[..., 1])
+    if p.hue_on:
         h = img[..., 0]
-        h += np.float32(hue)
+        h += np.float32(p.hue)
         h[h > 360] -= 360
         h[h < 0] += 360
     img = cv2.cvtColor(img, cv2.COLOR_HSV2RGB)
-    if mode == 0 and contrast_on:
-        img *= np.float32(alpha)
-    if swap_on:
-        img = img[..., order]
+    if p.mode == 0 and p.contrast_on:
+        img *= np.float32(p.alpha)
+    if p.swap_on:
+        img = img[..., p.order]
     return img
 
 
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    """float (H, W, 3) → uint8, rounded to nearest and clipped to [0, 255]."""
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+def photometric_distortion(image: np.ndarray, rng: np.random.Generator, **ranges: Any
+                           ) -> np.ndarray:
+    """mmdet ``PhotoMetricDistortion``: ``apply_photometric(image, draw_photometric(rng,
+    **ranges))``. Image RGB here, BGR in mmdetection: OpenCV's RGB↔HSV on RGB equals BGR↔HSV on
+    BGR, and the permutation is uniform over the six orders either way."""
+    return apply_photometric(image, draw_photometric(rng, **ranges))
 
 
 def train_transform(record: dict[str, Any], image: np.ndarray, rng: np.random.Generator,
@@ -251,9 +271,10 @@ def train_transform(record: dict[str, Any], image: np.ndarray, rng: np.random.Ge
         SSD pipelines have both).
 
     Returns:
-      {"image": uint8 (S, S, 3), "boxes": float32 (k, 4) xyxy in [0, S], "labels": int32 (k,)}.
-      Boxes are dropped only by the crop's centre rule. Deviation from mmdetection: the distorted
-      image is rounded and clipped to uint8 (mmdetection keeps the unclipped float32 values).
+      {"image": (S, S, 3) uint8, or float32 with ``photometric`` (the distorted values as
+      mmdetection feeds them to the network: neither rounded nor clipped), "boxes": float32
+      (k, 4) xyxy in [0, S], "labels": int32 (k,)}. Boxes are dropped only by the crop's centre
+      rule.
     """
     aug = cfg.augment
     boxes = np.asarray(record["boxes"], np.float32).reshape(-1, 4)
@@ -269,5 +290,4 @@ def train_transform(record: dict[str, Any], image: np.ndarray, rng: np.random.Ge
         image = photometric_distortion(
             image, rng, brightness_delta=aug.brightness_delta, contrast_range=aug.contrast_range,
             saturation_range=aug.saturation_range, hue_delta=aug.hue_delta)
-    return {"image": to_uint8(image) if image.dtype != np.uint8 else image, "boxes": boxes,
-            "labels": labels}
+    return {"image": image, "boxes": boxes, "labels": labels}

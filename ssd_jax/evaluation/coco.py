@@ -12,13 +12,18 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import math
 import os
+import weakref
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
 
 # COCO's standard maxDets. mmdetection's CocoMetric uses proposal_nums (100, 300, 1000) instead,
 # which makes stats[1:6] and its per-class AP use the top 1000 (not 100) detections per image.
@@ -149,3 +154,66 @@ def format_metrics_table(metrics: Mapping[str, Any]) -> str:
         lines += ["", header, "-" * len(header)]
         lines += ["   ".join(cells[i:i + 3]) for i in range(0, len(cells), 3)]
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ground truth of sources without a COCO JSON file
+
+_GT_CACHE: "weakref.WeakKeyDictionary[Any, tuple[COCO, list[Any]]]" = weakref.WeakKeyDictionary()
+
+
+def records_to_coco(source: Any, progress: bool = False) -> tuple[COCO, list[Any]]:
+    """A COCO ground truth built from the records of ``source`` (sources without a JSON file).
+
+    Category ids are label + 1 named ``source.class_names``; image ids are the records'
+    ``image_id`` when they are unique ints, else the record index. A record's ``difficult``
+    boxes (VOC) become ``iscrowd`` 1, the only way pycocotools ignores a ground-truth box.
+    Records of image sources (TFDS) decode their images: this reads the split once more.
+    Returns the COCO object and the image id of every record index.
+    """
+    records = []  # without the decoded images that image sources' records carry
+    for i in tqdm(range(len(source)), desc="ground truth", unit="img", disable=not progress):
+        r = source[i]
+        records.append({k: r[k] for k in ("image_id", "height", "width", "boxes", "labels")}
+                       | {"difficult": r.get("difficult", np.zeros(len(r["labels"]), bool))})
+    ids = [r["image_id"] for r in records]
+    if not all(isinstance(i, (int, np.integer)) for i in ids) or len(set(ids)) != len(ids):
+        ids = list(range(len(records)))
+    images, annotations = [], []
+    for image_id, record in zip(ids, records):
+        images.append({"id": int(image_id), "height": int(record["height"]),
+                       "width": int(record["width"])})
+        for box, label, hard in zip(np.asarray(record["boxes"], np.float64).reshape(-1, 4),
+                                    record["labels"], record["difficult"]):
+            w, h = float(box[2] - box[0]), float(box[3] - box[1])
+            annotations.append({"id": len(annotations) + 1, "image_id": int(image_id),
+                                "category_id": int(label) + 1, "area": w * h,
+                                "bbox": [float(box[0]), float(box[1]), w, h],
+                                "iscrowd": int(bool(hard))})
+    categories = [{"id": k + 1, "name": name} for k, name in enumerate(source.class_names)]
+    coco = COCO()
+    coco.dataset = {"images": images, "annotations": annotations, "categories": categories}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco, [int(i) for i in ids]
+
+
+def coco_ground_truth(source: Any, indices: Sequence[int], progress: bool = False
+                      ) -> tuple[COCO | str, list[int], list[int]]:
+    """(ground truth: annotation file path or COCO, category id per label, image id per index).
+
+    ``CocoSource`` (``ann_file`` and ``cat_ids``) evaluates against its JSON file as mmdetection
+    does (crowd boxes included); other sources through :func:`records_to_coco` (cached per
+    source object).
+    """
+    if hasattr(source, "ann_file") and hasattr(source, "cat_ids"):
+        return source.ann_file, list(source.cat_ids), [int(source[i]["image_id"]) for i in indices]
+    try:
+        gt, ids = _GT_CACHE[source]
+    except (KeyError, TypeError):
+        log.info("building a COCO ground truth from the records of %r", source)
+        gt, ids = records_to_coco(source, progress)
+        with contextlib.suppress(TypeError):
+            _GT_CACHE[source] = (gt, ids)
+    return gt, list(range(1, len(source.class_names) + 1)), [ids[i] for i in indices]
+

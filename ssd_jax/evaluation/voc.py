@@ -8,7 +8,7 @@ do not count in recall. mAP averages the classes that have ground truth.
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -152,3 +152,46 @@ def _class_tpfp(detections: Sequence[Mapping[str, np.ndarray]],
         fps.append(fp)
         num_gts += int((~difficult).sum())
     return np.concatenate(scores), np.concatenate(tps), np.concatenate(fps), num_gts
+
+
+def voc_annotations(source: Any) -> list[dict[str, Any]]:
+    """Per record index ``{'image_id', 'boxes' (n, 4) xyxy pixels, 'labels' (n,), 'difficult'
+    (n,) bool (all False when the source has no such field)}``. Reads every record (image
+    sources such as TFDS decode their images)."""
+    annotations = []
+    for i in range(len(source)):
+        r = source[i]
+        labels = np.asarray(r["labels"], np.int64)
+        difficult = r.get("difficult", np.zeros(len(labels), bool))
+        annotations.append({"image_id": r["image_id"],
+                            "boxes": np.asarray(r["boxes"], np.float32).reshape(-1, 4),
+                            "labels": labels, "difficult": np.asarray(difficult, bool)})
+    return annotations
+
+
+def voc_results(detections: Sequence[dict[str, Any]]) -> list[dict]:
+    """VOC detections as COCO-style result dicts; ``category_id`` is label + 1 (VOC has no ids)
+    and ``image_id`` the VOC image name."""
+    return [{"image_id": det["image_id"], "category_id": int(label) + 1,
+             "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
+             "score": float(score)}
+            for det in detections
+            for (x1, y1, x2, y2), score, label in zip(np.asarray(det["boxes"]).reshape(-1, 4),
+                                                       det["scores"], det["labels"])]
+
+
+def format_voc_table(metrics: dict[str, Any]) -> str:
+    """mmdetection-style VOC table: class, gts, dets, recall, AP; then mAP."""
+    names = list(metrics["per_class_AP"])
+    width = max([len("class")] + [len(n) for n in names])
+    header = f"{'class':<{width}} {'gts':>6} {'dets':>7} {'recall':>7} {'ap':>7}"
+    lines = [header, "-" * len(header)]
+    for name in names:
+        lines.append(f"{name:<{width}} {metrics['num_gts'][name]:>6d} "
+                     f"{metrics['num_dets'][name]:>7d} {metrics['per_class_recall'][name]:>7.3f} "
+                     f"{metrics['per_class_AP'][name]:>7.3f}")
+    lines += ["-" * len(header),
+              f"{'mAP':<{width}} {'':>6} {'':>7} {'':>7} {metrics['mAP']:>7.3f}   "
+              f"(IoU {metrics['iou_thr']}, {metrics['mode']})"]
+    return "\n".join(lines)
+

@@ -1,13 +1,13 @@
 """mmdetection's ``SSDHead`` convolutions (plain 3×3, or SSDLite's depthwise-separable)."""
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ssd_jax.models.layers import ConvModule, conv
+from ssd_jax.models.layers import BatchStats, ConvModule, conv
 
 
 class SSDHead(nn.Module):
@@ -21,7 +21,7 @@ class SSDHead(nn.Module):
     use_depthwise: bool = False
     norm: bool = False
     act: str = "relu"
-    bn_axis_name: Optional[str] = None
+    batch_stats: BatchStats = BatchStats()
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -34,7 +34,7 @@ class SSDHead(nn.Module):
                 y = x
                 if self.use_depthwise:
                     y = ConvModule(x.shape[-1], 3, 1, 1, groups=-1, norm=self.norm, act=self.act,
-                                   bn_axis_name=self.bn_axis_name, dtype=self.dtype,
+                                   batch_stats=self.batch_stats, dtype=self.dtype,
                                    name=f"{branch}_{level}_0")(y, train)
                     y = conv(num_anchors * out_per_anchor, 1, dtype=self.dtype,
                              name=f"{branch}_{level}_1")(y)

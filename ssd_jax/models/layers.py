@@ -7,6 +7,7 @@ an mmdetection state_dict maps onto the Flax tree by a fixed rule
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Callable, Optional
 
@@ -14,10 +15,28 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-# mmdetection's SSDLite sets norm_cfg=dict(type='BN', eps=0.001, momentum=0.03);
-# torch's momentum m is flax's 1 - m.
+# mmdetection's SSDLite sets norm_cfg=dict(type='BN', eps=0.001, momentum=0.03) (torch's
+# convention: running = (1 - m)·running + m·batch).
 BN_EPS = 1e-3
-BN_MOMENTUM = 0.97
+BN_MOMENTUM = 0.03
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchStats:
+    """Which images train-mode BatchNorm takes its statistics over.
+
+    ``group_size`` > 0: groups of that many consecutive images of this device's batch, each
+    normalised by its own statistics (mmdetection's per-GPU BatchNorm, a group being one GPU's
+    batch). 0: all of this device's images, and when ``axis_name`` is set those of the other
+    devices too — all of them (SyncBN), or those of the device's group in ``axis_index_groups``
+    (one "GPU" spread over several devices).
+
+    The running statistics are updated with the mean of the groups' statistics, averaged over
+    ``axis_name`` when set so that every device keeps the same running statistics.
+    """
+    group_size: int = 0
+    axis_name: Optional[str] = None
+    axis_index_groups: Optional[tuple[tuple[int, ...], ...]] = None
 
 
 
@@ -120,7 +139,7 @@ class ConvModule(nn.Module):
     groups: int = 1
     norm: bool = False
     act: str = "relu"
-    bn_axis_name: Optional[str] = None
+    batch_stats: BatchStats = BatchStats()
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -132,10 +151,7 @@ class ConvModule(nn.Module):
             x = conv(self.features, self.kernel, self.stride, self.padding, groups=self.groups,
                      use_bias=not self.norm, dtype=self.dtype, name="conv")(x)
         if self.norm:
-            x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, dtype=self.dtype,
-                             param_dtype=param_dtype(self.dtype), epsilon=BN_EPS,
-                             axis_name=self.bn_axis_name,
-                             use_fast_variance=False, name="bn")(x)
+            x = BatchNorm(self.batch_stats, dtype=self.dtype, name="bn")(x, train)
         act = ACTIVATIONS[self.act]
         return act(x) if act is not None else x
 
@@ -148,15 +164,76 @@ class DepthwiseSeparableConvModule(nn.Module):
     padding: int = 0
     norm: bool = False
     act: str = "relu"
-    bn_axis_name: Optional[str] = None
+    batch_stats: BatchStats = BatchStats()
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        kw = dict(norm=self.norm, act=self.act, bn_axis_name=self.bn_axis_name, dtype=self.dtype)
+        kw = dict(norm=self.norm, act=self.act, batch_stats=self.batch_stats, dtype=self.dtype)
         x = ConvModule(x.shape[-1], self.kernel, self.stride, self.padding, groups=-1,
                        name="depthwise_conv", **kw)(x, train)
         return ConvModule(self.features, 1, name="pointwise_conv", **kw)(x, train)
+
+
+class BatchNorm(nn.Module):
+    """torch's ``BatchNorm2d`` over the last axis (NHWC), with the statistics of ``BatchStats``.
+
+    Train mode normalises with the batch (group) mean and biased variance; the running mean and
+    the running *unbiased* variance move by ``momentum`` (torch's convention). Eval mode uses the
+    running statistics. Parameters ``scale``, ``bias``; statistics ``batch_stats/{mean, var}``
+    (flax ``nn.BatchNorm``'s names). Statistics are computed in float32 (float64 for float64).
+    """
+    stats: BatchStats = BatchStats()
+    momentum: float = BN_MOMENTUM
+    epsilon: float = BN_EPS
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        c, pdt, acc = x.shape[-1], param_dtype(self.dtype), accum_dtype(self.dtype)
+        scale = self.param("scale", nn.initializers.ones, (c,), pdt)
+        bias = self.param("bias", nn.initializers.zeros, (c,), pdt)
+        running_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), pdt))
+        running_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), pdt))
+        xf = x.astype(acc)
+        if not train:
+            y = (xf - running_mean.value.astype(acc)) * jax.lax.rsqrt(
+                running_var.value.astype(acc) + self.epsilon)
+            return (y * scale.astype(acc) + bias.astype(acc)).astype(self.dtype)
+        group = self.stats.group_size or x.shape[0]
+        if x.shape[0] % group:
+            raise ValueError(f"BatchNorm: batch {x.shape[0]} is not a multiple of the "
+                             f"statistics group size {group}")
+        grouped = xf.reshape(x.shape[0] // group, -1, c)  # [G, group·H·W, C]
+        count = grouped.shape[1]
+        mean = grouped.mean(axis=1, keepdims=True)
+        sync = self.stats.group_size == 0 and self.stats.axis_name is not None
+        if sync:  # SyncBN (all devices, or the device's group of devices)
+            mean = jax.lax.pmean(mean, self.stats.axis_name,
+                                 axis_index_groups=self.stats.axis_index_groups)
+        var = jnp.square(grouped - mean).mean(axis=1, keepdims=True)  # two-pass, as torch
+        if sync:
+            var = jax.lax.pmean(var, self.stats.axis_name,
+                                axis_index_groups=self.stats.axis_index_groups)
+            count *= _group_devices(self.stats)
+        y = ((grouped - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(xf.shape)
+        if not self.is_initializing() and self.is_mutable_collection("batch_stats"):
+            batch_mean = mean.mean(axis=(0, 1))
+            batch_var = var.mean(axis=(0, 1)) * count / max(count - 1, 1)  # unbiased
+            if self.stats.axis_name is not None:
+                batch_mean = jax.lax.pmean(batch_mean, self.stats.axis_name)
+                batch_var = jax.lax.pmean(batch_var, self.stats.axis_name)
+            m = self.momentum
+            running_mean.value = ((1 - m) * running_mean.value + m * batch_mean).astype(pdt)
+            running_var.value = ((1 - m) * running_var.value + m * batch_var).astype(pdt)
+        return (y * scale.astype(acc) + bias.astype(acc)).astype(self.dtype)
+
+
+def _group_devices(stats: BatchStats) -> int:
+    """How many devices one statistics group spans under SyncBN."""
+    if stats.axis_index_groups is None:
+        return jax.lax.psum(1, stats.axis_name)
+    return len(stats.axis_index_groups[0])
 
 
 class L2Norm(nn.Module):

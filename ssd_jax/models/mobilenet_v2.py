@@ -1,13 +1,13 @@
 """MobileNetV2 as mmdetection's backbone (widen factor 1, BN eps 1e-3, ReLU6)."""
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ssd_jax.models.layers import ConvModule
+from ssd_jax.models.layers import BatchStats, ConvModule
 
 # (expand ratio, channels, blocks, first stride) of layer1..layer7 (mmdet arch_settings).
 ARCH_SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
@@ -20,12 +20,12 @@ class InvertedResidual(nn.Module):
     mid_channels: int
     stride: int
     with_expand_conv: bool
-    bn_axis_name: Optional[str] = None
+    batch_stats: BatchStats = BatchStats()
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        kw = dict(norm=True, bn_axis_name=self.bn_axis_name, dtype=self.dtype)
+        kw = dict(norm=True, batch_stats=self.batch_stats, dtype=self.dtype)
         out = x
         if self.with_expand_conv:
             out = ConvModule(self.mid_channels, 1, act="relu6", name="expand_conv", **kw)(out, train)
@@ -43,12 +43,12 @@ class MobileNetV2(nn.Module):
     mmdetection's SSDLite uses ``(4, 7)``: 96 channels at stride 16 and 1280 at stride 32.
     """
     out_indices: Sequence[int] = (4, 7)
-    bn_axis_name: Optional[str] = None
+    batch_stats: BatchStats = BatchStats()
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> list[jax.Array]:
-        kw = dict(norm=True, bn_axis_name=self.bn_axis_name, dtype=self.dtype)
+        kw = dict(norm=True, batch_stats=self.batch_stats, dtype=self.dtype)
         x = ConvModule(32, 3, 2, 1, act="relu6", name="conv1", **kw)(x, train)
         in_channels = 32
         outs = []
@@ -56,7 +56,7 @@ class MobileNetV2(nn.Module):
             for j in range(blocks):
                 x = InvertedResidual(channels, int(round(in_channels * ratio)),
                                      stride if j == 0 else 1, ratio != 1,
-                                     bn_axis_name=self.bn_axis_name, dtype=self.dtype,
+                                     batch_stats=self.batch_stats, dtype=self.dtype,
                                      name=f"layer{i + 1}_{j}")(x, train)
                 in_channels = channels
             if i in self.out_indices:

@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ssd_jax.models.layers import ConvModule, DepthwiseSeparableConvModule, L2Norm
+from ssd_jax.models.layers import BatchStats, ConvModule, DepthwiseSeparableConvModule, L2Norm
 
 
 class SSDNeck(nn.Module):
@@ -26,7 +26,7 @@ class SSDNeck(nn.Module):
     use_depthwise: bool = False
     norm: bool = False
     act: str = "relu"
-    bn_axis_name: Optional[str] = None
+    batch_stats: BatchStats = BatchStats()
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -34,7 +34,7 @@ class SSDNeck(nn.Module):
         outs = list(feats)
         if self.l2_norm_scale is not None:
             outs[0] = L2Norm(self.l2_norm_scale, name="l2_norm")(outs[0])
-        kw = dict(norm=self.norm, act=self.act, bn_axis_name=self.bn_axis_name, dtype=self.dtype)
+        kw = dict(norm=self.norm, act=self.act, batch_stats=self.batch_stats, dtype=self.dtype)
         extra = self.out_channels[len(self.in_channels):]
         x = outs[-1]
         for i, (channels, stride, padding) in enumerate(

@@ -1,7 +1,7 @@
 """The SSD detector network: backbone → neck → head, built from a config."""
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from ssd_jax.models.head import SSDHead
+from ssd_jax.models.layers import BatchStats
 from ssd_jax.models.mobilenet_v2 import MobileNetV2
 from ssd_jax.models.neck import SSDNeck
 from ssd_jax.models.vgg import SSDVGG
@@ -44,19 +45,20 @@ def compute_dtype(precision: str) -> Any:
     return PRECISIONS[precision]
 
 
-def build_backbone(cfg: ml_collections.ConfigDict, bn_axis_name: Optional[str], dtype) -> nn.Module:
+def build_backbone(cfg: ml_collections.ConfigDict, batch_stats: BatchStats, dtype) -> nn.Module:
     if cfg.type == "SSDVGG":
         return SSDVGG(dtype=dtype)
     if cfg.type == "MobileNetV2":
-        return MobileNetV2(tuple(cfg.out_indices), bn_axis_name=bn_axis_name, dtype=dtype)
+        return MobileNetV2(tuple(cfg.out_indices), batch_stats=batch_stats, dtype=dtype)
     raise ValueError(f"unknown backbone type {cfg.type!r} (expected 'SSDVGG' or 'MobileNetV2')")
 
 
 def build_model(model_cfg: ml_collections.ConfigDict, num_anchors: list[int],
-                bn_axis_name: Optional[str] = None, precision: str = "fp32") -> SSD:
+                batch_stats: BatchStats = BatchStats(), precision: str = "fp32") -> SSD:
     """The Flax SSD for ``config.model``; ``num_anchors`` per level comes from the anchor generator.
 
-    ``bn_axis_name`` names the pmap axis over which BatchNorm statistics are averaged (SyncBN).
+    ``batch_stats`` says which images train-mode BatchNorm takes its statistics over (default:
+    each call's whole batch).
     ``precision`` 'bf16' computes in bfloat16 with float32 parameters (outputs are bfloat16;
     losses and NMS cast them to float32); 'fp64' in float64 with float64 parameters.
     """
@@ -64,7 +66,7 @@ def build_model(model_cfg: ml_collections.ConfigDict, num_anchors: list[int],
     n, h = model_cfg.neck, model_cfg.head
     neck = SSDNeck(tuple(n.in_channels), tuple(n.out_channels), tuple(n.level_strides),
                    tuple(n.level_paddings), n.l2_norm_scale, n.last_kernel_size,
-                   n.use_depthwise, n.norm, n.act, bn_axis_name, dtype)
+                   n.use_depthwise, n.norm, n.act, batch_stats, dtype)
     head = SSDHead(tuple(n.out_channels), tuple(num_anchors), model_cfg.num_classes,
-                   h.use_depthwise, h.norm, h.act, bn_axis_name, dtype)
-    return SSD(build_backbone(model_cfg.backbone, bn_axis_name, dtype), neck, head)
+                   h.use_depthwise, h.norm, h.act, batch_stats, dtype)
+    return SSD(build_backbone(model_cfg.backbone, batch_stats, dtype), neck, head)

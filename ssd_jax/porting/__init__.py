@@ -3,12 +3,17 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
+import ml_collections
 import numpy as np
 
-from ssd_jax.porting.convert import (CheckpointMismatchError, is_pre_v214_layout, merge_strict,
-                                     state_dict_to_flat, upgrade_pre_v214)
+from ssd_jax.config import config_names
+from ssd_jax.errors import InputFileError
+from ssd_jax.porting.convert import (CheckpointMismatchError, flat_to_torch_name,
+                                     is_pre_v214_layout, merge_strict, state_dict_to_flat,
+                                     upgrade_pre_v214)
+from ssd_jax.porting.identify import fitting_configs
 from ssd_jax.porting.pth_reader import CheckpointFormatError, UnsafeCheckpointError, read_pth
 
 __all__ = ["CheckpointFormatError", "CheckpointMismatchError", "UnsafeCheckpointError",
@@ -41,20 +46,45 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
     return state_dict, dict(meta) if isinstance(meta, Mapping) else {}
 
 
-def load_checkpoint_variables(path: str | os.PathLike, expected: dict, **merge_kwargs: Any) -> dict:
+def load_checkpoint_variables(path: str | os.PathLike, expected: dict,
+                              config: Optional[ml_collections.ConfigDict] = None,
+                              **merge_kwargs: Any) -> dict:
     """Variables shaped like ``expected`` from a ``.pth`` file or an orbax directory.
 
-    Raises CheckpointMismatchError listing missing, unexpected and mis-shaped keys.
+    Raises CheckpointMismatchError listing missing, unexpected and mis-shaped keys; with
+    ``config``, its first line also says which bundled config (and class count) the checkpoint
+    fits instead, where its shapes tell.
     """
     from ssd_jax import checkpoints
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise InputFileError(f"checkpoint not found: {path}")
     if os.path.isdir(path):
         flat, _ = checkpoints.load_variables(path)
-        from ssd_jax.porting.convert import flat_to_torch_name
         loaded = {k: (flat_to_torch_name(k), v) for k, v in flat.items()}
     else:
         state_dict, _ = read_state_dict(path)
         loaded = state_dict_to_flat(state_dict)
-    return merge_strict(loaded, expected, path, **merge_kwargs)
+    try:
+        return merge_strict(loaded, expected, path, **merge_kwargs)
+    except CheckpointMismatchError as e:
+        if config is None:
+            raise
+        summary, _, details = str(e).partition("\n")
+        raise CheckpointMismatchError(f"{summary}; {describe_fit(e.shapes, config)}\n{details}",
+                                      e.shapes) from None
+
+
+def describe_fit(shapes: Mapping[str, tuple[int, ...]], config: ml_collections.ConfigDict) -> str:
+    """A clause saying what a checkpoint that does not fit ``config`` fits instead."""
+    fits = fitting_configs(shapes)
+    if not fits:
+        return f"it fits none of the bundled configs ({', '.join(config_names())})"
+    name = config.get("name", "")
+    classes = len(config.class_names)
+    same = [c for n, c in fits if n == name]
+    if same and same[0] is not None and same[0] != classes:
+        return (f"it is a {name} trained for {same[0]} classes, the config (or the data) has "
+                f"{classes}")
+    return "it fits " + " or ".join(
+        f"config {n}" + (f" with {c} classes" if c is not None else "") for n, c in fits)

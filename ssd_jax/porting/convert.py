@@ -14,6 +14,8 @@ from typing import Any, Mapping
 import numpy as np
 from flax import traverse_util
 
+from ssd_jax.errors import UserError
+
 Variables = dict[str, Any]  # {'params': ..., 'batch_stats': ...}
 
 # Checkpoints written before mmdetection v2.14 kept the extra layers and L2Norm in the backbone
@@ -22,8 +24,14 @@ _OLD_EXTRA = re.compile(r"^backbone\.extra\.(\d+)\.(weight|bias)$")
 _OLD_HEAD = re.compile(r"^bbox_head\.(cls_convs|reg_convs)\.(\d+)\.(weight|bias)$")
 
 
-class CheckpointMismatchError(ValueError):
-    """A checkpoint's tensors do not fit the config's model; the message lists the keys."""
+class CheckpointMismatchError(UserError, ValueError):
+    """A checkpoint's tensors do not fit the config's model; the message's first line says so in
+    short (and, where it can be told, which config it fits), the next lines list the keys.
+    ``shapes``: the checkpoint's ``{mmdetection key: shape (Flax layout)}``."""
+
+    def __init__(self, message: str, shapes: Mapping[str, tuple[int, ...]] | None = None):
+        super().__init__(message)
+        self.shapes = dict(shapes or {})
 
 
 def is_pre_v214_layout(state_dict: Mapping[str, np.ndarray]) -> bool:
@@ -113,13 +121,16 @@ def merge_strict(loaded: Mapping[tuple[str, ...], tuple[str, np.ndarray]],
         f"{v[0]}: checkpoint {tuple(v[1].shape)} vs model {tuple(np.shape(want[k]))} (Flax layout)"
         for k, v in loaded.items() if k in want and tuple(v[1].shape) != tuple(np.shape(want[k])))
     if missing or unexpected or mis_shaped:
-        lines = [f"checkpoint {source} does not fit the config's model:"]
+        counts = ", ".join(f"{len(keys)} {title}" for title, keys in (
+            ("missing", missing), ("unexpected", unexpected), ("mis-shaped", mis_shaped)) if keys)
+        lines = [f"checkpoint {source} does not fit the config's model ({counts} keys)"]
         for title, keys in (("missing", sorted(flat_to_torch_name(k) for k in missing)),
                             ("unexpected", unexpected), ("mis-shaped", mis_shaped)):
             if keys:
                 shown = keys[:20] + ([f"... and {len(keys) - 20} more"] if len(keys) > 20 else [])
                 lines.append(f"  {title} ({len(keys)}): " + "\n      ".join(shown))
-        raise CheckpointMismatchError("\n".join(lines))
+        raise CheckpointMismatchError("\n".join(lines), {
+            v[0]: tuple(np.shape(v[1])) for v in loaded.values()})
     merged = {k: (np.asarray(loaded[k][1], dtype=np.asarray(v).dtype) if k in loaded else v)
               for k, v in want.items()}
     out = traverse_util.unflatten_dict(merged)

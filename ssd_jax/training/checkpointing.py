@@ -8,9 +8,11 @@ epoch, config name, class names, metrics). Orbax writes a step to a temporary di
 renames it when complete, so a run killed mid-save resumes from the previous complete step.
 
 Faults: a save that runs out of disk (ENOSPC, EDQUOT, EFBIG) raises ``CheckpointSaveError`` and
-leaves the earlier steps as they were; ``restore()`` of the latest step falls back to the one
-before (with a warning) when a step's files are unreadable, e.g. truncated by a copy or a full
-disk, and raises ``CheckpointRestoreError`` listing every step tried when none restores.
+leaves the earlier steps as they were. ``restore()`` follows ``ssd_jax.checkpoints``' rules: the
+latest step falls back to the one before (with a warning) when a step's files are unreadable,
+e.g. truncated by a copy or a full disk; a step saved for another config (its tree differs from
+the new config's) is refused with ``CheckpointTreeMismatchError`` naming the differences; and
+``CheckpointRestoreError`` lists every step tried when none restores.
 """
 from __future__ import annotations
 
@@ -24,7 +26,13 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from ssd_jax.checkpoints import (CheckpointRestoreError, CheckpointTreeMismatchError,
+                                 RESTORE_ERRORS, check_tree, first_line, restore_newest,
+                                 saved_shapes, template_shapes)
 from ssd_jax.training.state import TrainState
+
+__all__ = ["CheckpointRestoreError", "CheckpointSaveError", "CheckpointTreeMismatchError",
+           "TrainCheckpointer"]
 
 log = logging.getLogger(__name__)
 
@@ -33,17 +41,10 @@ log = logging.getLogger(__name__)
 _SPACE_ERRNOS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded",
                  errno.EFBIG: "file size limit exceeded"}
 _SPACE_MESSAGES = {os.strerror(code): reason for code, reason in _SPACE_ERRNOS.items()}
-# What a step whose files are cut, missing or corrupt raises while restoring (orbax, tensorstore
-# and json errors), as opposed to bugs, which still propagate.
-_RESTORE_ERRORS = (OSError, ValueError, KeyError, TypeError, EOFError)
 
 
 class CheckpointSaveError(OSError):
     """A step could not be written for lack of space; the steps saved before are intact."""
-
-
-class CheckpointRestoreError(RuntimeError):
-    """No step (or not the step asked for) could be restored; the message lists why."""
 
 
 def _space_reason(exc: BaseException) -> Optional[str]:
@@ -68,17 +69,18 @@ def _space_reason(exc: BaseException) -> Optional[str]:
     return None
 
 
-def _first_line(exc: BaseException, limit: int = 300) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:limit] if text else ''}"
-
-
 def _manager(directory: str, keep: int, best: bool = False) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True, enable_async_checkpointing=False,
         best_fn=(lambda m: m["score"]) if best else None, best_mode="max",
         keep_checkpoints_without_metrics=not best)
-    return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+    # Handlers named up front, so that a fresh manager (a resumed run) can read a step's
+    # metadata before restoring it.
+    handlers = {"variables": ocp.StandardCheckpointHandler(),
+                "train_state": ocp.StandardCheckpointHandler(),
+                "meta": ocp.JsonCheckpointHandler()}
+    return ocp.CheckpointManager(os.path.abspath(directory), options=options,
+                                 item_names=tuple(handlers), item_handlers=handlers)
 
 
 def _train_items(state: TrainState) -> dict[str, Any]:
@@ -142,44 +144,40 @@ class TrainCheckpointer:
                 ) -> tuple[TrainState, dict]:
         """The state and meta of ``step`` (default: the latest complete one that restores).
 
-        Without ``step``, steps are tried newest first: one that fails (a file cut, missing or
-        corrupt) is logged as a warning and the step before it is tried. Raises
-        FileNotFoundError when there is no complete step, and CheckpointRestoreError naming
-        every step tried (or the one asked for) with its error when none restores.
+        Without ``step``, steps are tried newest first: one whose files are cut, missing or
+        corrupt is logged as a warning and the step before it is tried. A step saved for
+        another config raises CheckpointTreeMismatchError. Raises FileNotFoundError when there
+        is no complete step, and CheckpointRestoreError naming every step tried (or the one
+        asked for) with its error when none restores.
         """
         directory = self.latest.directory
-        steps = sorted(self.latest.all_steps(), reverse=True)
+        steps = list(self.latest.all_steps())
         if step is not None:
             if step not in steps:
                 raise FileNotFoundError(f"no complete checkpoint step {step} in {directory} "
                                         f"(complete steps: {sorted(steps)})")
             try:
                 return self._restore(state_template, step)
-            except _RESTORE_ERRORS as e:
+            except RESTORE_ERRORS as e:
+                if isinstance(e, CheckpointTreeMismatchError):
+                    raise
                 raise CheckpointRestoreError(f"cannot restore step {step} from {directory}: "
-                                             f"{_first_line(e)}") from e
+                                             f"{first_line(e)}") from e
         if not steps:
             raise FileNotFoundError(f"no complete checkpoint to resume from in {directory}")
-        failures = []
-        for candidate in steps:
-            try:
-                result = self._restore(state_template, candidate)
-            except _RESTORE_ERRORS as e:
-                self._unreadable.add(candidate)
-                failures.append(f"step {candidate}: {_first_line(e)}")
-                log.warning("cannot restore checkpoint step %d from %s (%s); trying the previous "
-                            "step", candidate, directory, _first_line(e))
-                continue
-            if failures:
-                log.warning("restored step %d of %s; newer step(s) %s are unreadable and will be "
-                            "replaced when training saves them again", candidate, directory,
-                            sorted(self._unreadable))
-            return result
-        raise CheckpointRestoreError(f"no checkpoint step in {directory} could be restored:\n  "
-                                     + "\n  ".join(failures))
+        _, result, unreadable = restore_newest(
+            steps, lambda s: self._restore(state_template, s), str(directory))
+        if unreadable:
+            log.warning("steps %s will be replaced when training saves them again", unreadable)
+        self._unreadable.update(unreadable)
+        return result
 
     def _restore(self, state_template: TrainState, step: int) -> tuple[TrainState, dict]:
         template = _train_items(state_template)
+        where = f"checkpoint step {step} in {self.latest.directory}"
+        for item in ("variables", "train_state"):
+            check_tree(saved_shapes(self.latest, step, item), template_shapes(template[item]),
+                       f"{where} ({item})")
         restored = self.latest.restore(step, args=ocp.args.Composite(
             variables=ocp.args.StandardRestore(template["variables"]),
             train_state=ocp.args.StandardRestore(template["train_state"]),

@@ -1,4 +1,4 @@
-"""Start-up: multi-host initialisation and the starting weights of a run.
+"""Start-up: the starting weights of a run.
 
 Order (as scenic documents it): resume from the workdir → initialise from a checkpoint
 (``train.load_from``: a full mmdetection SSD .pth / orbax dir, head re-initialised when the class
@@ -8,43 +8,13 @@ mmdetection starts from) → from scratch.
 from __future__ import annotations
 
 import logging
-import os
 
-import jax
 import ml_collections
-import numpy as np
 
 from ssd_jax.porting import load_checkpoint_variables, read_state_dict
 from ssd_jax.porting.convert import merge_strict, state_dict_to_flat
 
 log = logging.getLogger(__name__)
-
-
-def setup_logging() -> None:
-    """ssd_jax's messages at INFO on stderr; libraries (orbax, absl) at WARNING."""
-    from absl import logging as absl_logging
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("ssd_jax")
-    root.setLevel(logging.INFO)
-    if not root.handlers:
-        root.addHandler(handler)
-    root.propagate = False
-
-
-def maybe_initialize_distributed(coordinator: str = "", num_processes: int = 0,
-                                 process_id: int = -1) -> None:
-    """``jax.distributed.initialize`` when launched as several processes.
-
-    Explicit arguments (a coordinator address), or what JAX detects itself: SLURM, TPU pods,
-    Open MPI. Single-process runs are left alone.
-    """
-    if coordinator:
-        jax.distributed.initialize(coordinator, num_processes, process_id)
-    elif any(k in os.environ for k in ("SLURM_NTASKS", "TPU_WORKER_HOSTNAMES", "OMPI_COMM_WORLD_SIZE")) \
-            and int(os.environ.get("SLURM_NTASKS", "2")) > 1:
-        jax.distributed.initialize()
 
 
 def initial_variables(config: ml_collections.ConfigDict, variables: dict) -> dict:

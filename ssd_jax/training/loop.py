@@ -3,27 +3,30 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
-from typing import Any, Optional
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from tqdm import tqdm
 
+from tqdm.contrib.logging import logging_redirect_tqdm
+
 from ssd_jax.config import check_batch_divisible, validate_config
 from ssd_jax.data.pipeline import make_train_loader
-from ssd_jax.evaluation.runner import make_p_detect
-from ssd_jax.detector import anchor_generator, featmap_sizes, init_variables
-from ssd_jax.models import build_model
+from ssd_jax.data.sources import build_source
+from ssd_jax.evaluation.evaluate import evaluate_coco, evaluate_voc, metric_for
+from ssd_jax.evaluation.inference import make_p_detect
+from ssd_jax.models.assembly import config_anchors, init_variables, model_for
+from ssd_jax.parallel import replicate, shard_batch, unreplicate
 from ssd_jax.training import optim
 from ssd_jax.training.checkpointing import TrainCheckpointer
 from ssd_jax.training.init import initial_variables
 from ssd_jax.training.state import create_train_state
-from ssd_jax.training.step import make_p_train_step, replicate, shard_batch, unreplicate
+from ssd_jax.training.step import make_p_train_step
+from ssd_jax.visualize import write_curves
 
 log = logging.getLogger(__name__)
 
@@ -32,32 +35,16 @@ class NonFiniteLossError(RuntimeError):
     """Too many consecutive steps with a non-finite loss."""
 
 
-def build_source(config: ml_collections.ConfigDict, split: str):
-    """The data source of ``config.data`` for 'train', or the validation one (None if unset)."""
-    d = config.data
-    if split != "train":
-        if d.source == "coco" and not d.val_ann_file:
-            return None
-        from ssd_jax.evaluation.runner import build_eval_source
-        return build_eval_source(config)
-    if d.source == "coco":
-        from ssd_jax.data.coco import CocoSource
-        return CocoSource(d.ann_file, d.img_dir, filter_train=True, min_size=d.min_size)
-    if d.source == "tfds":
-        from ssd_jax.data.tfds_source import TfdsSource
-        return TfdsSource(d.tfds_name, "train")
-    if d.source == "voc":
-        from ssd_jax.data.voc import VocSource
-        return VocSource(d.voc_root, split=d.voc_split, year=d.voc_year)
-    raise ValueError(f"unknown data.source {d.source!r} (coco, tfds or voc)")
-
-
-def adopt_classes(config: ml_collections.ConfigDict, class_names) -> None:
-    """The class list comes from the data: set num_classes and class_names to match it."""
-    if list(class_names) != list(config.class_names):
+def adopt_classes(config: ml_collections.ConfigDict, source: Any) -> None:
+    """The class list comes from the data: set class_names, category_ids (the source's
+    ``cat_ids``, else label + 1) and model.num_classes to match it."""
+    class_names = list(source.class_names)
+    if class_names != list(config.class_names):
         log.info("data has %d classes (%s...); the config had %d", len(class_names),
-                 ", ".join(list(class_names)[:5]), len(config.class_names))
+                 ", ".join(class_names[:5]), len(config.class_names))
     config.class_names = tuple(class_names)
+    config.category_ids = tuple(int(c) for c in getattr(
+        source, "cat_ids", range(1, len(class_names) + 1)))
     config.model.num_classes = len(class_names)
 
 
@@ -96,7 +83,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, resume: 
     os.makedirs(workdir, exist_ok=True)
     t = config.train
     train_source = build_source(config, "train")
-    adopt_classes(config, train_source.class_names)
+    adopt_classes(config, train_source)
     val_source = build_source(config, "val")
 
     devices = jax.local_device_count()
@@ -105,13 +92,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, resume: 
     steps_per_epoch = max(1, len(train_source) * config.schedule.dataset_repeat // global_batch)
     total_steps = t.get("num_steps", 0) or config.schedule.epochs * steps_per_epoch
 
-    anchors_gen = anchor_generator(config)
-    bn_axis = "batch" if config.model.neck.norm or config.model.head.norm else None
-    model = build_model(config.model, anchors_gen.num_anchors, bn_axis_name=bn_axis,
-                        precision=config.precision)
-    eval_model = build_model(config.model, anchors_gen.num_anchors, precision=config.precision)
-    sizes = featmap_sizes(eval_model, config.input_size)
-    anchors = anchors_gen.grid_anchors(sizes)
+    eval_model = model_for(config)
+    anchors = config_anchors(config, eval_model)
     schedule = optim.lr_schedule(config, global_batch, steps_per_epoch)
     tx = optim.sgd(config, schedule)
 
@@ -120,7 +102,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, resume: 
     loader = make_train_loader(train_source, config, global_batch_size=global_batch,
                                process_index=jax.process_index(),
                                process_count=jax.process_count(), seed=t.seed,
-                               num_workers=config.data.workers)
+                               num_workers=config.data.workers,
+                               shuffle=config.data.get("shuffle", True))
     history: dict[str, list] = {"step": [], "loss": [], "eval_step": [], "mAP": []}
     if resume and checkpointer.latest_step() is not None:
         state, meta = checkpointer.restore(state)
@@ -131,64 +114,66 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, resume: 
         variables = initial_variables(config, state.variables)
         state = create_train_state(variables, tx, t.seed)
 
-    p_step = make_p_train_step(model, tx, np.concatenate(anchors), config)
-    p_detect = make_p_detect(eval_model, config, anchors) if val_source is not None else None
+    p_step = make_p_train_step(config, tx, np.concatenate(anchors), global_batch)
+    p_detect = make_p_detect(config, eval_model, anchors) if val_source is not None else None
     writer = MetricWriter(workdir)
     start = int(state.step)
     pstate = replicate(state)
     metrics: dict[str, float] = {}
     last_eval: dict[str, Any] = {}
-    bar = tqdm(total=total_steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
-               disable=jax.process_index() != 0)
-    tick, tick_step = time.time(), start
-    for step in range(start, total_steps):
-        batch = next(loader)
-        pstate, pmetrics = p_step(pstate, shard_batch(
-            {k: batch[k] for k in ("image", "boxes", "labels", "valid")}, devices))
-        done = step + 1
-        epoch_end = done % steps_per_epoch == 0
-        if done % t.log_every == 0 or done == total_steps or epoch_end:
-            m = jax.tree.map(lambda a: float(np.asarray(a)[0]), pmetrics)
-            # The longest streak so far, so that one between two log steps is not missed.
-            longest = int(np.asarray(pstate.nonfinite_longest)[0])
-            rate = (done - tick_step) * global_batch / max(time.time() - tick, 1e-9)
-            tick, tick_step = time.time(), done
-            metrics = {"loss": m["loss"], "loss_cls": m["loss_cls"], "loss_bbox": m["loss_bbox"],
-                       "lr": float(schedule(step)), "images_per_s": rate,
-                       "nonfinite_total": int(np.asarray(pstate.nonfinite_total)[0]),
-                       "skipped_images": loader.skipped_images}
-            writer.write(done, metrics)
-            history["step"].append(done)
-            history["loss"].append(m["loss"])
-            bar.set_postfix(loss=f"{m['loss']:.3f}", cls=f"{m['loss_cls']:.3f}",
-                            box=f"{m['loss_bbox']:.3f}", lr=f"{metrics['lr']:.2e}",
-                            img_s=f"{rate:.1f}")
-            if longest >= t.max_nonfinite_in_row:
-                raise NonFiniteLossError(
-                    f"{longest} consecutive steps, by step {done}, had a non-finite loss (updates "
-                    f"skipped; last batch image ids {batch['image_id'].tolist()}). Try a lower "
-                    "optimizer.lr or a longer warm-up, and check the data for broken boxes.")
-        bar.update(1)
-        epoch = done // steps_per_epoch
-        evaluate_now = (epoch_end and val_source is not None and t.eval_every_epochs > 0
-                        and epoch % t.eval_every_epochs == 0) or (done == total_steps and val_source)
-        if evaluate_now:
-            last_eval = validate(p_detect, pstate, val_source, config)
-            history["eval_step"].append(done)
-            history["mAP"].append(last_eval["mAP@0.5"])
-            writer.write(done, {f"val/{k}": v for k, v in last_eval.items() if isinstance(v, float)})
-        if done % t.ckpt_every == 0 or epoch_end or done == total_steps:
-            host_state = unreplicate(pstate)
-            checkpointer.save(done, host_state, {
-                "data_state": loader.get_state(), "epoch": epoch, "config": config.name,
-                "class_names": list(config.class_names), "history": history,
-                "metrics": {k: v for k, v in last_eval.items() if isinstance(v, float)}},
-                metrics=last_eval if evaluate_now else None)
-    bar.close()
+    # Log lines above the bar, never on its line.
+    with logging_redirect_tqdm(loggers=[logging.getLogger("ssd_jax")]):
+        bar = tqdm(total=total_steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
+                   disable=jax.process_index() != 0)
+        tick, tick_step = time.time(), start
+        for step in range(start, total_steps):
+            batch = next(loader)
+            pstate, pmetrics = p_step(pstate, shard_batch(
+                {k: batch[k] for k in ("image", "boxes", "labels", "valid")}, devices))
+            done = step + 1
+            epoch_end = done % steps_per_epoch == 0
+            if done % t.log_every == 0 or done == total_steps or epoch_end:
+                m = jax.tree.map(lambda a: float(np.asarray(a)[0]), pmetrics)
+                # The longest streak so far, so that one between two log steps is not missed.
+                longest = int(np.asarray(pstate.nonfinite_longest)[0])
+                rate = (done - tick_step) * global_batch / max(time.time() - tick, 1e-9)
+                tick, tick_step = time.time(), done
+                metrics = {"loss": m["loss"], "loss_cls": m["loss_cls"], "loss_bbox": m["loss_bbox"],
+                           "lr": float(schedule(step)), "images_per_s": rate,
+                           "nonfinite_total": int(np.asarray(pstate.nonfinite_total)[0]),
+                           "skipped_images": loader.skipped_images}
+                writer.write(done, metrics)
+                history["step"].append(done)
+                history["loss"].append(m["loss"])
+                bar.set_postfix(loss=f"{m['loss']:.3f}", cls=f"{m['loss_cls']:.3f}",
+                                box=f"{m['loss_bbox']:.3f}", lr=f"{metrics['lr']:.2e}",
+                                img_s=f"{rate:.1f}")
+                if longest >= t.max_nonfinite_in_row:
+                    raise NonFiniteLossError(
+                        f"{longest} consecutive steps, by step {done}, had a non-finite loss (updates "
+                        f"skipped; last batch image ids {batch['image_id'].tolist()}). Try a lower "
+                        "optimizer.lr or a longer warm-up, and check the data for broken boxes.")
+            bar.update(1)
+            epoch = done // steps_per_epoch
+            evaluate_now = (epoch_end and val_source is not None and t.eval_every_epochs > 0
+                            and epoch % t.eval_every_epochs == 0) or (done == total_steps and val_source)
+            if evaluate_now:
+                last_eval = validate(p_detect, pstate, val_source, config)
+                history["eval_step"].append(done)
+                history["mAP"].append(last_eval["mAP@0.5"])
+                writer.write(done, {f"val/{k}": v for k, v in last_eval.items() if isinstance(v, float)})
+            if done % t.ckpt_every == 0 or epoch_end or done == total_steps:
+                host_state = unreplicate(pstate)
+                checkpointer.save(done, host_state, {
+                    "data_state": loader.get_state(), "epoch": epoch, "config": config.name,
+                    "class_names": list(config.class_names),
+                    "category_ids": list(config.category_ids), "history": history,
+                    "metrics": {k: v for k, v in last_eval.items() if isinstance(v, float)}},
+                    metrics=last_eval if evaluate_now else None)
+        bar.close()
     checkpointer.close()
     final = unreplicate(pstate)
     if jax.process_index() == 0:
-        from ssd_jax.training.report import write_curves
         write_curves(history, os.path.join(workdir, "curves.png"))
     return {"variables": final.variables, "metrics": last_eval, "history": history,
             "step": int(final.step)}
@@ -200,7 +185,6 @@ def validate(p_detect, pstate, source, config) -> dict[str, Any]:
     Adds ``score`` (what the best checkpoint is chosen by: COCO mAP, or VOC mAP) and
     ``mAP@0.5`` (for the curves).
     """
-    from ssd_jax.evaluation.runner import evaluate_coco, evaluate_voc, metric_for
     variables = unreplicate({"params": pstate.params, "batch_stats": pstate.batch_stats})
     batch = max(config.test.batch_size - config.test.batch_size % jax.local_device_count(),
                 jax.local_device_count())

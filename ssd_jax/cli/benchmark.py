@@ -1,0 +1,189 @@
+"""Speed and memory of a config on whatever devices JAX sees; JSON to compare runs with.
+
+    ssd-jax-benchmark --config configs/ssd300_coco.py --batch-size 8 [--precision bf16] [--out b.json]
+
+Measures (random weights and images): compile times; inference images/s without and with
+post-processing (NMS); train-step images/s; the time of matching, the loss and NMS alone (their
+share of a step); the input pipeline's images/s per worker count; peak host and device memory.
+Short by default on CPU (``--iters``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import tempfile
+import time
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ssd_jax.cli import common
+
+
+def timed(fn: Callable, iters: int) -> tuple[float, float]:
+    """(first call incl. compile, mean of ``iters`` further calls) in seconds."""
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        jax.block_until_ready(fn())
+    return first, (time.perf_counter() - t0) / iters
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = common.make_parser("ssd-jax-benchmark", __doc__)
+    common.add_config_flags(parser)
+    parser.add_argument("--batch-size", type=int, default=8, help="global batch (images)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="computation dtype (parameters stay float32)")
+    parser.add_argument("--iters", type=int, default=3,
+                        help="timed calls per measurement, after one warm-up call")
+    parser.add_argument("--skip-train", action="store_true", help="do not time the train step")
+    parser.add_argument("--skip-input", action="store_true",
+                        help="do not time the input pipeline")
+    parser.add_argument("--out", default="", help="also write the JSON report to this file")
+    args, overrides = common.parse(parser, argv)
+    if args.batch_size < 1 or args.iters < 1:
+        parser.error("--batch-size and --iters must be at least 1")
+    return common.run_cli(lambda: _ok(benchmark(args, overrides)), args.verbose,
+                          "ssd-jax-benchmark")
+
+
+def _ok(report: dict) -> int:
+    del report
+    return 0
+
+
+def benchmark(args: Any, overrides: list[str]) -> dict:
+    """The JSON report (see the module docstring) for parsed ``args``."""
+    from ssd_jax import Detector, objective
+    from ssd_jax import postprocess as post
+    from ssd_jax.assigner import build_targets
+    from ssd_jax.config import load_config
+    from ssd_jax.losses import flatten_levels, multibox_loss
+    from ssd_jax.models.assembly import test_settings
+
+    config = load_config(args.config, overrides)
+    config.precision = args.precision
+    det = Detector(config)
+    n, s = args.batch_size, config.input_size
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(n, s, s, 3)).astype(np.float32))
+    images = jnp.asarray(rng.integers(0, 256, (n, s, s, 3), dtype=np.uint8))
+    scales = jnp.ones((n, 2), jnp.float32)
+    report: dict = {"config": config.name, "batch": n, "precision": args.precision,
+                    "devices": [str(d) for d in jax.devices()], "backend": jax.default_backend(),
+                    "host": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d")}
+
+    c_fwd, t_fwd = timed(lambda: det.forward(x), args.iters)
+    c_det, t_det = timed(lambda: det.detect_batch(images, scales), args.iters)
+    cls_out, box_out = det.forward(x)
+    anchors = [jnp.asarray(a) for a in det.anchors()]
+    settings = test_settings(config)
+    nms = jax.jit(lambda c, b: post.postprocess(c, b, anchors, scales, **settings))
+    _, t_nms = timed(lambda: nms(cls_out, box_out), args.iters)
+    report["inference"] = {"compile_s": c_fwd, "images_per_s": n / t_fwd,
+                           "with_postprocess_compile_s": c_det,
+                           "with_postprocess_images_per_s": n / t_det,
+                           "postprocess_s_per_batch": t_nms, "postprocess_share": t_nms / t_det}
+
+    # Ground truth: 8 boxes per image.
+    m = 8
+    xy = rng.uniform(0, s * 0.7, (n, m, 2))
+    wh = rng.uniform(s * 0.05, s * 0.3, (n, m, 2))
+    gt = jnp.asarray(np.concatenate([xy, xy + wh], -1).astype(np.float32))
+    labels = jnp.asarray(rng.integers(0, config.model.num_classes, (n, m)).astype(np.int32))
+    valid = jnp.ones((n, m), bool)
+    flat_anchors = jnp.asarray(det.flat_anchors)
+    tcfg = objective.target_settings(config)
+    match = jax.jit(jax.vmap(lambda b, l, v: build_targets(flat_anchors, b, l, v, **tcfg)))
+    _, t_match = timed(lambda: match(gt, labels, valid), args.iters)
+    targets = match(gt, labels, valid)
+    k = config.model.num_classes + 1
+    loss = jax.jit(lambda c, b: multibox_loss(flatten_levels(c, k), flatten_levels(b, 4), targets,
+                                              jnp.float32(n * m)))
+    _, t_loss = timed(lambda: loss(cls_out, box_out), args.iters)
+
+    if not args.skip_train:
+        from ssd_jax.parallel import replicate, shard_batch
+        from ssd_jax.training import optim
+        from ssd_jax.training.state import create_train_state
+        from ssd_jax.training.step import make_p_train_step
+        devices = jax.local_device_count()
+        tx = optim.sgd(config, optim.lr_schedule(config, n, 1000))
+        state = replicate(create_train_state(det.variables, tx, 0))
+        per_gpu = config.train.get("per_gpu_batch", 0)
+        if per_gpu and (n // devices) % per_gpu and per_gpu % (n // devices):
+            config.train.per_gpu_batch = 0  # a batch that does not fit the config's "GPUs"
+        p_step = make_p_train_step(config, tx, det.flat_anchors, n)
+        batch = shard_batch({"image": rng.integers(0, 255, (n, s, s, 3), dtype=np.uint8),
+                             "boxes": np.asarray(gt), "labels": np.asarray(labels),
+                             "valid": np.asarray(valid)}, devices)
+        holder = {"state": state}
+
+        def step():
+            holder["state"], metrics = p_step(holder["state"], batch)
+            return metrics
+        c_step, t_step = timed(step, args.iters)
+        report["train"] = {"compile_s": c_step, "images_per_s": n / t_step,
+                           "matching_s_per_batch": t_match, "matching_share": t_match / t_step,
+                           "loss_s_per_batch": t_loss, "loss_forward_share": t_loss / t_step}
+
+    if not args.skip_input:
+        report["input_pipeline"] = input_rate(config, n)
+
+    report["peak_host_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        report["peak_device_memory_mb"] = stats["peak_bytes_in_use"] / 2**20
+    report["cpu"] = cpu_description()
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+    return report
+
+
+def cpu_description() -> dict[str, Any]:
+    """The CPU model, its core count, the flags that matter for speed and the load now."""
+    info: dict[str, Any] = {"cores": os.cpu_count(), "load_avg": os.getloadavg()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        return info
+    for line in text.splitlines():
+        if line.startswith("model name"):
+            info["model"] = line.split(":", 1)[1].strip()
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            info["flags"] = sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16",
+                                            "amx_tile", "amx_int8", "fma"})
+            break
+    return info
+
+
+def input_rate(config, batch: int, batches: int = 6) -> dict:
+    """Training input pipeline images/s on generated data, for 0, 1 and 2 workers."""
+    from ssd_jax.data.coco import CocoSource
+    from ssd_jax.data.pipeline import make_train_loader
+    from ssd_jax.data.synthetic import write_shapes_dataset
+    out = {}
+    with tempfile.TemporaryDirectory() as root:
+        write_shapes_dataset(root, num_train=batch * (batches + 2), num_val=1, image_size=480)
+        source = CocoSource(f"{root}/annotations/instances_train.json", f"{root}/train", filter_train=True)
+        for workers in (0, 1, 2):
+            loader = make_train_loader(source, config, global_batch_size=batch, seed=0,
+                                       num_workers=workers)
+            next(loader)
+            t0 = time.perf_counter()
+            for _ in range(batches):
+                next(loader)
+            out[f"workers_{workers}_images_per_s"] = batch * batches / (time.perf_counter() - t0)
+    return out
