@@ -34,18 +34,24 @@ def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
     - CMYK (e.g. CMYK JPEG) is converted to RGB.
 
     Raises FileNotFoundError (naming the path) for a missing file and ImageReadError for an
-    empty, truncated, corrupt or non-image file.
+    empty, truncated, corrupt or non-image file, and for one of more than
+    ``PIL.Image.MAX_IMAGE_PIXELS`` pixels (about 89 million unless changed; a corrupt header
+    can claim billions, which Pillow would then try to decode).
     """
     path = os.fspath(path)
     _check_file(path)
     try:
         with Image.open(path) as img:
+            _check_pixel_count(path, img)
             img.load()  # force the full decode so that truncation is detected here
             return _to_rgb_array(ImageOps.exif_transpose(img))
+    except ImageReadError:
+        raise
     except UnidentifiedImageError as e:
         raise ImageReadError(f"{path}: not an image file (unrecognised format)") from e
-    except (OSError, SyntaxError, EOFError, ValueError, Image.DecompressionBombError) as e:
-        raise ImageReadError(f"{path}: cannot decode image: {e}") from e
+    except Exception as e:  # Pillow's decoders raise many types: OSError, SyntaxError,
+        # ValueError, RuntimeError (AVIF), NotImplementedError (DDS), MemoryError (JPEG 2000)
+        raise ImageReadError(f"{path}: cannot decode image: {e or type(e).__name__}") from e
 
 
 def _check_file(path: str) -> None:
@@ -55,6 +61,13 @@ def _check_file(path: str) -> None:
         raise ImageReadError(f"{path}: not a regular file")
     if os.path.getsize(path) == 0:
         raise ImageReadError(f"{path}: empty file (0 bytes)")
+
+
+def _check_pixel_count(path: str, img: Image.Image) -> None:
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and img.width * img.height > limit:
+        raise ImageReadError(f"{path}: {img.width}x{img.height} pixels is more than "
+                             f"PIL.Image.MAX_IMAGE_PIXELS ({limit}); a corrupt header?")
 
 
 def _to_rgb_array(img: Image.Image) -> np.ndarray:

@@ -16,34 +16,37 @@ import json
 import logging
 import math
 import os
-from typing import Any, Mapping
+import reprlib
+from typing import Any, Callable, Mapping
 
 import numpy as np
 from pycocotools.coco import COCO
 
 log = logging.getLogger(__name__)
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
-_REQUIRED_KEYS = {
-    "images": ("id", "file_name", "height", "width"),
-    "annotations": ("id", "image_id", "category_id", "bbox", "area"),
-    "categories": ("id", "name"),
-}
+
+class CocoFormatError(ValueError):
+    """The annotation file is unreadable or not COCO as ``CocoSource`` reads it; the message
+    names the file, the entry (``images[3] (id 7)``) and the problem."""
 
 
 def drop_reason(bbox: Any, area: float, category_known: bool, image_hw: tuple[float, float],
                 *, ignore: bool = False, crowd: bool = False) -> str | None:
     """Why mmdetection leaves an annotation out of SSD's ground truth, or None to keep it.
 
-    Checks in mmdet's order: "ignore" (``ann['ignore']``); "empty_intersection" (the [x, y, w, h]
-    box's intersection with the image has zero width or height: outside the image, or w or
-    h <= 0); "degenerate" (area <= 0, w < 1 or h < 1); "unknown_category"; "crowd" (mmdet
-    keeps crowd boxes as ignored instances, which SSD's loss never uses).
+    Checks in mmdet's order: "ignore" (``ann['ignore']``); "non_finite" (a corner x, y, x + w
+    or y + h that is NaN or infinite as float32, the boxes' dtype; not a mmdet check);
+    "empty_intersection" (the [x, y, w, h] box's intersection with the image has zero width or
+    height: outside the image, or w or h <= 0); "degenerate" (area <= 0, w < 1 or h < 1);
+    "unknown_category"; "crowd" (mmdet keeps crowd boxes as ignored instances, which SSD's loss
+    never uses).
     """
     x, y, w, h = (float(v) for v in bbox)
     height, width = image_hw
     if ignore:
         return "ignore"
-    if not all(math.isfinite(v) for v in (x, y, w, h)):
+    if not all(abs(v) <= _FLOAT32_MAX for v in (x, y, x + w, y + h)):  # False for NaN too
         return "non_finite"
     inter_w = max(0.0, min(x + w, width) - max(x, 0.0))
     inter_h = max(0.0, min(y + h, height) - max(y, 0.0))
@@ -78,8 +81,9 @@ class CocoSource:
     ("too_small"). Like mmdetection, "any annotation" includes crowd, ignored and degenerate ones,
     so an image whose only annotation is a crowd box stays, with zero boxes.
 
-    Raises ValueError naming the file (and the entry) for unreadable or truncated JSON, missing
-    keys, and duplicate image, annotation or category ids.
+    Raises CocoFormatError (a ValueError) naming the file (and the entry) for unreadable or
+    truncated JSON, missing keys, values of the wrong type (see ``_validate``), and duplicate
+    image, annotation or category ids.
     """
 
     def __init__(self, ann_file: str | os.PathLike, img_dir: str | os.PathLike, *,
@@ -178,45 +182,84 @@ def _load_json(path: str) -> dict[str, Any]:
         with open(path, "rb") as f:
             data = json.load(f)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: unreadable or truncated JSON at line {e.lineno} column "
-                         f"{e.colno} (char {e.pos}): {e.msg}") from e
+        raise CocoFormatError(f"{path}: unreadable or truncated JSON at line {e.lineno} column "
+                              f"{e.colno} (char {e.pos}): {e.msg}") from e
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 JSON: {e}") from e
+        raise CocoFormatError(f"{path}: not UTF-8 JSON: {e}") from e
+    except (ValueError, RecursionError) as e:  # an integer of > 4300 digits; deep nesting
+        raise CocoFormatError(f"{path}: unreadable JSON: {e}") from e
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object at the top, got {type(data).__name__}")
+        raise CocoFormatError(f"{path}: expected a JSON object at the top, got "
+                              f"{type(data).__name__}")
     _validate(path, data)
     return data
 
 
-def _validate(path: str, data: Mapping[str, Any]) -> None:
-    """Required keys present and ids unique in images, annotations and categories."""
-    for section, keys in _REQUIRED_KEYS.items():
-        entries = data.get(section)
-        if not isinstance(entries, list):
-            raise ValueError(f"{path}: missing or non-list '{section}'")
-        first_index: dict[Any, int] = {}
-        for i, entry in enumerate(entries):
-            missing = [k for k in keys if not isinstance(entry, dict) or k not in entry]
-            if missing:
-                raise ValueError(f"{path}: {section}[{i}] lacks {missing}: {entry!r:.200}")
-            if section == "annotations" and not _is_xywh(entry["bbox"]):
-                raise ValueError(f"{path}: {section}[{i}] (id {entry['id']}) bbox is not "
-                                 f"[x, y, w, h] numbers: {entry['bbox']!r:.200}")
-            if section == "annotations" and not _is_number(entry["area"]):
-                raise ValueError(f"{path}: {section}[{i}] (id {entry['id']}) area is not a "
-                                 f"number: {entry['area']!r:.200}")
-            j = first_index.setdefault(entry["id"], i)
-            if j != i:
-                raise ValueError(f"{path}: {section}[{i}] repeats id {entry['id']} of "
-                                 f"{section}[{j}]")
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and -2**63 <= v < 2**63
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """A float, or an int (not bool) within int64: a 400-digit JSON integer is no coordinate."""
+    return isinstance(v, float) or _is_int(v)
+
+
+def _is_size(v: Any) -> bool:
+    """An image height or width in pixels: a positive integer (``480`` or ``480.0``)."""
+    return _is_number(v) and math.isfinite(v) and 0 < v < 2**31 and v == int(v)
 
 
 def _is_xywh(bbox: Any) -> bool:
     return isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox))
+
+
+def _is_text(v: Any) -> bool:
+    return isinstance(v, str) and v != ""
+
+
+#: What each entry must hold: key -> (check, what the value must be). NaN, infinite or negative
+#: box numbers pass here; ``drop_reason`` drops and counts those boxes.
+_FIELDS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
+    "images": {"id": (_is_int, "an integer"), "file_name": (_is_text, "a non-empty string"),
+               "height": (_is_size, "a positive integer"),
+               "width": (_is_size, "a positive integer")},
+    "annotations": {"id": (_is_int, "an integer"), "image_id": (_is_int, "an integer"),
+                    "category_id": (_is_int, "an integer"),
+                    "bbox": (_is_xywh, "[x, y, w, h] numbers"), "area": (_is_number, "a number")},
+    "categories": {"id": (_is_int, "an integer"), "name": (_is_text, "a non-empty string")},
+}
+#: Optional annotation flags, read as true/false (as mmdetection does): numbers or booleans.
+_FLAGS = ("iscrowd", "ignore")
+
+
+def _validate(path: str, data: Mapping[str, Any]) -> None:
+    """Every entry a JSON object holding ``_FIELDS`` of the right types; ids unique per section.
+
+    Raises CocoFormatError naming the file, the entry and the problem.
+    """
+    for section, fields in _FIELDS.items():
+        entries = data.get(section)
+        if not isinstance(entries, list):
+            raise CocoFormatError(f"{path}: missing or non-list '{section}'")
+        first_index: dict[int, int] = {}
+        for i, entry in enumerate(entries):
+            missing = [k for k in fields if not isinstance(entry, dict) or k not in entry]
+            if missing:
+                raise CocoFormatError(f"{path}: {section}[{i}] lacks {missing}: "
+                                      f"{reprlib.repr(entry)}")
+            where = f"{path}: {section}[{i}] (id {reprlib.repr(entry['id'])})"
+            for key, (check, what) in fields.items():
+                if not check(entry[key]):
+                    raise CocoFormatError(f"{where} {key} is not {what}: "
+                                          f"{reprlib.repr(entry[key])}")
+            for key in _FLAGS if section == "annotations" else ():
+                if key in entry and not (_is_number(entry[key]) or isinstance(entry[key], bool)):
+                    raise CocoFormatError(f"{where} {key} is not a number or true/false: "
+                                          f"{reprlib.repr(entry[key])}")
+            j = first_index.setdefault(entry["id"], i)
+            if j != i:
+                raise CocoFormatError(f"{path}: {section}[{i}] repeats id {entry['id']} of "
+                                      f"{section}[{j}]")
 
 
 def _build_coco(path: str, data: dict[str, Any]) -> COCO:

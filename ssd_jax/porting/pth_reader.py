@@ -86,6 +86,112 @@ _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
 
 
+#: Deepest nesting of values a pickle may build: ``pickle.dumps`` stops at Python's recursion
+#: limit (1000) itself, and hashing a much deeper tuple overflows the C stack (a crash).
+_MAX_PICKLE_DEPTH = 1000
+#: Most values a pickle's objects may hold when shared references are counted each time they
+#: occur (what ``repr``, ``str`` and tuple hashing walk). A tiny pickle can nest 60 tuples that
+#: each hold the previous one twice: 2**60 values, and the unpickler would hash them for ever.
+_MAX_PICKLE_EXPANSION = 10**7
+#: Opcodes that add the values above them to the object below them (its children grow).
+_IN_PLACE_OPS = frozenset({"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD"})
+
+
+def _check_pickle(stream: io.BytesIO, path: str) -> None:
+    """Check the pickle at the stream's position without executing anything.
+
+    ``pickletools.genops`` checks that every counted length fits in the data. This also
+    emulates the unpickler's stack and memo (no values, only which object holds which), so it
+    rejects stack underflows, unknown memo indices, memo indices beyond the opcode count (a huge
+    one makes the C unpickler allocate gigabytes for its memo table), and object graphs nested
+    deeper than ``_MAX_PICKLE_DEPTH`` or expanding to more than ``_MAX_PICKLE_EXPANSION``
+    values. Every value a call or container is built from counts as held by it (an upper bound).
+    """
+    children: list[list[int]] = []  # object i holds objects children[i]
+    stack: list[int] = []
+    marks: list[int] = []  # stack lengths at each MARK, as the C unpickler keeps them
+    memo: dict[int, int] = {}
+
+    def pop(count: int) -> list[int]:
+        if len(stack) - count < (marks[-1] if marks else 0):
+            raise CheckpointFormatError(f"{path}: corrupt pickle (stack underflow)")
+        popped = stack[len(stack) - count:]
+        del stack[len(stack) - count:]
+        return popped
+
+    for count, (op, arg, _) in enumerate(pickletools.genops(stream), 1):
+        if op.name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+            index = len(memo) if op.name == "MEMOIZE" else int(arg)
+            if index > count:
+                raise CheckpointFormatError(f"{path}: corrupt pickle (memo index {arg})")
+            memo[index] = pop(1)[0]
+            stack.append(memo[index])
+        elif op.name in ("GET", "BINGET", "LONG_BINGET"):
+            if arg not in memo:
+                raise CheckpointFormatError(f"{path}: corrupt pickle (memo index {arg} unset)")
+            stack.append(memo[arg])
+        elif op.name == "DUP":
+            stack.extend(pop(1) * 2)
+        elif op.name == "MARK":
+            marks.append(len(stack))
+        elif op.name == "POP" and marks and marks[-1] == len(stack):
+            marks.pop()
+        elif not op.stack_before:  # a constant, global or empty container
+            if op.stack_after:
+                stack.append(len(children))
+                children.append([])
+        else:
+            before = op.stack_before
+            if pickletools.markobject in before:  # the values above the mark, and some below it
+                if not marks:
+                    raise CheckpointFormatError(f"{path}: corrupt pickle (no MARK)")
+                above = stack[marks[-1]:]
+                del stack[marks.pop():]
+                popped = pop(before.index(pickletools.markobject)) + above
+            else:
+                popped = pop(len(before))
+            if op.name in _IN_PLACE_OPS:
+                children[popped[0]].extend(popped[1:])
+                stack.append(popped[0])
+            elif op.stack_after:
+                stack.append(len(children))
+                children.append(popped)
+    depth, expansion = _graph_extent(children)
+    if depth > _MAX_PICKLE_DEPTH:
+        raise CheckpointFormatError(f"{path}: corrupt pickle (values nested {depth} deep)")
+    if expansion > _MAX_PICKLE_EXPANSION:
+        raise CheckpointFormatError(f"{path}: corrupt pickle (more than {_MAX_PICKLE_EXPANSION} "
+                                    "values when shared references are counted each time)")
+
+
+def _graph_extent(children: list[list[int]]) -> tuple[int, int]:
+    """(longest chain, largest count of values under one object) of an object graph.
+
+    Shared objects are counted at each reference; a reference back to an object being
+    visited (a cycle) counts as one value. Iterative, so that deep graphs cannot overflow.
+    """
+    depth, size = [1] * len(children), [1] * len(children)
+    state = bytearray(len(children))  # 0 unseen, 1 being visited, 2 done
+    for root, root_children in enumerate(children):
+        if state[root] or not root_children:
+            continue
+        todo = [root]
+        while todo:
+            node = todo[-1]
+            if state[node] == 0:
+                state[node] = 1
+                todo.extend(c for c in children[node] if state[c] == 0 and children[c])
+                continue
+            todo.pop()
+            if state[node] == 1:
+                state[node] = 2
+                kids = children[node]  # unvisited leaves count 1, cycles too (depth/size 1)
+                depth[node] = 1 + max(depth[c] if state[c] != 1 else 1 for c in kids)
+                size[node] = min(_MAX_PICKLE_EXPANSION + 1,
+                                 1 + sum(size[c] if state[c] != 1 else 1 for c in kids))
+    return max(depth, default=0), max(size, default=0)
+
+
 class _NoState:
     """Mixin for the reader's own objects: the file may not overwrite their state (BUILD)."""
 
@@ -330,14 +436,8 @@ class _SafeUnpickler(pickle.Unpickler):
 
     def load(self) -> Any:
         """Check the pickle at the stream's position statically, then unpickle it."""
-        start, count = self.stream.tell(), 0
-        # genops executes nothing; it checks that every counted length fits in the data. Memo
-        # indices from a real pickler never exceed the opcode count; a corrupt huge one would
-        # make the C unpickler allocate (and zero) gigabytes for its memo table.
-        for op, arg, _ in pickletools.genops(self.stream):
-            count += 1
-            if op.name in ("PUT", "BINPUT", "LONG_BINPUT") and int(arg) > count:
-                raise CheckpointFormatError(f"{self.path}: corrupt pickle (memo index {arg})")
+        start = self.stream.tell()
+        _check_pickle(self.stream, self.path)
         self.stream.seek(start)
         return super().load()
 
@@ -533,11 +633,14 @@ def read_pth(path: str | os.PathLike) -> Any:
         if data[:4] == b"PK\x03\x04":
             return _read_zip(data, str(name))
         return _read_legacy(data, str(name))
-    except (UnsafeCheckpointError, CheckpointFormatError):
-        raise
+    except (UnsafeCheckpointError, CheckpointFormatError) as exc:
+        if name in str(exc):
+            raise
+        raise type(exc)(f"{name}: {exc}") from exc  # raised where the path is not known
     except (pickle.UnpicklingError, zipfile.BadZipFile, lzma.LZMAError, zlib.error, EOFError,
             struct.error, ValueError, TypeError, KeyError, IndexError, AttributeError,
-            OverflowError, RuntimeError, NotImplementedError) as exc:
+            OverflowError, RuntimeError, NotImplementedError,
+            OSError) as exc:  # OSError: bz2's for a zip entry that claims bzip2 compression
         raise CheckpointFormatError(
             f"{name} is truncated, corrupt or not a torch checkpoint: {type(exc).__name__}: {exc}"
         ) from exc
