@@ -52,7 +52,10 @@ def get_config() -> ml_collections.ConfigDict:
                    num_steps=0)  # num_steps 0: schedule.epochs × steps per epoch
 
     # ---- optimizer and schedule (mmdet: optim_wrapper, param_scheduler, schedule_2x) ----
-    c.optimizer = dict(lr=2e-3, momentum=0.9, weight_decay=5e-4, base_batch_size=64)
+    # lr is for base_batch_size images; other global batches scale it linearly
+    # (auto_scale_lr; mmdetection's --auto-scale-lr, off there by default).
+    c.optimizer = dict(lr=2e-3, momentum=0.9, weight_decay=5e-4, base_batch_size=64,
+                       auto_scale_lr=True)
     c.schedule = dict(type="multistep", epochs=24, milestones=(16, 22), gamma=0.1,
                       warmup_iters=500, warmup_start_factor=0.001, dataset_repeat=5)
 

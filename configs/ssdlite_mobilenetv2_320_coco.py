@@ -26,7 +26,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.std = (58.395, 57.12, 57.375)
     c.train.batch_size = 192  # 8 GPUs × 24 images
     c.train.per_gpu_batch = 24
-    c.optimizer = dict(lr=0.015, momentum=0.9, weight_decay=4e-5, base_batch_size=192)
+    c.optimizer = dict(lr=0.015, momentum=0.9, weight_decay=4e-5, base_batch_size=192,
+                       auto_scale_lr=True)
     c.schedule = dict(type="cosine", epochs=120, milestones=(), gamma=0.1,
                       warmup_iters=500, warmup_start_factor=0.001, dataset_repeat=5)
     return c

@@ -1,8 +1,10 @@
 """Shared test setup: fixture discovery and Detectors built once per session."""
 from __future__ import annotations
 
+import importlib
 import os
 import pathlib
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -26,6 +28,18 @@ def fixture_dir(name: str) -> pathlib.Path:
             pytest.fail(msg)
         pytest.skip(msg)
     return path
+
+
+def require(module: str) -> ModuleType:
+    """Import a package a test needs (torch, tensorflow_datasets): in a user's clone a missing
+    one skips with a reason; under SSD_JAX_REQUIRE_FIXTURES (CI) it fails."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        msg = f"{module} is not installed ({e}): pip install -r requirements-test.txt"
+        if REQUIRE_FIXTURES:
+            pytest.fail(msg, pytrace=False)
+        pytest.skip(msg, allow_module_level=True)
 
 
 @pytest.fixture(scope="session", params=list(FIXTURE_CONFIGS))

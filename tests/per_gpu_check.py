@@ -68,11 +68,17 @@ def reference_step(config, state, tx, batch, anchors, per_gpu):
             losses)
 
 
+_STEPS: dict = {}
+
+
 def pmapped_step(config, state, tx, batch, anchors, per_gpu, devices):
-    config = config.copy_and_resolve_references()
-    config.train.per_gpu_batch = per_gpu
     n = batch["image"].shape[0]
-    p_step = make_p_train_step(config, tx, anchors, n, devices=jax.local_devices()[:devices])
+    if (per_gpu, devices) not in _STEPS:
+        config = config.copy_and_resolve_references()
+        config.train.per_gpu_batch = per_gpu
+        _STEPS[per_gpu, devices] = make_p_train_step(config, tx, anchors, n,
+                                                     devices=jax.local_devices()[:devices])
+    p_step = _STEPS[per_gpu, devices]
     rep = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x)[None], (devices,) + np.shape(x)),
                        state)
     new, metrics = p_step(rep, shard_batch(batch, devices))
@@ -85,7 +91,7 @@ def pmapped_step(config, state, tx, batch, anchors, per_gpu, devices):
 def main() -> None:
     assert jax.config.jax_enable_x64
     config = load_config(REPO / "configs" / "ssdlite_shapes.py",
-                         ["input_size=96", "precision='fp64'"])
+                         ["input_size=64", "precision='fp64'"])
     config.optimizer.lr, config.optimizer.base_batch_size = 0.2, 4
     config.schedule.warmup_iters = 0
     model = model_for(config)
@@ -94,9 +100,9 @@ def main() -> None:
     state = create_train_state(init_variables(model, config.input_size, 0), tx, 0)
     rng = np.random.default_rng(0)
     n, m = 4, 3
-    xy = rng.uniform(0, 60, (n, m, 2))
-    wh = rng.uniform(12, 36, (n, m, 2))
-    batch = {"image": rng.integers(0, 255, (n, 96, 96, 3), dtype=np.uint8),
+    xy = rng.uniform(0, 40, (n, m, 2))
+    wh = rng.uniform(8, 24, (n, m, 2))
+    batch = {"image": rng.integers(0, 255, (n, 64, 64, 3), dtype=np.uint8),
              "boxes": np.concatenate([xy, xy + wh], -1).astype(np.float32),
              "labels": rng.integers(0, 4, (n, m)).astype(np.int32),
              "valid": np.array([[1, 1, 1], [1, 0, 0], [1, 1, 0], [0, 0, 0]], bool)}

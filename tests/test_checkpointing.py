@@ -15,6 +15,8 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import require
+
 from ssd_jax.config import load_config
 from ssd_jax.training.checkpointing import CheckpointRestoreError, TrainCheckpointer
 from ssd_jax.training.state import create_train_state
@@ -27,7 +29,7 @@ CONFIG = REPO / "configs" / "ssd300_coco.py"
 
 @pytest.mark.parametrize("option", ["load_from", "pretrained_backbone"])
 def test_truncated_pth_as_starting_weights_is_refused_naming_the_file(tmp_path, option):
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     from ssd_jax.porting import CheckpointFormatError
     from ssd_jax.training.init import initial_variables
     path = tmp_path / "start.pth"
@@ -193,3 +195,24 @@ def test_disk_full_during_a_save_raises_clearly_and_keeps_earlier_steps(tmp_path
     assert result["restored"] == 1 and result["meta"] == {"position": 1}
     assert result["latest"] == 1
     assert result["after_freeing"] == 2
+
+
+def test_restore_after_a_config_change_is_refused_naming_the_differences(tmp_path):
+    """A step saved for another model (the config changed between runs) is refused, with the
+    differing entries named; restore never falls back to an older step of the old config."""
+    from ssd_jax.checkpoints import CheckpointTreeMismatchError
+    save_steps(tmp_path, [1, 2]).close()
+    other = create_train_state(
+        {"params": {"w": np.zeros((3, 3), np.float32), "c": np.zeros(2, np.float32)},
+         "batch_stats": {}}, optax.sgd(0.1, momentum=0.9), 0)
+    ckpt = TrainCheckpointer(str(tmp_path), keep=5)
+    with pytest.raises(CheckpointTreeMismatchError) as e:
+        ckpt.restore(other)
+    message = str(e.value)
+    assert message.splitlines()[0].startswith("checkpoint step 2 in ")
+    assert "saved for another model or config" in message.splitlines()[0]
+    assert "params/c" in message and "params/b" in message
+    assert "params/w: saved (2, 3) vs expected (3, 3)" in message
+    # the same template restores the same steps
+    state, meta = ckpt.restore(tiny_state(0))
+    assert int(state.step) == 2 and meta == {"data_state": {"position": 2}}

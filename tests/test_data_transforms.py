@@ -251,3 +251,31 @@ def test_train_transform_without_crop_and_photometric_is_resize_and_flip(cfg, ca
     else:  # the flip is the only random step left
         np.testing.assert_array_equal(out["image"], flipped)
         np.testing.assert_allclose(out["boxes"], flipped_boxes, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["crowd", "difficult"])
+def test_ignored_boxes_take_part_in_the_crop_and_never_reach_the_loss(cfg, kind, monkeypatch):
+    """mmdetection's ignored instances (COCO crowd, VOC difficult) go through Expand and
+    MinIoURandomCrop with the other boxes (IoU and centre tests) and are dropped at the end."""
+    seen = []
+    crop = T.min_iou_random_crop
+
+    def spy(image, boxes, rng, **kw):
+        result = crop(image, boxes, rng, **kw)
+        seen.append((boxes.copy(), result.keep.copy()))
+        return result
+
+    monkeypatch.setattr(T, "min_iou_random_crop", spy)
+    gt, ignored = np.array([[10, 10, 40, 40]], np.float32), np.array([[50, 5, 90, 60]], np.float32)
+    if kind == "crowd":
+        record = {"boxes": gt, "labels": np.array([2], np.int32), "crowd_boxes": ignored}
+    else:
+        record = {"boxes": np.concatenate([ignored, gt]), "labels": np.array([7, 2], np.int32),
+                  "difficult": np.array([True, False])}
+    image = np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    for seed in range(20):
+        out = T.train_transform(record, image, np.random.default_rng(seed), cfg)
+        boxes, keep = seen[-1]
+        assert len(boxes) == 2  # the crop saw both boxes
+        assert out["labels"].tolist() == ([2] if keep[0] else [])  # only the gt box, if kept
+        assert len(out["boxes"]) == len(out["labels"])

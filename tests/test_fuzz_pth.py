@@ -32,13 +32,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import REQUIRE_FIXTURES
+from conftest import require
 from ssd_jax.porting.pth_reader import CheckpointFormatError, UnsafeCheckpointError, read_pth
 
-if REQUIRE_FIXTURES:
-    import torch  # the CI run (SSD_JAX_REQUIRE_FIXTURES=1) fails without torch, never skips
-else:
-    torch = pytest.importorskip("torch")
+torch = require("torch")  # CI (SSD_JAX_REQUIRE_FIXTURES) fails without it
 
 
 def fuzz(max_examples: int) -> settings:

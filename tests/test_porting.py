@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from conftest import FIXTURE_CONFIGS, fixture_dir, load_detector, load_reference
+from conftest import FIXTURE_CONFIGS, fixture_dir, load_detector, load_reference, require
 from ssd_jax import Detector
 from ssd_jax.config import load_config
 from ssd_jax.porting import (CheckpointMismatchError, UnsafeCheckpointError,
                              load_checkpoint_variables, read_state_dict)
 from ssd_jax.porting.__main__ import main as porting_main
 
-torch = pytest.importorskip("torch")
+torch = require("torch")  # CI (SSD_JAX_REQUIRE_FIXTURES) fails without it
 SSD300 = "ssd300_coco"
 
 

@@ -15,12 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REQUIRE_FIXTURES, fixture_dir
+from conftest import fixture_dir, require
 
-if REQUIRE_FIXTURES:
-    import torch  # the CI run (SSD_JAX_REQUIRE_FIXTURES=1) fails without torch, never skips
-else:
-    torch = pytest.importorskip("torch")
+torch = require("torch")  # CI (SSD_JAX_REQUIRE_FIXTURES) fails without it
 
 try:
     from numpy._core import multiarray as np_multiarray

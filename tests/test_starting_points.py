@@ -5,17 +5,16 @@ import logging
 
 import jax
 import numpy as np
-import pytest
 from flax import traverse_util
 
-from conftest import FIXTURE_CONFIGS, fixture_dir
+from conftest import FIXTURE_CONFIGS, fixture_dir, require
 from ssd_jax.config import load_config
 from ssd_jax.models.assembly import anchor_generator
 from ssd_jax.models import build_model
 from ssd_jax.porting import read_state_dict
 from ssd_jax.training.init import initial_variables
 
-torch = pytest.importorskip("torch")
+torch = require("torch")  # CI (SSD_JAX_REQUIRE_FIXTURES) fails without it
 
 
 def zeros_like_model(config) -> dict:

@@ -13,6 +13,8 @@ import time
 import numpy as np
 import pytest
 
+from conftest import require
+
 from ssd_jax.config import load_config
 from ssd_jax.training import optim
 
@@ -75,14 +77,34 @@ def final_params(workdir: pathlib.Path) -> dict:
     return flat
 
 
-def test_kill_and_resume_matches_uninterrupted(shapes, tmp_path):
-    steps = 8
-    straight = tmp_path / "straight"
-    subprocess.run(train_cmd(shapes, straight, steps), env=run_env(), cwd=REPO, check=True,
-                   capture_output=True, timeout=900)
+STEPS = 8
 
+
+@pytest.fixture(scope="module")
+def straight(shapes, tmp_path_factory) -> pathlib.Path:
+    """An uninterrupted 8-step run (checkpoints every 2 steps, metrics every step)."""
+    work = tmp_path_factory.mktemp("straight")
+    subprocess.run(train_cmd(shapes, work, STEPS), env=run_env(), cwd=REPO, check=True,
+                   capture_output=True, timeout=900)
+    return work
+
+
+def metrics_rows(workdir: pathlib.Path) -> dict[int, dict]:
+    """The last row logged for each step (a resumed run logs some steps twice)."""
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r for r in rows if "loss" in r}
+
+
+def assert_same_params(a: pathlib.Path, b: pathlib.Path) -> None:
+    pa, pb = final_params(a), final_params(b)
+    assert set(pa) == set(pb)
+    for k in pa:
+        np.testing.assert_allclose(pa[k], pb[k], rtol=0, atol=1e-6, err_msg=str(k))
+
+
+def test_kill_and_resume_matches_uninterrupted(shapes, straight, tmp_path):
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(train_cmd(shapes, killed, steps), env=run_env(), cwd=REPO,
+    proc = subprocess.Popen(train_cmd(shapes, killed, STEPS), env=run_env(), cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 900
     while time.time() < deadline and not (killed / "checkpoints" / "4").exists():
@@ -92,15 +114,55 @@ def test_kill_and_resume_matches_uninterrupted(shapes, tmp_path):
     assert (killed / "checkpoints" / "4").exists() or (killed / "checkpoints" / "2").exists()
     # A save cut short leaves only orbax's temporary directory; make sure one is there too.
     (killed / "checkpoints" / "6.orbax-checkpoint-tmp-0").mkdir(exist_ok=True)
-    subprocess.run(train_cmd(shapes, killed, steps, "--resume"), env=run_env(), cwd=REPO,
+    subprocess.run(train_cmd(shapes, killed, STEPS, "--resume"), env=run_env(), cwd=REPO,
                    check=True, capture_output=True, timeout=900)
+    assert_same_params(straight, killed)
+    assert max(metrics_rows(killed)) == STEPS
 
-    a, b = final_params(straight), final_params(killed)
-    assert set(a) == set(b)
-    for k in a:
-        np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-6, err_msg=str(k))
-    log = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
-    assert log[-1]["step"] == steps
+
+def test_resume_after_a_cut_checkpoint_restores_the_previous_step_with_data_order_and_lr(
+        straight, shapes, tmp_path):
+    """The last step's files cut mid-write: --resume warns, restores step 6 (weights, optimizer,
+    data position, LR schedule) and steps 7-8 repeat the uninterrupted run's exactly."""
+    import shutil
+    cut = tmp_path / "cut"
+    shutil.copytree(straight, cut)
+    manifest = cut / "checkpoints" / str(STEPS) / "train_state" / "manifest.ocdbt"
+    manifest.write_bytes(manifest.read_bytes()[: manifest.stat().st_size // 2])
+    proc = subprocess.run(train_cmd(shapes, cut, STEPS, "--resume"), env=run_env(), cwd=REPO,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"cannot restore checkpoint step {STEPS}" in proc.stderr
+    assert "resumed from step 6" in proc.stderr
+    ours, theirs = metrics_rows(cut), metrics_rows(straight)
+    for step in (STEPS - 1, STEPS):
+        for key in ("loss", "loss_cls", "loss_bbox", "lr"):
+            assert ours[step][key] == pytest.approx(theirs[step][key], rel=1e-6, abs=1e-9), \
+                (step, key)
+    assert_same_params(straight, cut)
+
+
+def test_resume_with_another_config_is_refused_naming_what_differs(straight, shapes, tmp_path):
+    """Resuming with data of another class count (the head's shapes change) is one line,
+    exit status 2, and leaves the checkpoints alone; it never falls back to an older step."""
+    import shutil
+    changed = tmp_path / "changed"
+    shutil.copytree(straight, changed)
+    coco = json.loads((shapes / "annotations" / "instances_train.json").read_text())
+    coco["categories"] = coco["categories"][:3]
+    coco["annotations"] = [a for a in coco["annotations"] if a["category_id"] <= 3]
+    ann = tmp_path / "three.json"
+    ann.write_text(json.dumps(coco))
+    steps_before = sorted(p.name for p in (changed / "checkpoints").iterdir())
+    proc = subprocess.run(train_cmd(shapes, changed, STEPS + 2, "--resume",
+                                    f"--config.data.ann_file={ann}"),
+                          env=run_env(), cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr
+    assert f"checkpoint step {STEPS} in" in errors[0]
+    assert "saved for another model or config" in errors[0]
+    assert sorted(p.name for p in (changed / "checkpoints").iterdir()) == steps_before
 
 
 def test_short_run_lowers_the_loss(shapes, tmp_path):
@@ -118,11 +180,15 @@ def test_lr_schedules():
     c = load_config(REPO / "configs" / "ssd300_coco.py")
     s = optim.lr_schedule(c, 64, steps_per_epoch=100)
     assert float(s(0)) == pytest.approx(2e-3 * 0.001)
-    assert float(s(250)) == pytest.approx(2e-3 * (0.001 + 0.999 * 0.5))
+    # mmengine's LinearLR reaches 1 at iteration end - 1 = 499
+    assert float(s(250)) == pytest.approx(2e-3 * (0.001 + 0.999 * 250 / 499))
+    assert float(s(499)) == pytest.approx(2e-3)
     assert float(s(1500)) == pytest.approx(2e-3)
     assert float(s(16 * 100)) == pytest.approx(2e-4)      # ×0.1 at epoch 16
     assert float(s(22 * 100 + 5)) == pytest.approx(2e-5)  # ×0.01 at epoch 22
     assert float(optim.lr_schedule(c, 32, 100)(1500)) == pytest.approx(1e-3)  # linear scaling
+    c.optimizer.auto_scale_lr = False                                       # mmdetection's default
+    assert float(optim.lr_schedule(c, 32, 100)(1500)) == pytest.approx(2e-3)
     lite = load_config(REPO / "configs" / "ssdlite_mobilenetv2_320_coco.py")
     s = optim.lr_schedule(lite, 192, steps_per_epoch=10)
     assert float(s(600)) == pytest.approx(0.015 * 0.5 * (1 + np.cos(np.pi * 60 / 120)))
@@ -131,7 +197,7 @@ def test_lr_schedules():
 
 
 def test_sgd_matches_torch():
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     import jax.numpy as jnp
     import optax
     c = load_config(REPO / "configs" / "ssd300_coco.py")

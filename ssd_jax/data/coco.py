@@ -69,11 +69,14 @@ class CocoSource:
 
         {"image_id": int, "file_name": str (absolute path), "height": int, "width": int,
          "boxes": float32 (n, 4) xyxy pixels ([x, y, x + w, y + h], not clipped to the image, as
-                  in mmdetection), "labels": int32 (n,)}
+                  in mmdetection), "labels": int32 (n,),
+         "crowd_boxes": float32 (m, 4) xyxy pixels of the crowd annotations}
 
-    Every annotation left out is logged (``logging.warning`` naming the file and the annotation
-    id) and counted by reason in ``dropped``: the reasons of ``drop_reason`` and "unknown_image"
-    (an annotation of an image id not in ``images``).
+    Crowd annotations that pass the other checks are mmdetection's ignored instances: they take
+    part in the train augmentations (MinIoURandomCrop's IoU and centre tests) and never in the
+    loss; counted in ``crowd``. Every other annotation left out is logged (``logging.warning``
+    naming the file and the annotation id) and counted by reason in ``dropped``: the reasons of
+    ``drop_reason`` and "unknown_image" (an annotation of an image id not in ``images``).
 
     ``filter_train=True`` also leaves out, as mmdetection's ``filter_data`` with
     ``filter_empty_gt=True``: images without any annotation of a listed category (counted as
@@ -92,6 +95,7 @@ class CocoSource:
         self.img_dir = os.path.abspath(os.fspath(img_dir))
         self.filter_train = filter_train
         self.dropped: collections.Counter[str] = collections.Counter()
+        self.crowd = 0
         self.filtered: collections.Counter[str] = collections.Counter()
         coco = _build_coco(self.ann_file, _load_json(self.ann_file))
         self.cat_ids: list[int] = sorted(coco.cats)
@@ -103,8 +107,10 @@ class CocoSource:
         self._count_unknown_images(coco)
         ids_with_known_cat = set().union(*(coco.catToImgs[c] for c in self.cat_ids))
         image_ids, file_names, sizes, boxes, labels, counts = [], [], [], [], [], []
+        crowds, crowd_counts = [], []
         for img_id, info in coco.imgs.items():
-            img_boxes, img_labels = self._parse_image(coco.imgToAnns[img_id], info, cat2label)
+            img_boxes, img_labels, img_crowd = self._parse_image(coco.imgToAnns[img_id], info,
+                                                                 cat2label)
             if min_size is not None:
                 reason = _filter_reason(img_id, info, ids_with_known_cat, min_size)
                 if reason:
@@ -116,6 +122,8 @@ class CocoSource:
             boxes.extend(img_boxes)
             labels.extend(img_labels)
             counts.append(len(img_labels))
+            crowds.extend(img_crowd)
+            crowd_counts.append(len(img_crowd))
         if self.filtered:
             log.info("%s: left out %d images (%s)", self.ann_file, sum(self.filtered.values()),
                      dict(self.filtered))
@@ -125,22 +133,30 @@ class CocoSource:
         self._boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
         self._labels = np.asarray(labels, np.int32)
         self._offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+        self._crowd = np.asarray(crowds, np.float32).reshape(-1, 4)
+        self._crowd_offsets = np.concatenate([[0], np.cumsum(crowd_counts, dtype=np.int64)])
 
     def _parse_image(self, anns: list[dict], info: Mapping[str, Any],
-                     cat2label: Mapping[int, int]) -> tuple[list[list[float]], list[int]]:
-        """mmdet ``parse_data_info`` for one image → kept xyxy boxes and labels."""
-        boxes, labels = [], []
+                     cat2label: Mapping[int, int]
+                     ) -> tuple[list[list[float]], list[int], list[list[float]]]:
+        """mmdet ``parse_data_info`` for one image → kept xyxy boxes, labels, crowd boxes."""
+        boxes, labels, crowd = [], [], []
         for ann in anns:
             reason = drop_reason(ann["bbox"], ann["area"], ann["category_id"] in cat2label,
                                  (info["height"], info["width"]), ignore=bool(ann.get("ignore")),
                                  crowd=bool(ann.get("iscrowd")))
+            if reason == "crowd":
+                x, y, w, h = (float(v) for v in ann["bbox"])
+                crowd.append([x, y, x + w, y + h])
+                self.crowd += 1
+                continue
             if reason:
                 self._drop(ann, reason)
                 continue
             x, y, w, h = (float(v) for v in ann["bbox"])
             boxes.append([x, y, x + w, y + h])
             labels.append(cat2label[ann["category_id"]])
-        return boxes, labels
+        return boxes, labels, crowd
 
     def _count_unknown_images(self, coco: COCO) -> None:
         for img_id, anns in coco.imgToAnns.items():
@@ -158,10 +174,12 @@ class CocoSource:
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         lo, hi = self._offsets[index], self._offsets[index + 1]
+        c_lo, c_hi = self._crowd_offsets[index], self._crowd_offsets[index + 1]
         height, width = self._sizes[index]
         return {"image_id": int(self._image_ids[index]), "file_name": self._file_names[index],
                 "height": int(height), "width": int(width),
-                "boxes": self._boxes[lo:hi].copy(), "labels": self._labels[lo:hi].copy()}
+                "boxes": self._boxes[lo:hi].copy(), "labels": self._labels[lo:hi].copy(),
+                "crowd_boxes": self._crowd[c_lo:c_hi].copy()}
 
     def __repr__(self) -> str:
         return (f"CocoSource(ann_file={self.ann_file!r}, img_dir={self.img_dir!r}, "

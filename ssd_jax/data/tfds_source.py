@@ -30,10 +30,11 @@ class TfdsSource:
     "objects/is_crowd". Record ``i``::
 
         {"image_id": int, "image": uint8 (H, W, 3), "height": int, "width": int,
-         "boxes": float32 (n, 4) xyxy pixels, "labels": int32 (n,)}
+         "boxes": float32 (n, 4) xyxy pixels, "labels": int32 (n,),
+         "crowd_boxes": float32 (m, 4) xyxy pixels (ignored instances, as CocoSource's)}
 
-    Objects are dropped by ``coco.drop_reason`` as ``CocoSource`` drops annotations (crowd,
-    outside the image, w or h < 1 px; "area" is w·h of the box), silently: records are decoded
+    Objects are dropped by ``coco.drop_reason`` as ``CocoSource`` drops annotations (outside the
+    image, w or h < 1 px; "area" is w·h of the box), silently: records are decoded
     lazily in loader workers, so there is no dataset-wide count. Unlike ``CocoSource`` there is no
     ``filter_train``: finding empty images would mean decoding the whole split first.
     """
@@ -74,13 +75,16 @@ def example_to_record(example: dict[str, Any]) -> dict[str, Any]:
     if not len(xyxy) == len(labels) == len(crowd):
         raise ValueError(f"image {example['image/id']}: objects have {len(xyxy)} bboxes, "
                          f"{len(labels)} labels and {len(crowd)} is_crowd flags")
-    keep = np.array([_keep(box, bool(c), (height, width)) for box, c in zip(xyxy, crowd)], bool)
+    reasons = [_reason(box, bool(c), (height, width)) for box, c in zip(xyxy, crowd)]
+    keep = np.array([r is None for r in reasons], bool)
+    is_crowd = np.array([r == "crowd" for r in reasons], bool)
     return {"image_id": int(example["image/id"]), "image": image, "height": int(height),
             "width": int(width), "boxes": xyxy[keep].astype(np.float32).reshape(-1, 4),
-            "labels": labels[keep].astype(np.int32)}
+            "labels": labels[keep].astype(np.int32),
+            "crowd_boxes": xyxy[is_crowd].astype(np.float32).reshape(-1, 4)}
 
 
-def _keep(xyxy: np.ndarray, crowd: bool, image_hw: tuple[int, int]) -> bool:
+def _reason(xyxy: np.ndarray, crowd: bool, image_hw: tuple[int, int]) -> str | None:
     x1, y1, x2, y2 = xyxy
     w, h = x2 - x1, y2 - y1
-    return drop_reason((x1, y1, w, h), w * h, True, image_hw, crowd=crowd) is None
+    return drop_reason((x1, y1, w, h), w * h, True, image_hw, crowd=crowd)

@@ -260,8 +260,9 @@ def train_transform(record: dict[str, Any], image: np.ndarray, rng: np.random.Ge
     """mmdetection's SSD train pipeline on one decoded image.
 
     Args:
-      record: source record; uses "boxes" float32 (n, 4) xyxy pixels of ``image`` and "labels"
-        int32 (n,).
+      record: source record; uses "boxes" float32 (n, 4) xyxy pixels of ``image``, "labels"
+        int32 (n,) and, when present, "difficult" bool (n,) and "crowd_boxes" float32 (m, 4)
+        (both ignored instances).
       image: uint8 RGB (H, W, 3).
       rng: the example's generator.
       cfg: the model config; uses ``cfg.input_size`` (S), ``cfg.model.mean`` (RGB, the Expand
@@ -274,20 +275,29 @@ def train_transform(record: dict[str, Any], image: np.ndarray, rng: np.random.Ge
       {"image": (S, S, 3) uint8, or float32 with ``photometric`` (the distorted values as
       mmdetection feeds them to the network: neither rounded nor clipped), "boxes": float32
       (k, 4) xyxy in [0, S], "labels": int32 (k,)}. Boxes are dropped only by the crop's centre
-      rule.
+      rule; ignored (crowd, difficult) boxes are never returned.
     """
     aug = cfg.augment
     boxes = np.asarray(record["boxes"], np.float32).reshape(-1, 4)
     labels = np.asarray(record["labels"], np.int32).reshape(-1)
+    # mmdetection's ignored instances — COCO crowd boxes, VOC "difficult" ones — go through
+    # every geometric step with the others, count in the crop's IoU and centre tests, and are
+    # left out at the end (SSD's loss never uses them).
+    difficult = np.asarray(record.get("difficult", np.zeros(len(labels), bool)), bool)
+    crowd = np.asarray(record.get("crowd_boxes", np.zeros((0, 4))), np.float32).reshape(-1, 4)
+    boxes, labels = np.concatenate([boxes[~difficult], boxes[difficult], crowd]), labels[~difficult]
+    is_gt = np.arange(len(boxes)) < len(labels)
     image, boxes = expand(image, boxes, rng, mean=cfg.model.mean, ratio_range=aug.expand_ratio)
     if aug.min_iou_crop:
         crop = min_iou_random_crop(image, boxes, rng, min_ious=aug.min_ious,
                                    min_crop_size=aug.min_crop_size)
-        image, boxes, labels = crop.image, crop.boxes, labels[crop.keep]
+        image, boxes, is_gt = crop.image, crop.boxes, is_gt[crop.keep]
+        labels = labels[crop.keep[:len(labels)]]
     image, boxes = resize(image, boxes, cfg.input_size)
     image, boxes = random_flip(image, boxes, rng, prob=aug.flip_prob)
     if aug.photometric:
         image = photometric_distortion(
             image, rng, brightness_delta=aug.brightness_delta, contrast_range=aug.contrast_range,
             saturation_range=aug.saturation_range, hue_delta=aug.hue_delta)
+    boxes = boxes[is_gt]
     return {"image": image, "boxes": boxes, "labels": labels}

@@ -9,8 +9,12 @@ import optax
 
 
 def scaled_lr(config: ml_collections.ConfigDict, global_batch_size: int) -> float:
-    """The config's lr scaled linearly from its base batch to the actual global batch."""
+    """The config's lr scaled linearly from its base batch to the actual global batch, unless
+    ``optimizer.auto_scale_lr`` is False (mmdetection's default; its ``--auto-scale-lr`` turns
+    the same rule on)."""
     o = config.optimizer
+    if not o.get("auto_scale_lr", True):
+        return o.lr
     return o.lr * global_batch_size / o.base_batch_size
 
 
@@ -26,12 +30,15 @@ def lr_schedule(config: ml_collections.ConfigDict, global_batch_size: int,
     base = scaled_lr(config, global_batch_size)
     milestones = jnp.asarray(s.milestones or (1 << 30,))
 
+    # mmengine LinearLR(start_factor, begin=0, end=warmup_iters, by_epoch=False) reaches 1 at
+    # iteration end - begin - 1 (its total_iters).
+    ramp = max(s.warmup_iters - 1, 1)
+    dtype = jnp.float64 if config.get("precision", "fp32") == "fp64" else jnp.float32
+
     def schedule(step):
-        step = jnp.asarray(step, jnp.float32)
-        # mmengine LinearLR(start_factor, by_epoch=False, end=warmup_iters)
+        step = jnp.asarray(step, dtype)
         warm = jnp.where(step < s.warmup_iters,
-                         s.warmup_start_factor + (1 - s.warmup_start_factor) * step / s.warmup_iters,
-                         1.0)
+                         s.warmup_start_factor + (1 - s.warmup_start_factor) * step / ramp, 1.0)
         epoch = jnp.floor(step / steps_per_epoch)
         if s.type == "multistep":
             factor = s.gamma ** jnp.sum(epoch >= milestones)
