@@ -8,5 +8,8 @@ echo "== creating .venv and installing requirements-test.txt"
 if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then "$PY" -m venv --clear .venv; fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -r requirements-test.txt
+echo "== installing requirements-export.txt (+ jax2onnx without its declared dependencies)"
+.venv/bin/python -m pip install -q -r requirements-export.txt
+.venv/bin/python -m pip install -q --no-deps -r requirements-export-nodeps.txt
 echo "== running the tests"
 .venv/bin/python -m pytest -n 2 -q "$@"

@@ -13,7 +13,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from conftest import REQUIRE_FIXTURES, load_detector, load_reference
+from conftest import FIXTURE_CONFIGS, REQUIRE_FIXTURES, fixture_dir, load_detector, load_reference
 from test_parity import assert_close_rel, assert_detections_match, nchw_to_nhwc
 
 RUNTIME_FORMAT = {"onnxruntime": "onnx", "openvino": "onnx", "jax": "jax"}
@@ -72,21 +72,18 @@ def uint8_inputs(name: str) -> np.ndarray:
     mmdetection resizes the uint8 images (cv2 bilinear → uint8), then normalises, so the
     input's pixels are integers on the 0–255 scale.
     """
+    from ssd_jax.config import load_config
     ref = load_reference(name)
-    cfg = load_detector(name).config.model
+    cfg = load_config(FIXTURE_CONFIGS[name]).model
     x = (nchw_to_nhwc(ref["inputs_nchw"]) * np.asarray(cfg.std, np.float32)
          + np.asarray(cfg.mean, np.float32))
     assert np.abs(x - np.round(x)).max() < 1e-3
     return np.round(x).astype(np.uint8)
 
 
-@pytest.mark.parametrize("runtime", list(RUNTIME_FORMAT))
-def test_raw_outputs(export_dir, fixture_name, runtime):
-    model = loaded_model(export_dir, fixture_name, runtime, raw=True)
-    ref = load_reference(fixture_name)
-    out = model(images=uint8_inputs(fixture_name))
-    assert model.kind == "raw"
-    num_classes = len(model.class_names)
+def assert_raw_outputs_match(out: dict, name: str, num_classes: int, what: str) -> None:
+    """cls_logits / bbox_deltas (N, A, ·) against the reference's per-level head outputs."""
+    ref = load_reference(name)
     start = 0
     levels = sorted(k for k in ref if k.startswith("cls_scores_l"))
     for k in range(len(levels)):
@@ -95,11 +92,19 @@ def test_raw_outputs(export_dir, fixture_name, runtime):
         n, h, w, c = cls_ref.shape
         count = h * w * c // (num_classes + 1)
         assert_close_rel(out["cls_logits"][:, start:start + count].reshape(cls_ref.shape),
-                         cls_ref, f"{runtime} cls level {k}")
+                         cls_ref, f"{what} cls level {k}")
         assert_close_rel(out["bbox_deltas"][:, start:start + count].reshape(box_ref.shape),
-                         box_ref, f"{runtime} reg level {k}")
+                         box_ref, f"{what} reg level {k}")
         start += count
     assert out["cls_logits"].shape[1] == out["bbox_deltas"].shape[1] == start
+
+
+@pytest.mark.parametrize("runtime", list(RUNTIME_FORMAT))
+def test_raw_outputs(export_dir, fixture_name, runtime):
+    model = loaded_model(export_dir, fixture_name, runtime, raw=True)
+    assert model.kind == "raw"
+    assert_raw_outputs_match(model(images=uint8_inputs(fixture_name)), fixture_name,
+                             len(model.class_names), runtime)
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "jax"])
@@ -199,28 +204,24 @@ def test_onnx_nms_is_greedy_class_aware_nms(tmp_path, runtime):
         np.testing.assert_array_equal(out["labels"][b, :count[b]], labels[b, idx])
         np.testing.assert_allclose(out["scores"][b, :count[b]], scores[b, idx], rtol=0, atol=0)
         np.testing.assert_allclose(out["boxes"][b, :count[b]], boxes[b, idx], rtol=0, atol=0)
-        assert np.all(out["labels"][b, count[b]:] == -1) and np.all(out["scores"][b, count[b]:] == 0)
+        assert np.all(out["labels"][b, count[b]:] == -1)
+        assert np.all(out["scores"][b, count[b]:] == 0)
 
 
-def test_cli_jax_export_matches_detector(tmp_path):
-    """``python -m ssd_jax.export`` on an orbax checkpoint; the artifact predicts as Detector does."""
-    from ssd_jax import Detector, checkpoints
-    from ssd_jax.config import load_config
+def test_cli(tmp_path):
+    """``python -m ssd_jax.export`` with a config override: raw jax artifact, anchors, metadata."""
     from ssd_jax.export import runtime as rt
     from ssd_jax.export.__main__ import main
+    from ssd_jax.export.onnx_export import anchors_path
 
-    repo = pathlib.Path(__file__).resolve().parents[1]
-    config_path = repo / "configs" / "ssdlite_shapes.py"
-    det = Detector(load_config(config_path))  # seeded initial weights
-    ckpt = checkpoints.save_variables(tmp_path / "ckpt", det.variables, {"config": "shapes"})
-    out = tmp_path / "shapes.jaxexport"
-    assert main(["--config", str(config_path), "--checkpoint", str(ckpt), "--format", "jax",
-                 "--out", str(out), "--platforms", "cpu"]) == 0
+    name = "ssdlite_mobilenetv2_320_coco"
+    out = tmp_path / "lite_raw.jaxexport"
+    assert main(["--config", str(FIXTURE_CONFIGS[name]), "--checkpoint",
+                 str(fixture_dir(name) / "checkpoint.pth.xz"), "--format", "jax", "--raw",
+                 "--out", str(out), "--platforms", "cpu", "--test.score_thr=0.3"]) == 0
     model = rt.load(out)
-    assert model.kind == "detect" and model.class_names == det.class_names
-    rng = np.random.default_rng(0)
-    images = [rng.integers(0, 256, (90, 150, 3), np.uint8), rng.integers(0, 256, (64, 64, 3), np.uint8)]
-    ours, theirs = rt.predict(model, images), det.predict(images)
-    assert sum(len(t["scores"]) for t in theirs) > 0
-    for o, t in zip(ours, theirs):
-        assert_detections_match(o, t["boxes"], t["scores"], t["labels"], det.config.test.max_per_img)
+    assert model.kind == "raw" and model.settings["score_thr"] == 0.3
+    assert model.exported.platforms == ("cpu",)
+    raw = model(images=uint8_inputs(name))
+    assert_raw_outputs_match(raw, name, len(model.class_names), "cli")
+    assert np.load(anchors_path(out)).shape == (raw["cls_logits"].shape[1], 4)

@@ -56,7 +56,8 @@ def normalize(images: jax.Array, s: Settings) -> jax.Array:
 def _head_outputs(detector, images: jax.Array) -> tuple[list[jax.Array], list[jax.Array]]:
     x = normalize(images, settings_of(detector))
     cls_logits, box_deltas = detector.model.apply(detector.variables, x, train=False)
-    return ([c.astype(jnp.float32) for c in cls_logits], [d.astype(jnp.float32) for d in box_deltas])
+    return ([c.astype(jnp.float32) for c in cls_logits],
+            [d.astype(jnp.float32) for d in box_deltas])
 
 
 def raw_fn(detector) -> Callable[[jax.Array], tuple[jax.Array, jax.Array]]:
@@ -90,7 +91,7 @@ def detect_fn(detector) -> Callable[[jax.Array, jax.Array], post.Detections]:
 
 
 class Candidates(NamedTuple):
-    """Per image the K pre-NMS candidates, (anchor, class) pairs; K = Σ_levels min(nms_pre, H·W·A·C)."""
+    """Per image the K pre-NMS (anchor, class) candidates; K = Σ_levels min(nms_pre, H·W·A·C)."""
     boxes: jax.Array         # (B, K, 4) xyxy original-image pixels
     scores: jax.Array        # (B, K) softmax score; -1 where not a candidate
     labels: jax.Array        # (B, K) int32 class 0..C-1

@@ -14,21 +14,18 @@ B is dynamic. The model's settings (input size, classes, test_cfg) are in its me
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import os
 import pathlib
-from typing import Any, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssd_jax.export import graph, layers, onnx_nms
+from ssd_jax.export import graph, jax2onnx_compat, layers, onnx_nms
 
-# Opset 21 carries every operator used here (NonMaxSuppression 11, GatherND batch_dims 12, ...)
-# and is read by ONNX Runtime ≥ 1.17 and OpenVINO ≥ 2024.
+# ONNX opset of the exported graphs (tested with ONNX Runtime 1.32 and OpenVINO 2026.4).
 OPSET = 21
 BATCH = "B"
 # protobuf's 2 GiB message limit: larger models keep their weights in a ``.data`` file.
@@ -49,57 +46,10 @@ def metadata(detector, kind: str) -> dict[str, str]:
             "ssd_jax.class_names": json.dumps(list(detector.class_names))}
 
 
-@contextlib.contextmanager
-def _explicit_pads_for_max_pool() -> Iterator[None]:
-    """Let jax2onnx's ``flax.linen.max_pool`` shim take SSDVGG's calls.
-
-    jax2onnx 0.17.1 swaps ``nn.max_pool`` for a shim (lowered to a 2-D ONNX MaxPool) that takes
-    keyword arguments and 'SAME'/'VALID' padding only; SSDVGG calls it positionally with
-    explicit pads (torch's ceil mode). Without the shim it traces to ``reduce_window_max``,
-    which jax2onnx lowers to a 4-D MaxPool over NHWC that ONNX Runtime and OpenVINO reject.
-    This wraps the shim: explicit pads become a ``-inf`` Pad, then 'VALID' pooling.
-    """
-    from jax2onnx.plugins.flax.linen.max_pool import MaxPoolPlugin
-    saved = MaxPoolPlugin.__dict__["_make_patch"]
-    make_shim = saved.__func__
-
-    def make_patch(cls, orig):
-        shim = make_shim(cls, orig)
-
-        def max_pool(x, window_shape, strides=None, padding="VALID"):
-            if not isinstance(padding, str):
-                pads = [(0, 0)] + [tuple(p) for p in padding] + [(0, 0)]
-                x = jnp.pad(x, pads, constant_values=-jnp.inf)
-                padding = "VALID"
-            return shim(x, window_shape=tuple(window_shape), strides=strides, padding=padding)
-        return max_pool
-
-    MaxPoolPlugin._make_patch = classmethod(make_patch)
-    try:
-        yield
-    finally:
-        MaxPoolPlugin._make_patch = saved
-
-
-@contextlib.contextmanager
-def _quiet_jax2onnx() -> Iterator[None]:
-    """jax2onnx logs a warning per optional plugin it cannot import (equinox, dm_pix examples:
-    not installed, not used) and per value without a type; the export's own errors still raise."""
-    loggers = [logging.getLogger(n) for n in ("jax2onnx", "onnx_ir")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
-
-
 def _to_onnx(fn, inputs, input_names, output_names, name: str):
-    with _quiet_jax2onnx():
+    with jax2onnx_compat.quiet():
         from jax2onnx import to_onnx  # optional dependency (requirements-export.txt)
-        with _explicit_pads_for_max_pool(), layers.onnx_friendly_layers():
+        with jax2onnx_compat.explicit_pads_for_max_pool(), layers.onnx_friendly_layers():
             return to_onnx(fn, inputs, model_name=name, opset=OPSET, return_mode="proto",
                            input_names=input_names, output_names=output_names)
 
