@@ -21,7 +21,8 @@ import numpy as np
 from ssd_jax.export import graph
 from ssd_jax.export.onnx_export import anchors_path, metadata
 
-# Lowered for these jax platforms by default (one artifact serves CPU and NVIDIA GPU hosts).
+# Lowered for these jax platforms by default, so that one artifact can serve CPU and NVIDIA GPU
+# hosts (the tests run it on CPU only; the CUDA lowering is made but not run there).
 DEFAULT_PLATFORMS = ("cpu", "cuda")
 
 
