@@ -15,5 +15,8 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     --extra-index-url https://download.pytorch.org/whl/cpu 2>&1 | grep -v "^WARNING: Retrying" || true
 fi
 .venv/bin/python -m pip install -q -r requirements-test.txt
+echo "== installing requirements-export.txt (+ jax2onnx without its declared dependencies)"
+.venv/bin/python -m pip install -q -r requirements-export.txt
+.venv/bin/python -m pip install -q --no-deps -r requirements-export-nodeps.txt
 echo "== running the tests"
 .venv/bin/python -m pytest -n 2 -q "$@"

@@ -1,0 +1,90 @@
+"""ONNX export through jax2onnx (network, normalisation, decoding) plus ``onnx_nms`` (NMS).
+
+Detection model (default):
+  inputs   images (B, S, S, 3) uint8 RGB, resized to the config's input size S;
+           scale_factors (B, 2) float32 (w_scale, h_scale) from original to input pixels
+           (``Detector.preprocess`` returns them; ones give boxes in input pixels).
+  outputs  boxes (B, M, 4) float32 xyxy original-image pixels, scores (B, M), labels (B, M)
+           int32 (-1 = padding), num_valid (B,) int32; M = max_per_img (200).
+Raw model (``raw=True``):
+  inputs   images as above; outputs cls_logits (B, A, C+1) (class C = background) and
+           bbox_deltas (B, A, 4), A = all anchors; the anchors (A, 4) xyxy input pixels go to
+           ``anchors_path(path)`` as .npy.
+B is dynamic. The model's settings (input size, classes, test_cfg) are in its metadata_props.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ssd_jax.export import graph, jax2onnx_compat, layers, onnx_nms
+
+# ONNX opset of the exported graphs (tested with ONNX Runtime 1.32 and OpenVINO 2026.4).
+OPSET = 21
+BATCH = "B"
+# protobuf's 2 GiB message limit: larger models keep their weights in a ``.data`` file.
+_MAX_INLINE_BYTES = 1 << 30
+
+
+def anchors_path(path: str | os.PathLike) -> pathlib.Path:
+    """Where a raw export's anchors go: ``model.onnx`` → ``model.anchors.npy``."""
+    path = pathlib.Path(path)
+    return path.with_name(path.stem + ".anchors.npy")
+
+
+def metadata(detector, kind: str) -> dict[str, str]:
+    """What a runtime needs to use an exported model; stored as string key/values."""
+    s = graph.settings_of(detector)
+    return {"ssd_jax.kind": kind, "ssd_jax.config": str(detector.config.get("name", "")),
+            "ssd_jax.settings": json.dumps(s._asdict()),
+            "ssd_jax.class_names": json.dumps(list(detector.class_names))}
+
+
+def _to_onnx(fn, inputs, input_names, output_names, name: str):
+    with jax2onnx_compat.quiet():
+        from jax2onnx import to_onnx  # optional dependency (requirements-export.txt)
+        with jax2onnx_compat.explicit_pads_for_max_pool(), layers.onnx_friendly_layers():
+            return to_onnx(fn, inputs, model_name=name, opset=OPSET, return_mode="proto",
+                           input_names=input_names, output_names=output_names)
+
+
+def export_onnx(detector, path: str | os.PathLike, raw: bool = False) -> dict[str, Any]:
+    """Write ``detector`` as an ONNX model to ``path``; returns what was written."""
+    import onnx
+
+    s = graph.settings_of(detector)
+    size = s.input_size
+    images = jax.ShapeDtypeStruct((BATCH, size, size, 3), jnp.uint8)
+    name = f"{detector.config.get('name', 'ssd')}_{'raw' if raw else 'detect'}"
+    if raw:
+        model = _to_onnx(graph.raw_fn(detector), [images], ["images"],
+                         ["cls_logits", "bbox_deltas"], name)
+    else:
+        scales = jax.ShapeDtypeStruct((BATCH, 2), jnp.float32)
+        model = _to_onnx(graph.candidates_fn(detector), [images, scales],
+                         ["images", "scale_factors"], list(onnx_nms.CANDIDATE_OUTPUTS), name)
+        num_candidates = sum(min(s.nms_pre, len(a) * s.num_classes) if s.nms_pre > 0
+                             else len(a) * s.num_classes for a in detector.anchors())
+        onnx_nms.append_nms(model, num_candidates=num_candidates, nms_iou=s.nms_iou,
+                            max_per_img=s.max_per_img, batch_dim=BATCH)
+    onnx.helper.set_model_props(model, metadata(detector, "raw" if raw else "detect"))
+    onnx.checker.check_model(model)
+
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    external = model.ByteSize() > _MAX_INLINE_BYTES
+    onnx.save_model(model, str(path), save_as_external_data=external,
+                    location=path.name + ".data" if external else None)
+    written = {"model": str(path)}
+    if external:
+        written["weights"] = str(path) + ".data"
+    if raw:
+        np.save(anchors_path(path), detector.flat_anchors.astype(np.float32))
+        written["anchors"] = str(anchors_path(path))
+    return written

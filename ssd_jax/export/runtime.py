@@ -1,0 +1,130 @@
+"""Loading and running exported models: ONNX Runtime, OpenVINO (ONNX files) and jax.export.
+
+    model = load("ssdlite.onnx")                 # or runtime="openvino"; "x.jaxexport" → jax
+    dets = predict(model, [image_rgb_uint8, ...])  # per image boxes/scores/labels, original px
+    out = model(images=u8_batch, scale_factors=s)  # the graph's outputs as NumPy arrays
+
+Every model takes ``images`` (B, S, S, 3) uint8 RGB at the config's input size S (detection
+models also ``scale_factors`` (B, 2) float32) and returns a dict named as the graph's outputs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ssd_jax.preprocess import resize_image
+
+RUNTIMES = ("onnxruntime", "openvino", "jax")
+
+
+class ExportedModel:
+    """An exported model and its metadata (``kind`` 'detect' or 'raw', ``settings``, classes)."""
+
+    output_names: tuple[str, ...]
+
+    def __init__(self, meta: dict[str, str]):
+        self.kind = meta.get("ssd_jax.kind", "")
+        self.settings = json.loads(meta.get("ssd_jax.settings", "{}"))
+        self.class_names = tuple(json.loads(meta.get("ssd_jax.class_names", "[]")))
+
+    @property
+    def input_size(self) -> int:
+        return int(self.settings["input_size"])
+
+    def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+
+class OnnxRuntimeModel(ExportedModel):
+    """An ONNX file run by ONNX Runtime (CPU unless ``providers`` says otherwise)."""
+
+    def __init__(self, path: str | os.PathLike, providers: Optional[Sequence[str]] = None):
+        import onnxruntime as ort
+        self.session = ort.InferenceSession(str(path),
+                                            providers=list(providers or ["CPUExecutionProvider"]))
+        super().__init__(dict(self.session.get_modelmeta().custom_metadata_map))
+        self.output_names = tuple(o.name for o in self.session.get_outputs())
+
+    def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
+        return dict(zip(self.output_names, self.session.run(list(self.output_names), inputs)))
+
+
+class OpenVINOModel(ExportedModel):
+    """An ONNX file compiled by OpenVINO.
+
+    ``precision`` 'f32' by default: OpenVINO's CPU plugin otherwise infers in bfloat16 on CPUs
+    with AMX/AVX512-BF16, which moves SSD's head outputs by ~5 % (beyond parity tolerances).
+    """
+
+    def __init__(self, path: str | os.PathLike, device: str = "CPU", precision: str = "f32"):
+        import onnx
+        import openvino as ov
+        props = onnx.load(str(path), load_external_data=False).metadata_props
+        super().__init__({p.key: p.value for p in props})
+        config = {"INFERENCE_PRECISION_HINT": precision} if device == "CPU" else {}
+        self.compiled = ov.Core().compile_model(str(path), device, config)
+        self.output_names = tuple(o.get_any_name() for o in self.compiled.outputs)
+
+    def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
+        result = self.compiled(inputs)
+        return {name: np.asarray(result[out]) for name, out in
+                zip(self.output_names, self.compiled.outputs)}
+
+
+class JaxExportModel(ExportedModel):
+    """A ``jax.export`` artifact (``jax_export.export_jax``), run on JAX's default device."""
+
+    def __init__(self, path: str | os.PathLike):
+        import jax
+        from ssd_jax.export.jax_export import metadata_path
+        path = pathlib.Path(path)
+        self.exported = jax.export.deserialize(bytearray(path.read_bytes()))
+        meta_file = metadata_path(path)
+        super().__init__(json.loads(meta_file.read_text()) if meta_file.is_file() else {})
+        if not self.settings:  # the artifact alone still gives the input size
+            self.settings = {"input_size": int(self.exported.in_avals[0].shape[1])}
+        self._call = jax.jit(self.exported.call)
+        self.input_names = ("images",) if len(self.exported.in_avals) == 1 else (
+            "images", "scale_factors")
+
+    def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
+        import jax
+        out = self._call(*(inputs[name] for name in self.input_names))
+        return {k: np.asarray(v) for k, v in jax.device_get(out).items()}
+
+
+def default_runtime(path: str | os.PathLike) -> str:
+    return "onnxruntime" if str(path).endswith(".onnx") else "jax"
+
+
+def load(path: str | os.PathLike, runtime: Optional[str] = None) -> ExportedModel:
+    """Load an exported file; ``runtime`` one of ``RUNTIMES`` (default: by the file's suffix)."""
+    runtime = runtime or default_runtime(path)
+    if runtime == "onnxruntime":
+        return OnnxRuntimeModel(path)
+    if runtime == "openvino":
+        return OpenVINOModel(path)
+    if runtime == "jax":
+        return JaxExportModel(path)
+    raise ValueError(f"runtime {runtime!r}: expected one of {RUNTIMES}")
+
+
+def prepare(images: Sequence[np.ndarray], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 RGB images of any sizes → (N, size, size, 3) uint8 and (N, 2) scale factors."""
+    resized, scales = zip(*(resize_image(np.asarray(im, np.uint8), size) for im in images))
+    return np.stack(resized), np.stack(scales).astype(np.float32)
+
+
+def predict(model: ExportedModel, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """Per image ``{'boxes' (K, 4) xyxy original pixels, 'scores' (K,), 'labels' (K,)}``."""
+    if model.kind == "raw":
+        raise ValueError("predict needs a detection export (this one was exported with --raw)")
+    x, scales = prepare(images, model.input_size)
+    out = model(images=x, scale_factors=scales)
+    return [{"boxes": out["boxes"][i, :k], "scores": out["scores"][i, :k],
+             "labels": out["labels"][i, :k]}
+            for i, k in enumerate(int(n) for n in out["num_valid"])]
