@@ -50,14 +50,54 @@ def batched_nms(boxes: jax.Array, scores: jax.Array, labels: jax.Array, valid: j
     return keep, count
 
 
-def _level_candidates(cls_logits: jax.Array, score_thr: float, nms_pre: int):
-    """One image, one level: logits [HWA, C+1] → top scores, anchor ids, labels, valid [k]."""
-    num_classes = cls_logits.shape[-1] - 1
-    scores = jax.nn.softmax(cls_logits.astype(jnp.float32), axis=-1)[:, :num_classes]
-    flat = scores.reshape(-1)
-    k = min(nms_pre, flat.shape[0]) if nms_pre > 0 else flat.shape[0]
-    top, idx = jax.lax.top_k(jnp.where(flat > score_thr, flat, -1.0), k)
-    return top, idx // num_classes, idx % num_classes, top > score_thr
+class Candidates(NamedTuple):
+    """Per image the K pre-NMS (anchor, class) candidates; K = Σ_levels min(nms_pre, H·W·A·C)."""
+    boxes: jax.Array   # [N, K, 4] xyxy original-image pixels
+    scores: jax.Array  # [N, K] softmax score of (anchor, class)
+    labels: jax.Array  # [N, K] int32 class 0..C-1
+    valid: jax.Array   # [N, K] bool: above score_thr and wider/taller than min_bbox_size
+
+
+def candidates(cls_logits: Sequence[jax.Array], box_deltas: Sequence[jax.Array],
+               anchors: Sequence[jax.Array], scale_factors: jax.Array, *, input_size: int,
+               score_thr: float, nms_pre: int, min_bbox_size: float = 0.0,
+               means: Sequence[float] = (0.0, 0.0, 0.0, 0.0),
+               stds: Sequence[float] = (0.1, 0.1, 0.2, 0.2)) -> Candidates:
+    """mmdetection's ``predict_by_feat`` up to NMS, batched (gathers, no ``vmap``: the ONNX
+    export lowers this same function).
+
+    cls_logits per level [N, H, W, A·(C+1)]; box_deltas [N, H, W, A·4]; anchors [H·W·A, 4]
+    xyxy input pixels; scale_factors [N, 2] (w_scale, h_scale) original → input pixels.
+    """
+    n = cls_logits[0].shape[0]
+    all_scores, all_boxes, all_labels = [], [], []
+    for logits, deltas, level_anchors in zip(cls_logits, box_deltas, anchors):
+        num_anchors = level_anchors.shape[0]
+        c = logits.shape[1] * logits.shape[2] * logits.shape[3] // num_anchors - 1
+        probs = jax.nn.softmax(logits.astype(jnp.float32).reshape(n, num_anchors, c + 1),
+                               axis=-1)[..., :c]  # the last class is background
+        flat = probs.reshape(n, num_anchors * c)
+        # mmdet filter_scores_and_topk: scores > score_thr, then the nms_pre best.
+        k = min(nms_pre, flat.shape[1]) if nms_pre > 0 else flat.shape[1]
+        top, idx = jax.lax.top_k(jnp.where(flat > score_thr, flat, -1.0), k)
+        # idx >= 0: lax.div is floor division here; jnp's // and % add sign fix-ups (lax.rem)
+        # that jax2onnx cannot lower with a symbolic batch.
+        anchor_idx = jax.lax.div(idx, jnp.int32(c))
+        label = idx - anchor_idx * c
+        sel_deltas = jnp.take_along_axis(deltas.astype(jnp.float32).reshape(n, num_anchors, 4),
+                                         anchor_idx[..., None], axis=1)
+        sel_anchors = jnp.take(level_anchors, anchor_idx, axis=0)
+        all_boxes.append(box_coder.decode(sel_anchors, sel_deltas, means, stds,
+                                          max_shape=(input_size, input_size)))
+        all_scores.append(top)
+        all_labels.append(label.astype(jnp.int32))
+    scores = jnp.concatenate(all_scores, axis=1)
+    boxes = (jnp.concatenate(all_boxes, axis=1)
+             / jnp.tile(scale_factors.astype(jnp.float32), 2)[:, None, :])  # → original pixels
+    labels = jnp.concatenate(all_labels, axis=1)
+    wh = boxes[..., 2:] - boxes[..., :2]
+    valid = (scores > score_thr) & jnp.all(wh > min_bbox_size, axis=-1)
+    return Candidates(boxes, scores, labels, valid)
 
 
 def postprocess(cls_logits: Sequence[jax.Array], box_deltas: Sequence[jax.Array],
@@ -65,40 +105,22 @@ def postprocess(cls_logits: Sequence[jax.Array], box_deltas: Sequence[jax.Array]
                 score_thr: float, nms_pre: int, nms_iou: float, max_per_img: int,
                 min_bbox_size: float = 0.0, means: Sequence[float] = (0.0, 0.0, 0.0, 0.0),
                 stds: Sequence[float] = (0.1, 0.1, 0.2, 0.2)) -> Detections:
-    """Batched detections.
+    """Batched detections: ``candidates`` then class-aware NMS per image.
 
     Args:
       cls_logits: per level [N, H, W, A·(C+1)]; box_deltas: per level [N, H, W, A·4].
       anchors: per level [H·W·A, 4] xyxy input pixels.
       scale_factors: [N, 2] (w_scale, h_scale) from original to input pixels.
     """
-    n = cls_logits[0].shape[0]
+    cand = candidates(cls_logits, box_deltas, anchors, scale_factors, input_size=input_size,
+                      score_thr=score_thr, nms_pre=nms_pre, min_bbox_size=min_bbox_size,
+                      means=means, stds=stds)
 
-    def one_image(logits_l, deltas_l, scale):
-        cand_scores, cand_boxes, cand_labels, cand_valid = [], [], [], []
-        for logits, deltas, level_anchors in zip(logits_l, deltas_l, anchors):
-            top, anchor_idx, labels, valid = _level_candidates(logits, score_thr, nms_pre)
-            boxes = box_coder.decode(level_anchors[anchor_idx], deltas[anchor_idx].astype(jnp.float32),
-                                     means, stds, max_shape=(input_size, input_size))
-            cand_scores.append(top)
-            cand_boxes.append(boxes)
-            cand_labels.append(labels)
-            cand_valid.append(valid)
-        scores = jnp.concatenate(cand_scores)
-        boxes = jnp.concatenate(cand_boxes) / jnp.tile(scale, 2)  # → original pixels
-        labels = jnp.concatenate(cand_labels).astype(jnp.int32)
-        wh = boxes[:, 2:] - boxes[:, :2]
-        valid = jnp.concatenate(cand_valid) & jnp.all(wh > min_bbox_size, axis=-1)
+    def one_image(boxes, scores, labels, valid):
         keep, count = batched_nms(boxes, scores, labels, valid, nms_iou, max_per_img)
         ok = keep >= 0
         safe = jnp.maximum(keep, 0)
         return (jnp.where(ok[:, None], boxes[safe], 0.0), jnp.where(ok, scores[safe], 0.0),
                 jnp.where(ok, labels[safe], -1), count)
 
-    # [N, H, W, A·K] → [N, H·W·A, K], the (y, x, a) order of the anchors.
-    num_anchors = [a.shape[0] // (l.shape[1] * l.shape[2]) for a, l in zip(anchors, cls_logits)]
-    boxes, scores, labels, count = jax.vmap(one_image)(
-        [l.reshape(n, -1, l.shape[-1] // a) for l, a in zip(cls_logits, num_anchors)],
-        [d.reshape(n, -1, 4) for d in box_deltas],
-        scale_factors.astype(jnp.float32))
-    return Detections(boxes, scores, labels, count)
+    return Detections(*jax.vmap(one_image)(*cand))

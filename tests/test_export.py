@@ -209,7 +209,8 @@ def test_onnx_nms_is_greedy_class_aware_nms(tmp_path, runtime):
 
 
 def test_cli(tmp_path):
-    """``python -m ssd_jax.export`` with a config override: raw jax artifact, anchors, metadata."""
+    """``ssd-jax-export`` with a config override: raw jax artifact, anchors, metadata; an
+    existing output is not replaced without --overwrite."""
     from ssd_jax.export import runtime as rt
     from ssd_jax.export.__main__ import main
     from ssd_jax.export.onnx_export import anchors_path
@@ -218,10 +219,14 @@ def test_cli(tmp_path):
     out = tmp_path / "lite_raw.jaxexport"
     assert main(["--config", str(FIXTURE_CONFIGS[name]), "--checkpoint",
                  str(fixture_dir(name) / "checkpoint.pth.xz"), "--format", "jax", "--raw",
-                 "--out", str(out), "--platforms", "cpu", "--test.score_thr=0.3"]) == 0
+                 "--out", str(out), "--platforms", "cpu", "--config.test.score_thr=0.3"]) == 0
     model = rt.load(out)
     assert model.kind == "raw" and model.settings["score_thr"] == 0.3
     assert model.exported.platforms == ("cpu",)
     raw = model(images=uint8_inputs(name))
     assert_raw_outputs_match(raw, name, len(model.class_names), "cli")
     assert np.load(anchors_path(out)).shape == (raw["cls_logits"].shape[1], 4)
+    before = out.read_bytes()
+    assert main(["--config", name, "--checkpoint", str(fixture_dir(name) / "checkpoint.pth.xz"),
+                 "--format", "jax", "--out", str(out)]) == 2
+    assert out.read_bytes() == before

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ssd_jax.preprocess import resize_image
+from ssd_jax.preprocess import resize_batch
 
 RUNTIMES = ("onnxruntime", "openvino", "jax")
 
@@ -113,17 +113,11 @@ def load(path: str | os.PathLike, runtime: Optional[str] = None) -> ExportedMode
     raise ValueError(f"runtime {runtime!r}: expected one of {RUNTIMES}")
 
 
-def prepare(images: Sequence[np.ndarray], size: int) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 RGB images of any sizes → (N, size, size, 3) uint8 and (N, 2) scale factors."""
-    resized, scales = zip(*(resize_image(np.asarray(im, np.uint8), size) for im in images))
-    return np.stack(resized), np.stack(scales).astype(np.float32)
-
-
 def predict(model: ExportedModel, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
     """Per image ``{'boxes' (K, 4) xyxy original pixels, 'scores' (K,), 'labels' (K,)}``."""
     if model.kind == "raw":
         raise ValueError("predict needs a detection export (this one was exported with --raw)")
-    x, scales = prepare(images, model.input_size)
+    x, scales = resize_batch([np.asarray(im, np.uint8) for im in images], model.input_size)
     out = model(images=x, scale_factors=scales)
     return [{"boxes": out["boxes"][i, :k], "scores": out["scores"][i, :k],
              "labels": out["labels"][i, :k]}
