@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="output folder (default: runs/eval/<config name>)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace metrics.json / results.bbox.json already in --out")
+    parser.add_argument("--backend", default="jax", choices=("jax", "onnxruntime", "openvino"),
+                        help="jax: the config's network with --checkpoint's weights; "
+                             "onnxruntime / openvino: --checkpoint is an exported .onnx "
+                             "(ssd-jax-export), evaluated as deployed")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     common.add_distributed_flags(parser)
     return parser
@@ -85,7 +89,7 @@ def _evaluate(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
     return evaluate_checkpoint(config, args.checkpoint, source, out, metric=args.metric,
                                voc_mode=args.voc_mode, batch_size=args.batch_size,
                                num_workers=workers, progress=not args.no_progress,
-                               overwrite=args.overwrite)
+                               overwrite=args.overwrite, backend=args.backend)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

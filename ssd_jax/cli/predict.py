@@ -42,6 +42,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--ann-file", default="",
                         help="COCO annotation file whose image ids (matched by file name) the "
                              "results should carry")
+    parser.add_argument("--backend", default="jax", choices=("jax", "onnxruntime", "openvino"),
+                        help="jax: the config's network with --checkpoint's weights; "
+                             "onnxruntime / openvino: --checkpoint is an exported .onnx "
+                             "(ssd-jax-export), run as deployed")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace files already in --out (earlier outputs, or inputs)")
     args, overrides = common.parse(parser, argv)
@@ -68,10 +72,16 @@ def predict(args: Any, overrides: list[str]) -> int:
     check_outputs(args.out, [RESULTS_FILE] + [s + ".png" for s in stems],
                   overwrite=args.overwrite, inputs=paths)
     image_ids = image_ids_for(paths, args.ann_file)
-    det = Detector.from_checkpoint(config, args.checkpoint)
-    category_ids = _category_ids(det.config, args.checkpoint)
+    if args.backend == "jax":
+        det = Detector.from_checkpoint(config, args.checkpoint)
+    else:
+        from ssd_jax.export import runtime
+        det = runtime.ExportedDetector(runtime.load(args.checkpoint, args.backend))
+        config.class_names = det.class_names
+        config.category_ids = det.category_ids or config.get("category_ids", ())
+    category_ids = _category_ids(config, args.checkpoint)
     os.makedirs(args.out, exist_ok=True)
-    batch_size = min(args.batch_size or det.config.test.batch_size, len(paths))
+    batch_size = min(args.batch_size or config.test.batch_size, len(paths))
     results, failed, written = predict_files(det, paths, stems, image_ids, category_ids,
                                              args.out, batch_size, args.score_thr)
     with open(os.path.join(args.out, RESULTS_FILE), "w") as f:

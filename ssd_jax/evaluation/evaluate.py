@@ -115,6 +115,27 @@ def load_detector_for_data(config: ml_collections.ConfigDict, checkpoint: str | 
     return Detector(config, variables)
 
 
+def exported_detect(config: ml_collections.ConfigDict, path: str | os.PathLike,
+                    class_names: Sequence[str], backend: str) -> tuple[Any, dict]:
+    """(a ``make_p_detect`` stand-in running the exported model at ``path`` in ``backend``,
+    no variables); refuses a model of another class count or input size than the data and
+    config."""
+    from ssd_jax.export import runtime
+    model = runtime.load(path, backend)
+    if model.kind != "detect":
+        raise ConfigError(f"{path}: a {model.kind or 'unknown'} export; evaluation needs a "
+                          "detection export (ssd-jax-export without --raw)")
+    if len(model.class_names) != len(class_names):
+        raise ConfigError(f"{path} detects {len(model.class_names)} classes but the data has "
+                          f"{len(class_names)}")
+    if model.input_size != config.input_size:
+        raise ConfigError(f"{path} takes {model.input_size} px images, the config "
+                          f"{config.input_size}")
+    config.class_names = tuple(class_names)
+    config.model.num_classes = len(class_names)
+    return runtime.sharded_detect(model), {}
+
+
 def metric_for(config: ml_collections.ConfigDict, source: Any, metric: str = "") -> str:
     """'coco' or 'voc': ``metric`` if given, else ``config.evaluation.metric``, else 'voc' for
     a ``VocSource`` and 'coco' otherwise."""
@@ -130,10 +151,14 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint: str | os.
                         source: Any, out_dir: Optional[str | os.PathLike] = None, *,
                         metric: str = "", voc_mode: str = "", batch_size: int = 0,
                         num_workers: int = 0, progress: bool = True,
-                        overwrite: bool = False) -> dict[str, Any]:
+                        overwrite: bool = False, backend: str = "jax") -> dict[str, Any]:
     """Evaluate ``checkpoint`` on ``source``: print the metrics table and (process 0) write
     ``out_dir/metrics.json`` and ``out_dir/results.bbox.json``. Returns the metrics.
     Existing output files are refused before anything runs unless ``overwrite``.
+
+    ``backend`` 'jax' runs the config's network with ``checkpoint``'s weights (a .pth or an
+    orbax directory); 'onnxruntime' / 'openvino' run ``checkpoint`` as an exported ``.onnx``
+    detection model (``ssd-jax-export``), the very file that is deployed.
 
     ``batch_size`` per process (0: ``config.test.batch_size``), rounded down to a multiple of
     the local device count. ``metric`` as :func:`metric_for`; ``voc_mode`` as
@@ -145,20 +170,23 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint: str | os.
         check_outputs(out_dir, OUTPUT_FILES, overwrite=overwrite,
                       inputs=[checkpoint] + [getattr(source, a) for a in ("ann_file", "img_dir")
                                              if hasattr(source, a)])
-    det = load_detector_for_data(config, checkpoint, source.class_names)
+    if backend == "jax":
+        det = load_detector_for_data(config, checkpoint, source.class_names)
+        p_detect, variables = make_p_detect(det.config, det.model, det.anchors()), det.variables
+    else:
+        p_detect, variables = exported_detect(config, checkpoint, source.class_names, backend)
     devices = jax.local_device_count()
     batch_size = max(devices, (batch_size or config.test.batch_size) // devices * devices)
     batch_size = effective_batch_size(batch_size, len(source))
     log.info("evaluating %s on %r (%s metric, %d images per batch per process)",
              os.fspath(checkpoint), source, metric, batch_size)
-    p_detect = make_p_detect(det.config, det.model, det.anchors())
     kwargs = dict(batch_size=batch_size, num_workers=num_workers, progress=progress)
     if metric == "voc":
-        metrics, dets = evaluate_voc(p_detect, det.variables, source, det.config,
+        metrics, dets = evaluate_voc(p_detect, variables, source, config,
                                      mode=voc_mode or None, **kwargs)
         table, results = format_voc_table(metrics), voc_results(dets)
     else:
-        metrics, results = evaluate_coco(p_detect, det.variables, source, det.config, **kwargs)
+        metrics, results = evaluate_coco(p_detect, variables, source, config, **kwargs)
         table = format_metrics_table(metrics)
     if jax.process_index() == 0:
         print(table, flush=True)

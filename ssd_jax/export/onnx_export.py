@@ -43,7 +43,9 @@ def metadata(detector, kind: str) -> dict[str, str]:
     s = graph.settings_of(detector)
     return {"ssd_jax.kind": kind, "ssd_jax.config": str(detector.config.get("name", "")),
             "ssd_jax.settings": json.dumps(s._asdict()),
-            "ssd_jax.class_names": json.dumps(list(detector.class_names))}
+            "ssd_jax.class_names": json.dumps(list(detector.class_names)),
+            "ssd_jax.category_ids": json.dumps([int(i) for i in
+                                                detector.config.get("category_ids", ())])}
 
 
 def _to_onnx(fn, inputs, input_names, output_names, name: str):

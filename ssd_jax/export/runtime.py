@@ -30,6 +30,7 @@ class ExportedModel:
         self.kind = meta.get("ssd_jax.kind", "")
         self.settings = json.loads(meta.get("ssd_jax.settings", "{}"))
         self.class_names = tuple(json.loads(meta.get("ssd_jax.class_names", "[]")))
+        self.category_ids = tuple(json.loads(meta.get("ssd_jax.category_ids", "[]")))
 
     @property
     def input_size(self) -> int:
@@ -122,3 +123,47 @@ def predict(model: ExportedModel, images: Sequence[np.ndarray]) -> list[dict[str
     return [{"boxes": out["boxes"][i, :k], "scores": out["scores"][i, :k],
              "labels": out["labels"][i, :k]}
             for i, k in enumerate(int(n) for n in out["num_valid"])]
+
+
+def detect_batch(model: ExportedModel, images: np.ndarray, scale_factors: np.ndarray):
+    """``Detector.detect_batch`` for an exported detection model: resized uint8 images
+    (N, S, S, 3) and (N, 2) scale factors → ``postprocess.Detections`` of NumPy arrays."""
+    from ssd_jax.postprocess import Detections
+    if model.kind == "raw":
+        raise ValueError("a --raw export has no detections; export without --raw")
+    out = model(images=np.asarray(images, np.uint8),
+                scale_factors=np.asarray(scale_factors, np.float32))
+    return Detections(out["boxes"], out["scores"], out["labels"], out["num_valid"])
+
+
+def sharded_detect(model: ExportedModel):
+    """A stand-in for ``evaluation.inference.make_p_detect`` running ``model``: (ignored
+    variables, images [D, B, S, S, 3], scale factors [D, B, 2]) → Detections [D, B, ...]."""
+    def detect(variables, images, scale_factors):
+        del variables
+        images, scale_factors = np.asarray(images), np.asarray(scale_factors)
+        d, b = images.shape[:2]
+        flat = detect_batch(model, images.reshape((d * b,) + images.shape[2:]),
+                            scale_factors.reshape(d * b, 2))
+        return type(flat)(*(np.asarray(x).reshape((d, b) + np.shape(x)[1:]) for x in flat))
+    return detect
+
+
+class ExportedDetector:
+    """An exported detection model behind ``Detector``'s ``predict`` / ``class_names``."""
+
+    def __init__(self, model: ExportedModel):
+        if model.kind == "raw":
+            raise ValueError("a --raw export has no detections; export without --raw")
+        self.model = model
+        self.class_names = model.class_names
+        self.category_ids = model.category_ids
+
+    def predict(self, images: Sequence[np.ndarray], batch_size: Optional[int] = None
+                ) -> list[dict[str, np.ndarray]]:
+        """Per image ``{'boxes' (K, 4) xyxy original pixels, 'scores', 'labels'}``."""
+        batch_size = batch_size or len(images) or 1
+        out: list[dict[str, np.ndarray]] = []
+        for start in range(0, len(images), batch_size):
+            out.extend(predict(self.model, images[start:start + batch_size]))
+        return out
