@@ -21,12 +21,19 @@ def get_config() -> ml_collections.ConfigDict:
     # ---- model (mmdet: model.backbone / neck / bbox_head) ----
     c.model = ml_collections.ConfigDict()
     c.model.num_classes = len(COCO_CLASSES)
-    c.model.backbone = dict(type="SSDVGG", out_indices=(3, 4))  # relu4_3, relu7
+    # conv_init: each part's init_cfg for its Conv2d layers (mmengine's type and arguments; bias 0
+    # unless given). mmdetection loads the backbone from open-mmlab://vgg16_caffe
+    # (train.pretrained_backbone); without it SSDVGG's own init_cfg applies: Kaiming (fan_out,
+    # relu, normal). SSDNeck and SSDHead: Xavier uniform; L2Norm starts at l2_norm_scale.
+    c.model.backbone = dict(type="SSDVGG", out_indices=(3, 4),  # relu4_3, relu7
+                            conv_init=dict(type="Kaiming"))
     c.model.neck = dict(
         in_channels=(512, 1024), out_channels=(512, 1024, 512, 256, 256, 256),
         level_strides=(2, 2, 1, 1), level_paddings=(1, 1, 0, 0), l2_norm_scale=20.0,
-        last_kernel_size=3, use_depthwise=False, norm=False, act="relu")
-    c.model.head = dict(use_depthwise=False, norm=False, act="relu")
+        last_kernel_size=3, use_depthwise=False, norm=False, act="relu",
+        conv_init=dict(type="Xavier", distribution="uniform"))
+    c.model.head = dict(use_depthwise=False, norm=False, act="relu",
+                        conv_init=dict(type="Xavier", distribution="uniform"))
     c.model.anchors = dict(
         strides=(8, 16, 32, 64, 100, 300), ratios=((2,), (2, 3), (2, 3), (2, 3), (2,), (2,)),
         basesize_ratio_range=(0.15, 0.9), min_sizes=None, max_sizes=None)

@@ -13,12 +13,18 @@ def get_config() -> ml_collections.ConfigDict:
     c = base_config(__file__, "ssd300_coco")
     c.name = "ssdlite_mobilenetv2_320_coco"
     c.input_size = 320
-    c.model.backbone = dict(type="MobileNetV2", out_indices=(4, 7))
+    # mmdetection's init_cfg: TruncNormal std 0.03 (cut at ±2, absolute) on the backbone's and
+    # the neck's Conv2d, Normal std 0.001 on the head's; biases 0, BatchNorm weight 1, bias 0.
+    # MobileNetV2's conv1 and conv2 stay Kaiming (mmcv ConvModule.init_weights overrides).
+    c.model.backbone = dict(type="MobileNetV2", out_indices=(4, 7),
+                            conv_init=dict(type="TruncNormal", std=0.03))
     c.model.neck = dict(
         in_channels=(96, 1280), out_channels=(96, 1280, 512, 256, 256, 128),
         level_strides=(2, 2, 2, 2), level_paddings=(1, 1, 1, 1), l2_norm_scale=None,
-        last_kernel_size=3, use_depthwise=True, norm=True, act="relu6")
-    c.model.head = dict(use_depthwise=True, norm=True, act="relu6")
+        last_kernel_size=3, use_depthwise=True, norm=True, act="relu6",
+        conv_init=dict(type="TruncNormal", std=0.03))
+    c.model.head = dict(use_depthwise=True, norm=True, act="relu6",
+                        conv_init=dict(type="Normal", std=0.001))
     # Anchor sizes are given explicitly instead of the SSD300 rule.
     c.model.anchors = dict(
         strides=(16, 32, 64, 107, 160, 320), ratios=((2, 3),) * 6, basesize_ratio_range=None,

@@ -47,11 +47,47 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--skip-input", action="store_true",
                         help="do not time the input pipeline")
     parser.add_argument("--out", default="", help="also write the JSON report to this file")
+    parser.add_argument("--backends", default="",
+                        help="compare inference side by side instead: a comma-separated list "
+                             f"of {', '.join(BACKENDS)}")
+    parser.add_argument("--batch-sizes", default="1,8",
+                        help="with --backends: the batch sizes to time, comma-separated")
+    parser.add_argument("--modes", default="raw,detect",
+                        help="with --backends: raw (network) and/or detect (+ decoding, NMS)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="with --backends: timed rounds, each calling every backend once")
+    parser.add_argument("--checkpoint", default="",
+                        help="with --backends: weights (.pth or orbax); default random")
     args, overrides = common.parse(parser, argv)
-    if args.batch_size < 1 or args.iters < 1:
-        parser.error("--batch-size and --iters must be at least 1")
+    if args.batch_size < 1 or args.iters < 1 or args.rounds < 1:
+        parser.error("--batch-size, --iters and --rounds must be at least 1")
+    backends = [b for b in args.backends.split(",") if b]
+    unknown = sorted(set(backends) - set(BACKENDS))
+    if unknown:
+        parser.error(f"unknown backend(s) {', '.join(unknown)}: choose from {', '.join(BACKENDS)}")
+    if backends:
+        return common.run_cli(lambda: _compare(args, overrides, backends), args.verbose,
+                              "ssd-jax-benchmark")
     return common.run_cli(lambda: _ok(benchmark(args, overrides)), args.verbose,
                           "ssd-jax-benchmark")
+
+
+def _compare(args: Any, overrides: list[str], backends: list[str]) -> int:
+    import tempfile
+
+    from ssd_jax.config import load_config
+    config = load_config(args.config, overrides)
+    with tempfile.TemporaryDirectory() as workdir:
+        report = compare_backends(
+            config, args.checkpoint, backends,
+            [int(b) for b in args.batch_sizes.split(",") if b],
+            args.rounds, [m for m in args.modes.split(",") if m], workdir)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+    return 0
 
 
 def _ok(report: dict) -> int:
@@ -187,3 +223,87 @@ def input_rate(config, batch: int, batches: int = 6) -> dict:
                 next(loader)
             out[f"workers_{workers}_images_per_s"] = batch * batches / (time.perf_counter() - t0)
     return out
+
+
+BACKENDS = ("jax", "jax-bf16", "onnxruntime", "openvino", "openvino-bf16")
+
+
+def compare_backends(config: Any, checkpoint: str, backends: Sequence[str],
+                     batch_sizes: Sequence[int], rounds: int, modes: Sequence[str],
+                     workdir: str) -> dict[str, Any]:
+    """Images/s of the same model in each backend, side by side: the same uint8 images, a
+    warm-up per backend, then ``rounds`` rounds that call every backend once, in an order
+    rotated each round (so that load and frequency changes touch all alike).
+
+    ``modes``: 'raw' (normalisation + network) and/or 'detect' (+ decoding and NMS). JAX runs
+    the functions ``ssd-jax-export`` exports; ONNX Runtime / OpenVINO run the exported files.
+    """
+    from ssd_jax.detector import Detector
+    from ssd_jax.export import export, runtime
+    from ssd_jax.export.graph import detect_fn, raw_fn
+    from ssd_jax.models.assembly import zero_variables
+    from ssd_jax.porting import load_checkpoint_variables
+
+    config.precision = "fp32"
+    if checkpoint:
+        det = Detector(config, load_checkpoint_variables(checkpoint, zero_variables(config)))
+    else:
+        det = Detector(config)
+    runners: dict[str, dict[str, Callable]] = {m: {} for m in modes}
+    for mode in modes:
+        raw = mode == "raw"
+        if {"onnxruntime", "openvino", "openvino-bf16"} & set(backends):
+            path = os.path.join(workdir, f"{config.name}_{mode}.onnx")
+            export(det, path, "onnx", raw=raw)
+        for backend in backends:
+            if backend.startswith("jax"):
+                d = det
+                if backend == "jax-bf16":
+                    bf16 = config.copy_and_resolve_references()
+                    bf16.precision = "bf16"
+                    d = Detector(bf16, det.variables)
+                fn = jax.jit(raw_fn(d) if raw else detect_fn(d))
+                runners[mode][backend] = _jax_runner(fn, raw)
+            else:
+                model = (runtime.OpenVINOModel(path, precision="bf16")
+                         if backend == "openvino-bf16" else runtime.load(path, backend))
+                runners[mode][backend] = _model_runner(model, raw)
+    rng = np.random.default_rng(0)
+    s = config.input_size
+    report: dict[str, Any] = {"config": config.name, "date": time.strftime("%Y-%m-%d %H:%M"),
+                              "cpu": cpu_description(), "rounds": rounds, "results": {}}
+    for n in batch_sizes:
+        images = rng.integers(0, 256, (n, s, s, 3), dtype=np.uint8)
+        scales = np.ones((n, 2), np.float32)
+        for mode in modes:
+            names = list(runners[mode])
+            times: dict[str, list[float]] = {b: [] for b in names}
+            for b in names:  # warm-up (compiles)
+                runners[mode][b](images, scales)
+                runners[mode][b](images, scales)
+            for r in range(rounds):
+                for b in names[r % len(names):] + names[:r % len(names)]:
+                    t0 = time.perf_counter()
+                    runners[mode][b](images, scales)
+                    times[b].append(time.perf_counter() - t0)
+            report["results"][f"batch_{n}_{mode}"] = {
+                b: {"images_per_s_median": n / float(np.median(t)),
+                    "images_per_s_best": n / float(np.min(t))} for b, t in times.items()}
+    report["cpu"]["load_avg_end"] = os.getloadavg()
+    return report
+
+
+def _jax_runner(fn: Callable, raw: bool) -> Callable:
+    def run(images, scales):
+        out = fn(images) if raw else fn(images, scales)
+        jax.block_until_ready(out)
+    return run
+
+
+def _model_runner(model: Any, raw: bool) -> Callable:
+    def run(images, scales):
+        if raw:
+            model(images=images)
+        else:
+            model(images=images, scale_factors=scales)
+    return run

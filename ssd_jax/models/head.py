@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ssd_jax.models.init import XAVIER_UNIFORM, ConvInit
 from ssd_jax.models.layers import BatchStats, ConvModule, conv
 
 
@@ -14,6 +15,8 @@ class SSDHead(nn.Module):
     """Per level: class logits (N, H, W, A·(C+1)) and box deltas (N, H, W, A·4).
 
     Channel ``a·(C+1)+c`` is anchor ``a``, class ``c``; class ``C`` (the last) is background.
+    ``conv_init`` initialises every conv (default: SSDHead's init_cfg, Xavier uniform, bias 0;
+    SSDLite's config: Normal std 0.001, bias 0); BatchNorm weight 1, bias 0.
     """
     in_channels: Sequence[int]
     num_anchors: Sequence[int]
@@ -23,6 +26,7 @@ class SSDHead(nn.Module):
     act: str = "relu"
     batch_stats: BatchStats = BatchStats()
     dtype: Any = jnp.float32
+    conv_init: ConvInit = XAVIER_UNIFORM
 
     @nn.compact
     def __call__(self, feats: Sequence[jax.Array], train: bool = False
@@ -35,11 +39,11 @@ class SSDHead(nn.Module):
                 if self.use_depthwise:
                     y = ConvModule(x.shape[-1], 3, 1, 1, groups=-1, norm=self.norm, act=self.act,
                                    batch_stats=self.batch_stats, dtype=self.dtype,
-                                   name=f"{branch}_{level}_0")(y, train)
+                                   conv_init=self.conv_init, name=f"{branch}_{level}_0")(y, train)
                     y = conv(num_anchors * out_per_anchor, 1, dtype=self.dtype,
-                             name=f"{branch}_{level}_1")(y)
+                             conv_init=self.conv_init, name=f"{branch}_{level}_1")(y)
                 else:
                     y = conv(num_anchors * out_per_anchor, 3, padding=1, dtype=self.dtype,
-                             name=f"{branch}_{level}_0")(y)
+                             conv_init=self.conv_init, name=f"{branch}_{level}_0")(y)
                 outs.append(y)
         return cls_out, reg_out

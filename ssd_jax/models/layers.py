@@ -15,6 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ssd_jax.models.init import KAIMING, ConvInit
+
 # mmdetection's SSDLite sets norm_cfg=dict(type='BN', eps=0.001, momentum=0.03) (torch's
 # convention: running = (1 - m)·running + m·batch).
 BN_EPS = 1e-3
@@ -59,15 +61,17 @@ ACTIVATIONS: dict[str, Optional[Callable[[jax.Array], jax.Array]]] = {
 
 def conv(features: int, kernel: int, stride: int = 1, padding: int = 0, *,
          dilation: int = 1, groups: int = 1, use_bias: bool = True, dtype: Any = jnp.float32,
-         name: Optional[str] = None) -> nn.Module:
+         conv_init: ConvInit = KAIMING, name: Optional[str] = None) -> nn.Module:
     """A torch-style Conv2d: symmetric explicit padding, HWIO kernel (float32 parameters,
-    float64 for float64; computation in ``dtype``)."""
+    float64 for float64; computation in ``dtype``), initialised by ``conv_init``."""
     if (kernel, stride, padding, dilation, groups) == (1, 1, 0, 1, 1):
-        return PointwiseConv(features, use_bias=use_bias, dtype=dtype, name=name)
+        return PointwiseConv(features, use_bias=use_bias, dtype=dtype, conv_init=conv_init,
+                             name=name)
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                    padding=((padding, padding), (padding, padding)),
                    kernel_dilation=(dilation, dilation), feature_group_count=groups,
-                   use_bias=use_bias, dtype=dtype, param_dtype=param_dtype(dtype), name=name)
+                   use_bias=use_bias, dtype=dtype, param_dtype=param_dtype(dtype),
+                   kernel_init=conv_init.kernel, bias_init=conv_init.bias, name=name)
 
 
 class PointwiseConv(nn.Module):
@@ -79,14 +83,15 @@ class PointwiseConv(nn.Module):
     features: int
     use_bias: bool = True
     dtype: Any = jnp.float32
+    conv_init: ConvInit = KAIMING
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        kernel = self.param("kernel", nn.initializers.lecun_normal(),
+        kernel = self.param("kernel", self.conv_init.kernel,
                             (1, 1, x.shape[-1], self.features), param_dtype(self.dtype))
         y = jnp.dot(x.astype(self.dtype), kernel[0, 0].astype(self.dtype))
         if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (self.features,),
+            y = y + self.param("bias", self.conv_init.bias, (self.features,),
                                param_dtype(self.dtype)).astype(self.dtype)
         return y
 
@@ -103,12 +108,13 @@ class DepthwiseConv(nn.Module):
     padding: int = 0
     use_bias: bool = True
     dtype: Any = jnp.float32
+    conv_init: ConvInit = KAIMING
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         k, s, c = self.kernel_size, self.stride, x.shape[-1]
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, 1, c),
-                            param_dtype(self.dtype))
+        # (k, k, 1, C): fan_in k², fan_out k²·C, as torch's (C, 1, k, k) depthwise weight.
+        kernel = self.param("kernel", self.conv_init.kernel, (k, k, 1, c), param_dtype(self.dtype))
         x = x.astype(self.dtype)
         kernel = kernel.astype(self.dtype)
         p = self.padding
@@ -121,7 +127,7 @@ class DepthwiseConv(nn.Module):
                 tap = x[:, i:i + s * (h_out - 1) + 1:s, j:j + s * (w_out - 1) + 1:s, :] * kernel[i, j, 0]
                 y = tap if y is None else y + tap
         if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (c,),
+            y = y + self.param("bias", self.conv_init.bias, (c,),
                                param_dtype(self.dtype)).astype(self.dtype)
         return y
 
@@ -131,6 +137,8 @@ class ConvModule(nn.Module):
 
     With ``norm`` the conv has no bias (mmcv's ``bias='auto'``).
     ``groups=-1`` means depthwise (groups = input channels).
+    ``conv_init`` initialises the conv (default: mmcv ConvModule's own Kaiming, fan_out, bias 0);
+    BatchNorm starts at weight 1, bias 0 (torch's default, and mmcv's ``constant_init(norm, 1)``).
     """
     features: int
     kernel: int
@@ -141,15 +149,17 @@ class ConvModule(nn.Module):
     act: str = "relu"
     batch_stats: BatchStats = BatchStats()
     dtype: Any = jnp.float32
+    conv_init: ConvInit = KAIMING
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         if self.groups == -1:  # depthwise
             x = DepthwiseConv(self.kernel, self.stride, self.padding, use_bias=not self.norm,
-                              dtype=self.dtype, name="conv")(x)
+                              dtype=self.dtype, conv_init=self.conv_init, name="conv")(x)
         else:
             x = conv(self.features, self.kernel, self.stride, self.padding, groups=self.groups,
-                     use_bias=not self.norm, dtype=self.dtype, name="conv")(x)
+                     use_bias=not self.norm, dtype=self.dtype, conv_init=self.conv_init,
+                     name="conv")(x)
         if self.norm:
             x = BatchNorm(self.batch_stats, dtype=self.dtype, name="bn")(x, train)
         act = ACTIVATIONS[self.act]
@@ -157,7 +167,8 @@ class ConvModule(nn.Module):
 
 
 class DepthwiseSeparableConvModule(nn.Module):
-    """Depthwise k×k ConvModule then pointwise 1×1 ConvModule (mmcv's module)."""
+    """Depthwise k×k ConvModule then pointwise 1×1 ConvModule (mmcv's module), both convs
+    initialised by ``conv_init``."""
     features: int
     kernel: int
     stride: int = 1
@@ -166,10 +177,12 @@ class DepthwiseSeparableConvModule(nn.Module):
     act: str = "relu"
     batch_stats: BatchStats = BatchStats()
     dtype: Any = jnp.float32
+    conv_init: ConvInit = KAIMING
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        kw = dict(norm=self.norm, act=self.act, batch_stats=self.batch_stats, dtype=self.dtype)
+        kw = dict(norm=self.norm, act=self.act, batch_stats=self.batch_stats, dtype=self.dtype,
+                  conv_init=self.conv_init)
         x = ConvModule(x.shape[-1], self.kernel, self.stride, self.padding, groups=-1,
                        name="depthwise_conv", **kw)(x, train)
         return ConvModule(self.features, 1, name="pointwise_conv", **kw)(x, train)
@@ -239,7 +252,8 @@ def _group_devices(stats: BatchStats) -> int:
 class L2Norm(nn.Module):
     """Channel-wise L2 normalisation with a learned per-channel scale (SSD's conv4_3 norm).
 
-    ``y = weight * x / (||x||_2 + eps)`` over the channel axis, weight initialised to ``scale``.
+    ``y = weight * x / (||x||_2 + eps)`` over the channel axis, weight initialised to ``scale``
+    (SSDNeck's init_cfg: ``Constant``, val = the scale, on ``l2_norm``).
     """
     scale: float = 20.0
     eps: float = 1e-10

@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ssd_jax.models.init import XAVIER_UNIFORM, ConvInit
 from ssd_jax.models.layers import BatchStats, ConvModule, DepthwiseSeparableConvModule, L2Norm
 
 
@@ -16,6 +17,9 @@ class SSDNeck(nn.Module):
     Each extra level is a 1×1 ConvModule to ``out/2`` channels then a k×k ConvModule
     (depthwise-separable for SSDLite) with that level's stride and padding; k is 3,
     or ``last_kernel_size`` for the last level (4 in SSD512).
+
+    ``conv_init`` initialises every conv (default: SSDNeck's init_cfg, Xavier uniform, bias 0;
+    SSDLite's config: TruncNormal std 0.03); BatchNorm weight 1, bias 0; L2Norm its scale.
     """
     in_channels: Sequence[int]
     out_channels: Sequence[int]
@@ -28,13 +32,15 @@ class SSDNeck(nn.Module):
     act: str = "relu"
     batch_stats: BatchStats = BatchStats()
     dtype: Any = jnp.float32
+    conv_init: ConvInit = XAVIER_UNIFORM
 
     @nn.compact
     def __call__(self, feats: Sequence[jax.Array], train: bool = False) -> list[jax.Array]:
         outs = list(feats)
         if self.l2_norm_scale is not None:
             outs[0] = L2Norm(self.l2_norm_scale, name="l2_norm")(outs[0])
-        kw = dict(norm=self.norm, act=self.act, batch_stats=self.batch_stats, dtype=self.dtype)
+        kw = dict(norm=self.norm, act=self.act, batch_stats=self.batch_stats, dtype=self.dtype,
+                  conv_init=self.conv_init)
         extra = self.out_channels[len(self.in_channels):]
         x = outs[-1]
         for i, (channels, stride, padding) in enumerate(

@@ -16,6 +16,10 @@ from ssd_jax.porting.convert import merge_strict, state_dict_to_flat
 
 log = logging.getLogger(__name__)
 
+# mmdetection's SSD300/512 configs: backbone init_cfg Pretrained 'open-mmlab://vgg16_caffe'.
+VGG16_CAFFE = "vgg16_caffe-292e1171.pth"
+VGG16_CAFFE_URL = f"https://download.openmmlab.com/pretrain/third_party/{VGG16_CAFFE}"
+
 
 def initial_variables(config: ml_collections.ConfigDict, variables: dict) -> dict:
     """``variables`` (fresh init) with the configured starting weights loaded into them."""
@@ -44,4 +48,10 @@ def initial_variables(config: ml_collections.ConfigDict, variables: dict) -> dic
                               allow_missing_prefixes=("neck", "bbox_head"))
         log.info("loaded the VGG16 backbone from %s (%d tensors)", t.pretrained_backbone, len(loaded))
         return merged
+    if config.model.backbone.type == "SSDVGG":
+        log.warning("train.pretrained_backbone is empty: the VGG16 backbone starts from SSDVGG's "
+                    "own initialisation (mmdetection's without pretrained weights: Kaiming "
+                    "normal, fan_out, bias 0). mmdetection's SSD300/512 start from ImageNet "
+                    "weights, %s (%s); pass that file as --config.train.pretrained_backbone.",
+                    VGG16_CAFFE, VGG16_CAFFE_URL)
     return variables
