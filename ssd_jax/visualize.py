@@ -34,9 +34,10 @@ def draw_detections(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, la
 
     image: uint8 RGB (H, W, 3), not modified. boxes: (K, 4) xyxy in the image's pixels;
     scores: (K,); labels: (K,) indices into ``class_names`` (an unknown index is shown as a
-    number). Each detection gets its class colour's outline and a "name score" caption on a
-    filled background, above the box where it fits, otherwise just inside it. Higher scores
-    are drawn last, i.e. on top. Returns a new uint8 RGB (H, W, 3) array.
+    number). Each detection gets its class colour's outline and a "name score" tag on a filled
+    background. Tags never cover one another: see ``place_tags`` (higher scores choose first; a
+    tag with no free place is left out). Boxes are drawn first, higher scores on top, then the
+    tags. Returns a new uint8 RGB (H, W, 3) array.
     """
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected a uint8 RGB (H, W, 3) image, got {image.dtype} {image.shape}")
@@ -52,13 +53,57 @@ def draw_detections(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, la
     line = max(1, round(max(height, width) / 200))
     font = ImageFont.load_default(size=int(np.clip(min(height, width) / 25, 10, 24)))
     keep = (scores > score_thr) & np.isfinite(boxes).all(axis=1)
-    for i in np.flatnonzero(keep)[np.argsort(scores[keep], kind="stable")]:
-        box = _clip_box(boxes[i], width, height)
+    order = np.flatnonzero(keep)[np.argsort(-scores[keep], kind="stable")]  # best first
+    clipped = [_clip_box(boxes[i], width, height) for i in order]
+    for i, box in reversed(list(zip(order, clipped))):  # the best box on top
+        draw.rectangle(box, outline=class_color(labels[i]), width=line)
+    captions = [f"{_class_name(class_names, labels[i])} {scores[i]:.2f}" for i in order]
+    extents = [draw.textbbox((0, 0), c, font=font) for c in captions]
+    sizes = [(r - l + 2, b - t + 2) for l, t, r, b in extents]  # 1 px padding either side
+    for i, caption, (l, t, _, _), tag in zip(order, captions, extents,
+                                             place_tags(clipped, sizes, width, height)):
+        if tag is None:
+            continue
         color = class_color(labels[i])
-        draw.rectangle(box, outline=color, width=line)
-        caption = f"{_class_name(class_names, labels[i])} {scores[i]:.2f}"
-        _draw_caption(draw, font, caption, box, color, width)
+        draw.rectangle(tag, fill=color)
+        luminance = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
+        draw.text((tag[0] + 1 - l, tag[1] + 1 - t), caption,
+                  fill=(0, 0, 0) if luminance > 140 else (255, 255, 255), font=font)
     return np.asarray(canvas, dtype=np.uint8).copy()
+
+
+Rect = tuple[float, float, float, float]
+
+
+def place_tags(boxes: Sequence[Rect], sizes: Sequence[tuple[float, float]], width: int,
+               height: int) -> list[Rect | None]:
+    """Where each box's tag goes (xyxy pixels), or None: tags never overlap one another.
+
+    In order (the first boxes choose first), a tag of ``sizes[k]`` (w, h) takes the first free
+    place of: above the box's top-left corner, inside it at the top-left, below its bottom-left
+    corner, inside at the bottom-left, then further below the box in steps of the tag's height;
+    x is kept inside the image. A place is free when it lies inside the image and overlaps no
+    tag placed before it.
+    """
+    placed: list[Rect] = []
+    out: list[Rect | None] = []
+    for (x1, y1, x2, y2), (w, h) in zip(boxes, sizes):
+        x = max(0.0, min(x1, width - w))
+        candidates = [y1 - h, y1, y2, y2 - h] + [y2 + k * h for k in range(1, 8)]
+        spot = None
+        for y in candidates:
+            rect = (x, y, x + w, y + h)
+            if y >= 0 and y + h <= height and not any(_overlap(rect, r) for r in placed):
+                spot = rect
+                break
+        out.append(spot)
+        if spot is not None:
+            placed.append(spot)
+    return out
+
+
+def _overlap(a: Rect, b: Rect) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def _class_name(class_names: Sequence[str], label: int) -> str:
@@ -71,20 +116,6 @@ def _clip_box(box: np.ndarray, width: int, height: int) -> tuple[float, float, f
     x1, x2 = np.clip(sorted(box[0::2]), 0, width - 1)
     y1, y2 = np.clip(sorted(box[1::2]), 0, height - 1)
     return float(x1), float(y1), float(x2), float(y2)
-
-
-def _draw_caption(draw: ImageDraw.ImageDraw, font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
-                  text: str, box: tuple[float, float, float, float],
-                  color: tuple[int, int, int], image_width: int) -> None:
-    """``text`` on a ``color`` background at the box's top-left corner, kept inside the image."""
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-    text_w, text_h = right - left + 2, bottom - top + 2  # 1 px padding either side
-    x = max(0, min(box[0], image_width - text_w))
-    y = box[1] - text_h if box[1] >= text_h else box[1]
-    draw.rectangle((x, y, x + text_w, y + text_h), fill=color)
-    luminance = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
-    ink = (0, 0, 0) if luminance > 140 else (255, 255, 255)
-    draw.text((x + 1 - left, y + 1 - top), text, fill=ink, font=font)
 
 
 def write_val_detections(detector: Any, source: Any, out_dir: str | os.PathLike, n: int = 8, *,

@@ -77,6 +77,7 @@ def test_help_documents_every_flag(script, tmp_path):
     assert "--verbose" in flags and len(flags) >= 2
     assert not [f for f in flags if "_" in f], "flags are kebab-case"
     # every flag line is followed by help text (argparse prints it on the same or next line)
-    entries = re.split(r"\n(?=\s{2}-)", proc.stdout.split("options:", 1)[1])
+    entries = [e for e in re.split(r"\n(?=\s{2}-)", proc.stdout.split("options:", 1)[1])
+               if e.strip()]
     undocumented = [e.split()[0] for e in entries if len(e.split()) < 2]
     assert not undocumented, undocumented

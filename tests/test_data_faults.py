@@ -90,7 +90,7 @@ def test_odd_images_train_and_unreadable_ones_are_skipped_naming_the_file(odd_im
     seen = {int(i) for b in batches for i in b["image_id"]}
     assert seen == readable
     for b in batches:
-        assert b["image"].shape == (4, INPUT_SIZE, INPUT_SIZE, 3) and b["image"].dtype == np.uint8
+        assert b["image"].shape == (4, INPUT_SIZE, INPUT_SIZE, 3) and b["image"].dtype == np.float32
     assert loader.skipped_images >= len(UNREADABLE)
     messages = [r.getMessage() for r in caplog.records]
     for name in UNREADABLE:

@@ -82,7 +82,12 @@ def test_coco_source_parses_as_mmdetection(dataset, caplog):
     assert source.cat_ids == [1, 3] and source.class_names == ["person", "cat"]
     assert [source[i]["image_id"] for i in range(len(source))] == [1, 2, 3, 4, 5, 6]
     assert source.dropped == collections.Counter(
-        crowd=2, degenerate=1, empty_intersection=2, unknown_category=1, ignore=1, unknown_image=1)
+        degenerate=1, empty_intersection=2, unknown_category=1, ignore=1, unknown_image=1)
+    # crowd boxes are mmdetection's ignored instances: kept apart, counted, not warned about
+    assert source.crowd == 2
+    np.testing.assert_array_equal(source[0]["crowd_boxes"], [[0, 0, 50, 50]])
+    np.testing.assert_array_equal(source[3]["crowd_boxes"], [[5, 5, 45, 45]])
+    assert source[1]["crowd_boxes"].shape == (0, 4)
     first = source[0]
     assert first["file_name"] == str(dataset / "a.jpg")
     assert (first["height"], first["width"]) == (64, 96)
@@ -94,7 +99,7 @@ def test_coco_source_parses_as_mmdetection(dataset, caplog):
     messages = [r.getMessage() for r in caplog.records]
     assert any("ann.json" in m and "annotation id 4 " in m and "empty_intersection" in m
                for m in messages)
-    assert sum("dropped" in m for m in messages) == sum(source.dropped.values()) == 8
+    assert sum("dropped" in m for m in messages) == sum(source.dropped.values()) == 6
 
 
 def test_coco_source_filter_train(train_source):
@@ -144,7 +149,7 @@ def test_train_batches_layout_and_corrupt_image_skipped(train_source, cfg, caplo
         batches = take(loader, 3)
     batch = batches[0]
     assert batch["image"].shape == (4, INPUT_SIZE, INPUT_SIZE, 3)
-    assert batch["image"].dtype == np.uint8
+    assert batch["image"].dtype == np.float32  # photometric distortion: unclipped floats
     assert batch["boxes"].shape == (4, 3, 4) and batch["boxes"].dtype == np.float32
     assert batch["labels"].shape == (4, 3) and batch["labels"].dtype == np.int32
     assert batch["valid"].shape == (4, 3) and batch["valid"].dtype == bool

@@ -9,6 +9,7 @@ strings, and record indices also make multi-host gathering exact).
 """
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Sequence
 
@@ -17,6 +18,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ssd_jax import postprocess as post
 from ssd_jax.data.pipeline import make_eval_loader
@@ -78,6 +80,18 @@ def run_inference(p_detect, variables: dict, source: Any, config: ml_collections
                               process_index=jax.process_index(), process_count=jax.process_count(),
                               num_workers=num_workers)
     replicated = replicate(variables)
+    with logging_redirect_tqdm(loggers=[logging.getLogger("ssd_jax")]):  # logs above the bar
+        chunks = _detect_all(p_detect, replicated, loader, batch_size, devices, progress)
+    local = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+    if jax.process_count() > 1:
+        local = {k: np.asarray(v).reshape((-1,) + v.shape[2:]) for k, v in
+                 multihost_utils.process_allgather(local).items()}
+    return _unpad(local)
+
+
+def _detect_all(p_detect, replicated: Any, loader: Any, batch_size: int, devices: int,
+                progress: bool) -> list[dict[str, np.ndarray]]:
+    """Every batch of ``loader`` through ``p_detect``, fetching one while the next runs."""
     bar = tqdm(total=len(loader) * batch_size * jax.process_count(), desc="eval", unit="img",
                dynamic_ncols=True, disable=not progress or jax.process_index() != 0)
     chunks, pending = [], None
@@ -92,11 +106,7 @@ def run_inference(p_detect, variables: dict, source: Any, config: ml_collections
     chunks.append(_to_host(*pending))
     bar.update(batch_size * jax.process_count())
     bar.close()
-    local = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
-    if jax.process_count() > 1:
-        local = {k: np.asarray(v).reshape((-1,) + v.shape[2:]) for k, v in
-                 multihost_utils.process_allgather(local).items()}
-    return _unpad(local)
+    return chunks
 
 
 def _to_host(dets: post.Detections, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

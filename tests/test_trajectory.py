@@ -1,0 +1,129 @@
+"""Training trajectories against mmdetection's own: ``train.py`` from a fixture checkpoint on
+tests/data/trajectory (4 images, no random augmentation, data in file order), 8 SGD iterations
+with warm-up and the config's schedule, compared per iteration with the losses, learning rates
+and final weights that mmdetection 3.3.0's ``Runner`` recorded (scripts/
+make_trajectory_reference.py; tests/data/trajectory/README.md says how and what matters).
+
+SSD300 in float32 (tolerance 1e-4 relative), SSDLite in float64 on both sides (1e-6).
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import fixture_dir
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+DATA = REPO / "tests" / "data" / "trajectory"
+MODELS = {"ssd300_coco": "configs/ssd300_coco.py",
+          "ssdlite_mobilenetv2_320_coco": "configs/ssdlite_mobilenetv2_320_coco.py"}
+
+
+def reference(name: str) -> dict:
+    return json.loads((DATA / f"{name}_reference.json").read_text())
+
+
+def overrides(name: str, ref: dict) -> list[str]:
+    """train.py settings equal to the reference run's (see the reference's own fields)."""
+    s, w, o = ref["schedule"], ref["warmup"], ref["optimizer"]
+    if isinstance(w, str):
+        w = json.loads(w.replace("'", '"'))
+    out = [f"data.ann_file={DATA / ref['data']['ann_file']}",
+           f"data.img_dir={DATA / ref['data']['img_dir']}", "data.val_ann_file=",
+           "data.shuffle=False", "data.workers=0",
+           f"data.min_size={ref['data']['filter_cfg']['min_size']}",
+           # no random augmentation: Resize and PackDetInputs only
+           "augment.expand_ratio=(1.0, 1.0)", "augment.min_iou_crop=False",
+           "augment.photometric=False", "augment.flip_prob=0.0",
+           f"train.batch_size={ref['batch_size']}", f"train.per_gpu_batch={ref['batch_size']}",
+           f"train.num_steps={ref['num_iters']}", "train.log_every=1", "train.ckpt_every=1000",
+           "train.keep_ckpts=1", "train.eval_every_epochs=0",
+           f"train.load_from={fixture_dir(name) / 'checkpoint.pth.xz'}",
+           f"optimizer.lr={o['lr']}", f"optimizer.momentum={o['momentum']}",
+           f"optimizer.weight_decay={o['weight_decay']}", "optimizer.auto_scale_lr=False",
+           f"schedule.warmup_iters={w['end']}", f"schedule.warmup_start_factor={w['start_factor']}",
+           f"schedule.epochs={ref['epochs']}", f"schedule.dataset_repeat={ref['data']['dataset_repeat']}"]
+    if s["type"] == "multistep":
+        out += ["schedule.type='multistep'", f"schedule.milestones={tuple(s['milestones_epochs'])}",
+                f"schedule.gamma={s['gamma']}"]
+    else:
+        assert s["type"] == "cosine" and s.get("T_max", ref["epochs"]) == ref["epochs"], s
+        out += ["schedule.type='cosine'"]
+    if ref["dtype"] == "float64":
+        out.append("precision='fp64'")
+    return out
+
+
+@pytest.fixture(scope="module", params=list(MODELS))
+def run(request, tmp_path_factory) -> tuple[str, dict, pathlib.Path]:
+    name = request.param
+    ref = reference(name)
+    workdir = tmp_path_factory.mktemp(name)
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+    env.pop("XLA_FLAGS", None)
+    if ref["dtype"] == "float64":
+        env["JAX_ENABLE_X64"] = "1"
+    proc = subprocess.run([sys.executable, str(REPO / "train.py"), "--config",
+                           str(REPO / MODELS[name]), "--workdir", str(workdir),
+                           *[f"--config.{o}" for o in overrides(name, ref)]],
+                          env=env, cwd=REPO, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return name, ref, workdir
+
+
+def logged(workdir: pathlib.Path) -> dict[int, dict]:
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r for r in rows if "loss" in r}
+
+
+def test_every_iteration_matches_mmdetection(run):
+    name, ref, workdir = run
+    ours = logged(workdir)
+    tol = ref["tolerance"]
+    records = ref["records"]
+    assert sorted(ours) == [r["iter"] for r in records] == list(range(1, ref["num_iters"] + 1))
+    problems = []
+    for r in records:
+        row = ours[r["iter"]]
+        if abs(row["lr"] - r["lr"]) > 1e-12 * abs(r["lr"]):
+            problems.append(f"iter {r['iter']}: lr {row['lr']!r} vs {r['lr']!r}")
+        for key in ("loss", "loss_cls", "loss_bbox"):
+            rel = abs(row[key] - r[key]) / abs(r[key])
+            if rel > tol:
+                problems.append(f"iter {r['iter']}: {key} {row[key]:.9g} vs {r[key]:.9g} "
+                                f"(relative {rel:.2g} > {tol})")
+    assert not problems, "\n".join(problems)
+    # the trajectory moves: the reference's loss changes well beyond the tolerance
+    losses = [r["loss"] for r in records]
+    assert abs(losses[-1] / losses[0] - 1) > 100 * tol
+
+
+def test_final_weights_match_mmdetection(run):
+    """Checksums (sum, sum of squares, sum of |x|; layout-free) of the weights after the 8th
+    update, and for SSDLite BatchNorm running statistics (torch's unbiased running variance)."""
+    from ssd_jax.checkpoints import load_variables
+    from ssd_jax.porting.convert import flat_to_torch_name
+    name, ref, workdir = run
+    flat, _ = load_variables(workdir / "checkpoints")
+    ours = {flat_to_torch_name(k): np.asarray(v, np.float64) for k, v in flat.items()}
+    tol = ref["tolerance"]
+    checked = 0
+    for key, theirs in ref["final_checksums"].items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        x = ours[key]
+        got = {"sum": x.sum(), "sum_sq": np.square(x).sum(), "sum_abs": np.abs(x).sum()}
+        for stat in ("sum_sq", "sum_abs"):
+            assert got[stat] == pytest.approx(theirs[stat], rel=tol), (key, stat)
+        # a sum near 0 is relative to the scale of the tensor
+        assert abs(got["sum"] - theirs["sum"]) <= tol * theirs["sum_abs"], (key, "sum")
+        initial = ref["initial_checksums"][key]
+        if "running" not in key:
+            checked += initial["sum_sq"] != theirs["sum_sq"]
+    assert checked >= 1  # some checked tensor moved
