@@ -31,9 +31,14 @@ def normalize(images: Any, mean: Sequence[float], std: Sequence[float],
               dtype: Any = np.float32) -> Any:
     """(..., 3) uint8/float RGB → ``(x - mean) / std`` in ``dtype`` (float32; float64 for fp64).
 
-    NumPy in, NumPy out; a JAX array in (e.g. inside jit), a JAX array out.
+    mean and std are float32 constants whatever ``dtype``, as mmdetection's data preprocessor
+    holds them (float32 buffers, which ``model.double()`` casts: its float64 runs subtract the
+    float32-rounded 123.675). NumPy in, NumPy out; a JAX array in (e.g. inside jit), a JAX
+    array out.
     """
-    return (images.astype(dtype) - np.asarray(mean, dtype)) / np.asarray(std, dtype)
+    mean = np.asarray(mean, np.float32).astype(dtype)
+    std = np.asarray(std, np.float32).astype(dtype)
+    return (images.astype(dtype) - mean) / std
 
 
 def preprocess_batch(images: Sequence[np.ndarray], size: int, mean: Sequence[float],

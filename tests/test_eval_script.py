@@ -163,6 +163,22 @@ def test_eval_script_end_to_end_orbax(shapes_run, capsys):
     assert "bbox_mAP_50" in printed and "rectangle" in printed
 
 
+def test_eval_refuses_to_replace_earlier_outputs(shapes_run, tmp_path):
+    """An --out that already holds metrics.json / results.bbox.json is refused before anything
+    runs, unless --overwrite."""
+    from ssd_jax.errors import OutputExistsError
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.json").write_text("{} ")
+    argv = shapes_argv(shapes_run, f"--ann-file={shapes_run['val_annotations']}",
+                       f"--img-dir={shapes_run['val_images']}", f"--out={out}")
+    with pytest.raises(OutputExistsError, match="metrics.json exists"):
+        evaluate(argv)
+    assert (out / "metrics.json").read_text() == "{} "
+    evaluate(argv + ["--overwrite"])
+    assert "bbox_mAP" in json.loads((out / "metrics.json").read_text())
+
+
 def test_eval_script_refuses_other_class_count(shapes_run, tmp_path):
     coco = json.loads(pathlib.Path(shapes_run["val_annotations"]).read_text())
     coco["categories"] = coco["categories"][:3]
