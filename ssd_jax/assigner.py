@@ -58,6 +58,9 @@ def build_targets(anchors: jax.Array, gt_boxes: jax.Array, gt_labels: jax.Array,
     positive = assigned > 0
     gt_index = jnp.maximum(assigned - 1, 0)
     labels = jnp.where(positive, gt_labels[gt_index], num_classes).astype(jnp.int32)
-    deltas = box_coder.encode(anchors, gt_boxes[gt_index], means, stds)
+    # mmdetection's bbox2delta casts anchors and boxes to float32 (``.float()``) whatever the
+    # model's dtype, so regression targets are float32 values even in a float64 run.
+    deltas = box_coder.encode(anchors.astype(jnp.float32), gt_boxes[gt_index].astype(jnp.float32),
+                              means, stds).astype(anchors.dtype)
     box_targets = jnp.where(positive[:, None], deltas, 0.0)
     return Targets(labels, (assigned >= 0).astype(jnp.float32), box_targets, positive)

@@ -4,7 +4,9 @@ with warm-up and the config's schedule, compared per iteration with the losses, 
 and final weights that mmdetection 3.3.0's ``Runner`` recorded (scripts/
 make_trajectory_reference.py; tests/data/trajectory/README.md says how and what matters).
 
-SSD300 in float32 (tolerance 1e-4 relative), SSDLite in float64 on both sides (1e-6).
+SSD300 in float32 (tolerance 1e-4 relative), SSDLite in float64 on both sides (1e-6), at the
+iterations each reference determines to its tolerance (its ``noise``: all 8 for SSD300; the
+first two for SSDLite, whose training from random weights is chaotic in mmdetection itself).
 """
 from __future__ import annotations
 
@@ -42,8 +44,8 @@ def overrides(name: str, ref: dict) -> list[str]:
            "augment.expand_ratio=(1.0, 1.0)", "augment.min_iou_crop=False",
            "augment.photometric=False", "augment.flip_prob=0.0",
            f"train.batch_size={ref['batch_size']}", f"train.per_gpu_batch={ref['batch_size']}",
-           f"train.num_steps={ref['num_iters']}", "train.log_every=1", "train.ckpt_every=1000",
-           "train.keep_ckpts=1", "train.eval_every_epochs=0",
+           f"train.num_steps={ref['num_iters']}", "train.log_every=1", "train.ckpt_every=1",
+           f"train.keep_ckpts={ref['num_iters']}", "train.eval_every_epochs=0",
            f"train.load_from={fixture_dir(name) / 'checkpoint.pth.xz'}",
            f"optimizer.lr={o['lr']}", f"optimizer.momentum={o['momentum']}",
            f"optimizer.weight_decay={o['weight_decay']}", "optimizer.auto_scale_lr=False",
@@ -82,49 +84,80 @@ def logged(workdir: pathlib.Path) -> dict[int, dict]:
     return {r["step"]: r for r in rows if "loss" in r}
 
 
+def comparable(ref: dict) -> list[int]:
+    """Iterations whose losses the reference determines to ``tolerance`` (its ``noise``)."""
+    iters = ref["noise"]["comparable_iters"]
+    assert iters and iters == list(range(1, len(iters) + 1)), iters
+    return iters
+
+
 def test_every_iteration_matches_mmdetection(run):
+    """lr at every iteration; losses at every iteration the reference determines: all 8 for
+    SSD300 (float32 rounding stays ≤ 5e-6), 1–2 for SSDLite, whose training from the fixture's
+    random weights is chaotic in mmdetection itself (a 1e-12 perturbation of its initial weights
+    moves iteration 3's loss by 1e-3; the reference's ``noise`` holds the measurement)."""
     name, ref, workdir = run
     ours = logged(workdir)
     tol = ref["tolerance"]
     records = ref["records"]
     assert sorted(ours) == [r["iter"] for r in records] == list(range(1, ref["num_iters"] + 1))
+    held = comparable(ref)
     problems = []
     lr_tol = 1e-12 if ref["dtype"] == "float64" else 1e-6  # our schedule is float32 in fp32
     for r in records:
         row = ours[r["iter"]]
         if abs(row["lr"] - r["lr"]) > lr_tol * abs(r["lr"]):
             problems.append(f"iter {r['iter']}: lr {row['lr']!r} vs {r['lr']!r}")
+        if r["iter"] not in held:
+            continue
         for key in ("loss", "loss_cls", "loss_bbox"):
             rel = abs(row[key] - r[key]) / abs(r[key])
             if rel > tol:
                 problems.append(f"iter {r['iter']}: {key} {row[key]:.9g} vs {r[key]:.9g} "
                                 f"(relative {rel:.2g} > {tol})")
     assert not problems, "\n".join(problems)
-    # the trajectory moves: the reference's loss changes well beyond the tolerance
-    losses = [r["loss"] for r in records]
+    # the held iterations move the loss well beyond the tolerance
+    losses = [r["loss"] for r in records if r["iter"] in held]
     assert abs(losses[-1] / losses[0] - 1) > 100 * tol
 
 
-def test_final_weights_match_mmdetection(run):
-    """Checksums (sum, sum of squares, sum of |x|; layout-free) of the weights after the 8th
-    update, and for SSDLite BatchNorm running statistics (torch's unbiased running variance)."""
-    from ssd_jax.checkpoints import load_variables
-    from ssd_jax.porting.convert import flat_to_torch_name
-    name, ref, workdir = run
-    flat, _ = load_variables(workdir / "checkpoints")
-    ours = {flat_to_torch_name(k): np.asarray(v, np.float64) for k, v in flat.items()}
-    tol = ref["tolerance"]
-    checked = 0
-    for key, theirs in ref["final_checksums"].items():
+def checksum_problems(ours: dict[str, np.ndarray], theirs: dict[str, dict], tol: float,
+                      label: str) -> list[str]:
+    """Checksums (sum, sum of squares, sum of |x|; layout-free) of ours against theirs."""
+    problems = []
+    for key, ref in theirs.items():
         if key.endswith("num_batches_tracked"):
             continue
         x = ours[key]
         got = {"sum": x.sum(), "sum_sq": np.square(x).sum(), "sum_abs": np.abs(x).sum()}
         for stat in ("sum_sq", "sum_abs"):
-            assert got[stat] == pytest.approx(theirs[stat], rel=tol), (key, stat)
+            if abs(got[stat] - ref[stat]) > tol * abs(ref[stat]):
+                problems.append(f"{label} {key} {stat}: {got[stat]!r} vs {ref[stat]!r}")
         # a sum near 0 is relative to the scale of the tensor
-        assert abs(got["sum"] - theirs["sum"]) <= tol * theirs["sum_abs"], (key, "sum")
-        initial = ref["initial_checksums"][key]
-        if "running" not in key:
-            checked += initial["sum_sq"] != theirs["sum_sq"]
-    assert checked >= 1  # some checked tensor moved
+        if abs(got["sum"] - ref["sum"]) > tol * ref["sum_abs"]:
+            problems.append(f"{label} {key} sum: {got['sum']!r} vs {ref['sum']!r}")
+    return problems
+
+
+def test_weights_after_each_update_match_mmdetection(run):
+    """The weights (and for SSDLite the BatchNorm running statistics, torch's unbiased running
+    variance) after every update the reference determines: all 8 for SSD300, the first for
+    SSDLite (``noise.checksums_after_iter_rel`` ≤ tolerance / 10)."""
+    from ssd_jax.checkpoints import load_variables
+    from ssd_jax.porting.convert import flat_to_torch_name
+    name, ref, workdir = run
+    tol = ref["tolerance"]
+    noise = ref["noise"]["checksums_after_iter_rel"]
+    held = [i for i in range(1, ref["num_iters"] + 1) if noise[i - 1] <= tol / 10]
+    assert held and held == list(range(1, len(held) + 1)), noise
+    problems, moved = [], 0
+    for i in held:
+        flat, _ = load_variables(workdir / "checkpoints", step=i)
+        ours = {flat_to_torch_name(k): np.asarray(v, np.float64) for k, v in flat.items()}
+        theirs = ref["checksums_after_iter"][i - 1]
+        problems += checksum_problems(ours, theirs, tol, f"after iter {i}:")
+        moved += sum(theirs[k]["sum_sq"] != v["sum_sq"]
+                     for k, v in ref["initial_checksums"].items() if "running" not in k
+                     and not k.endswith("num_batches_tracked"))
+    assert not problems, "\n".join(problems)
+    assert moved >= 1  # some checked tensor moved
