@@ -1,13 +1,28 @@
 """ssd_jax: mmdetection's SSD family (SSD300, SSD512, SSDLite) in JAX/Flax."""
 import os
 
-# XLA's CPU scheduler runs independent operations concurrently, and each of them also splits its
-# work over the thread pool: on few cores they contend, and the SSDLite train step ran 1.4×
-# slower (benchmark.py, 2 cores). An explicit setting in XLA_FLAGS is left as it is. Takes effect
-# when ssd_jax is imported before JAX's first computation.
-_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler"
-if _FLAG not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FLAG}=false".strip()
+from ssd_jax import host_memory
+
+# XLA CPU flags, each set unless XLA_FLAGS already names it. They take effect when ssd_jax is
+# imported before JAX's first computation.
+_XLA_CPU_FLAGS = {
+    # XLA's CPU scheduler runs independent operations concurrently, and each of them also
+    # splits its work over the thread pool: on few cores they contend, and the SSDLite train
+    # step ran 1.4× slower (benchmark.py, 2 cores).
+    "--xla_cpu_enable_concurrency_optimized_scheduler": "false",
+    # Convolutions by XLA's own (Eigen) kernels rather than YNNPACK, which jaxlib 0.10 uses
+    # by default: on a 2-core Xeon (AVX-512), SSD300's 3×3 convolutions and SSDLite's first
+    # one ran 1.3–1.5× faster (docs/cpu_speed.md). Matrix products stay with YNNPACK, whose
+    # bfloat16 kernels (AMX) make bf16 1×1 convolutions ~5× faster than in float32.
+    "--xla_cpu_experimental_ynn_fusion_type": "-individual_convolution",
+}
+_flags = os.environ.get("XLA_FLAGS", "")
+for _name, _value in _XLA_CPU_FLAGS.items():
+    if _name not in _flags:
+        _flags = f"{_flags} {_name}={_value}".strip()
+os.environ["XLA_FLAGS"] = _flags
+
+host_memory.keep_freed_memory()
 
 from ssd_jax.detector import Detector  # noqa: E402
 

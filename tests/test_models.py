@@ -130,3 +130,46 @@ def test_fast_convolutions_equal_lax_convolution(kind):
     g_fast = jax.grad(lambda p, x: loss(fast, p, x), argnums=(0, 1))(params, x)
     g_ref = jax.grad(lambda p, x: loss(ref, p, x), argnums=(0, 1))(params, x)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), g_fast, g_ref)
+
+
+@pytest.mark.parametrize("dilation", [1, 6])
+def test_row_product_conv_equals_the_convolution(dilation):
+    """RowProductConv (bf16 k×k convolutions on CPU as k matrix products with float32 sums)
+    equals the float32 convolution of the same bf16-rounded input and weights, up to the final
+    rounding to bf16; with few channels it falls back to the convolution itself."""
+    from ssd_jax.models.layers import RowProductConv
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(2, 13, 11, 16)).astype(np.float32)).astype(jnp.bfloat16)
+    for min_channels in (0, 256):  # the product form, then the fallback
+        module = RowProductConv(8, 3, padding=dilation, dilation=dilation, min_channels=min_channels)
+        params = module.init(jax.random.PRNGKey(0), x)
+        params = jax.tree.map(
+            lambda p: jnp.asarray(rng.normal(size=p.shape).astype(np.float32)), params)
+        got = np.asarray(module.apply(params, x), np.float32)
+        kernel = params["params"]["kernel"].astype(jnp.bfloat16).astype(jnp.float32)
+        want = jax.lax.conv_general_dilated(
+            x.astype(jnp.float32), kernel, (1, 1), ((dilation, dilation),) * 2,
+            rhs_dilation=(dilation, dilation), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            precision=jax.lax.Precision.HIGHEST)
+        want = np.asarray(want + params["params"]["bias"].astype(jnp.bfloat16).astype(jnp.float32))
+        assert got.shape == want.shape == (2, 13, 11, 8)
+        assert np.abs(got - want).max() <= 2 ** -8 * np.abs(want).max(), min_channels
+
+
+def test_float32_products_at_full_precision():
+    """float32 models ask XLA for full-precision convolutions and products (a GPU would
+    otherwise use TF32: mmdetection's detections no longer matched on an H200); bf16 models
+    keep the default."""
+    config = load_config(REPO / "configs" / "ssdlite_shapes.py")
+    texts = {}
+    for precision in ("fp32", "bf16"):
+        c = config.copy_and_resolve_references()
+        c.precision = precision
+        from ssd_jax.models.assembly import init_variables, model_for
+        model = model_for(c)
+        variables = jax.eval_shape(lambda: init_variables(model, c.input_size))
+        x = jax.ShapeDtypeStruct((1, c.input_size, c.input_size, 3), jnp.float32)
+        texts[precision] = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(
+            variables, x).as_text()
+    assert texts["fp32"].count("HIGHEST") >= 10
+    assert "HIGHEST" not in texts["bf16"]

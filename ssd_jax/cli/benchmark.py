@@ -56,6 +56,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="with --backends: raw (network) and/or detect (+ decoding, NMS)")
     parser.add_argument("--rounds", type=int, default=5,
                         help="with --backends: timed rounds, each calling every backend once")
+    parser.add_argument("--reference-onnx", default="",
+                        help="with --backends and mode raw: also time this ONNX file in ONNX "
+                        "Runtime, e.g. mmdetection's own network from "
+                        "scripts/export_mmdet_onnx.py (float32 NCHW input)")
     parser.add_argument("--checkpoint", default="",
                         help="with --backends: weights (.pth or orbax); default random")
     args, overrides = common.parse(parser, argv)
@@ -81,7 +85,8 @@ def _compare(args: Any, overrides: list[str], backends: list[str]) -> int:
         report = compare_backends(
             config, args.checkpoint, backends,
             [int(b) for b in args.batch_sizes.split(",") if b],
-            args.rounds, [m for m in args.modes.split(",") if m], workdir)
+            args.rounds, [m for m in args.modes.split(",") if m], workdir,
+            args.reference_onnx)
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:
@@ -230,13 +235,16 @@ BACKENDS = ("jax", "jax-bf16", "onnxruntime", "openvino", "openvino-bf16")
 
 def compare_backends(config: Any, checkpoint: str, backends: Sequence[str],
                      batch_sizes: Sequence[int], rounds: int, modes: Sequence[str],
-                     workdir: str) -> dict[str, Any]:
+                     workdir: str, reference_onnx: str = "") -> dict[str, Any]:
     """Images/s of the same model in each backend, side by side: the same uint8 images, a
     warm-up per backend, then ``rounds`` rounds that call every backend once, in an order
     rotated each round (so that load and frequency changes touch all alike).
 
     ``modes``: 'raw' (normalisation + network) and/or 'detect' (+ decoding and NMS). JAX runs
     the functions ``ssd-jax-export`` exports; ONNX Runtime / OpenVINO run the exported files.
+    ``reference_onnx``: another raw network (float32 NCHW input, e.g. mmdetection's own from
+    ``scripts/export_mmdet_onnx.py``) timed in ONNX Runtime as ``onnxruntime-reference``, its
+    input normalised beforehand (not timed).
     """
     from ssd_jax.detector import Detector
     from ssd_jax.export import export, runtime
@@ -268,6 +276,8 @@ def compare_backends(config: Any, checkpoint: str, backends: Sequence[str],
                 model = (runtime.OpenVINOModel(path, precision="bf16")
                          if backend == "openvino-bf16" else runtime.load(path, backend))
                 runners[mode][backend] = _model_runner(model, raw)
+        if raw and reference_onnx:
+            runners[mode]["onnxruntime-reference"] = _reference_runner(reference_onnx)
     rng = np.random.default_rng(0)
     s = config.input_size
     report: dict[str, Any] = {"config": config.name, "date": time.strftime("%Y-%m-%d %H:%M"),
@@ -297,6 +307,26 @@ def _jax_runner(fn: Callable, raw: bool) -> Callable:
     def run(images, scales):
         out = fn(images) if raw else fn(images, scales)
         jax.block_until_ready(out)
+    return run
+
+
+def _reference_runner(path: str) -> Callable:
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    inputs: dict[int, np.ndarray] = {}
+
+    def run(images, scales):
+        del scales
+        key = id(images)
+        if key not in inputs:  # the same batch every round: normalise it once, untimed
+            inputs.clear()
+            inputs[key] = np.ascontiguousarray(
+                ((images - np.float32(127.5)) / np.float32(58.0)).transpose(0, 3, 1, 2),
+                np.float32)
+        session.run(None, {name: inputs[key]})
     return run
 
 

@@ -47,6 +47,15 @@ def param_dtype(dtype: Any) -> Any:
     return jnp.float64 if jnp.dtype(dtype) == jnp.float64 else jnp.float32
 
 
+def product_precision(dtype: Any) -> jax.lax.Precision:
+    """Precision of convolutions and matrix products: full float32 (float64) for float32
+    (float64) layers. XLA's default lets GPUs use TF32 for float32 products, which on an H200
+    changed SSDLite's scores by more than 1e-4 (16 of 200 mmdetection detections matched instead
+    of 200, scripts/gpu_checks.py); bfloat16 layers keep the default."""
+    return (jax.lax.Precision.DEFAULT if jnp.dtype(dtype) == jnp.bfloat16
+            else jax.lax.Precision.HIGHEST)
+
+
 def accum_dtype(dtype: Any) -> Any:
     """float32, or float64 for float64 (where bf16 activations are reduced or normalised)."""
     return jnp.promote_types(dtype, jnp.float32)
@@ -67,10 +76,15 @@ def conv(features: int, kernel: int, stride: int = 1, padding: int = 0, *,
     if (kernel, stride, padding, dilation, groups) == (1, 1, 0, 1, 1):
         return PointwiseConv(features, use_bias=use_bias, dtype=dtype, conv_init=conv_init,
                              name=name)
+    if (jnp.dtype(dtype) == jnp.bfloat16 and stride == 1 and groups == 1
+            and jax.default_backend() == "cpu"):
+        return RowProductConv(features, kernel, padding, dilation, use_bias=use_bias,
+                              dtype=dtype, conv_init=conv_init, name=name)
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                    padding=((padding, padding), (padding, padding)),
                    kernel_dilation=(dilation, dilation), feature_group_count=groups,
                    use_bias=use_bias, dtype=dtype, param_dtype=param_dtype(dtype),
+                   precision=product_precision(dtype),
                    kernel_init=conv_init.kernel, bias_init=conv_init.bias, name=name)
 
 
@@ -79,6 +93,9 @@ class PointwiseConv(nn.Module):
 
     Same parameters as ``nn.Conv(features, (1, 1))`` (``kernel`` (1, 1, C_in, C_out), ``bias``);
     XLA's CPU backend runs the product and its gradients about 2× faster than the convolution.
+    The product accumulates in float32 for bfloat16 (the bias is added before rounding to
+    bfloat16): XLA's CPU backend hands bf16 × bf16 → f32 products to YNNPACK's AMX kernels,
+    ~5× faster than float32, and upcasts bf16 × bf16 → bf16 ones to float32.
     """
     features: int
     use_bias: bool = True
@@ -89,11 +106,63 @@ class PointwiseConv(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.param("kernel", self.conv_init.kernel,
                             (1, 1, x.shape[-1], self.features), param_dtype(self.dtype))
-        y = jnp.dot(x.astype(self.dtype), kernel[0, 0].astype(self.dtype))
+        acc = accum_dtype(self.dtype)
+        y = jnp.dot(x.astype(self.dtype), kernel[0, 0].astype(self.dtype),
+                    precision=product_precision(self.dtype), preferred_element_type=acc)
         if self.use_bias:
             y = y + self.param("bias", self.conv_init.bias, (self.features,),
-                               param_dtype(self.dtype)).astype(self.dtype)
-        return y
+                               param_dtype(self.dtype)).astype(self.dtype).astype(acc)
+        return y.astype(self.dtype)
+
+
+class RowProductConv(nn.Module):
+    """k×k stride-1 convolution for bfloat16 on CPU, as k matrix products (float32 sums).
+
+    Same parameters as ``nn.Conv(features, (k, k))`` (``kernel`` (k, k, C_in, C_out),
+    ``bias``). XLA's CPU backend has no bfloat16 convolution (it converts to float32 and back),
+    but hands bf16 × bf16 → f32 products to YNNPACK's AMX kernels. So each kernel row ``i``
+    becomes one product of the input's k W-shifted copies, concatenated over channels
+    (N, H_p, W_out, k·C_in), with that row's (k·C_in, C_out) weights; the k results are summed
+    at their H offsets. The copies cost 3 bf16 passes over the input, so layers with fewer
+    than ``min_channels`` input or output channels (VGG's first 4 convs: large images, few
+    channels) keep the convolution. SSD300 at batch 8 on 2 AMX cores: 2.4× faster than the
+    bf16 convolution, 1.7× faster than float32 (docs/cpu_speed.md).
+    """
+    features: int
+    kernel_size: int
+    padding: int = 0
+    dilation: int = 1
+    use_bias: bool = True
+    dtype: Any = jnp.bfloat16
+    conv_init: ConvInit = KAIMING
+    min_channels: int = 256
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k, p, d, c = self.kernel_size, self.padding, self.dilation, x.shape[-1]
+        acc = accum_dtype(self.dtype)
+        kernel = self.param("kernel", self.conv_init.kernel,
+                            (k, k, c, self.features), param_dtype(self.dtype))
+        kernel = kernel.astype(self.dtype)
+        x = x.astype(self.dtype)
+        if min(c, self.features) < self.min_channels:
+            y = jax.lax.conv_general_dilated(
+                x, kernel, (1, 1), ((p, p), (p, p)), rhs_dilation=(d, d),
+                dimension_numbers=("NHWC", "HWIO", "NHWC"), preferred_element_type=acc)
+        else:
+            x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+            h_out = x.shape[1] - d * (k - 1)
+            w_out = x.shape[2] - d * (k - 1)
+            rows = jnp.concatenate([x[:, :, j * d:j * d + w_out] for j in range(k)], axis=-1)
+            y = None
+            for i in range(k):
+                part = jnp.dot(rows[:, i * d:i * d + h_out], kernel[i].reshape(k * c, -1),
+                               preferred_element_type=acc)
+                y = part if y is None else y + part
+        if self.use_bias:
+            y = y + self.param("bias", self.conv_init.bias, (self.features,),
+                               param_dtype(self.dtype)).astype(self.dtype).astype(acc)
+        return y.astype(self.dtype)
 
 
 class DepthwiseConv(nn.Module):
@@ -102,6 +171,8 @@ class DepthwiseConv(nn.Module):
     Same parameters as ``nn.Conv(feature_group_count=C)`` (``kernel`` (k, k, 1, C), ``bias``),
     computed as a sum of k² shifted, per-channel-scaled copies of the input: XLA's CPU backend
     runs grouped convolutions (and their gradients) far slower than these elementwise ops.
+    For bfloat16 the input stays bfloat16 and the sum is float32, rounded once at the end
+    (XLA's CPU backend rounds each bf16 elementwise op in software: 2× slower).
     """
     kernel_size: int
     stride: int = 1
@@ -113,23 +184,24 @@ class DepthwiseConv(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         k, s, c = self.kernel_size, self.stride, x.shape[-1]
+        acc = accum_dtype(self.dtype)
         # (k, k, 1, C): fan_in k², fan_out k²·C, as torch's (C, 1, k, k) depthwise weight.
         kernel = self.param("kernel", self.conv_init.kernel, (k, k, 1, c), param_dtype(self.dtype))
-        x = x.astype(self.dtype)
-        kernel = kernel.astype(self.dtype)
+        kernel = kernel.astype(self.dtype).astype(acc)
         p = self.padding
-        x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+        x = jnp.pad(x.astype(self.dtype), ((0, 0), (p, p), (p, p), (0, 0)))
         h_out = (x.shape[1] - k) // s + 1
         w_out = (x.shape[2] - k) // s + 1
         y = None
         for i in range(k):
             for j in range(k):
-                tap = x[:, i:i + s * (h_out - 1) + 1:s, j:j + s * (w_out - 1) + 1:s, :] * kernel[i, j, 0]
+                tap = x[:, i:i + s * (h_out - 1) + 1:s, j:j + s * (w_out - 1) + 1:s, :]
+                tap = tap.astype(acc) * kernel[i, j, 0]
                 y = tap if y is None else y + tap
         if self.use_bias:
             y = y + self.param("bias", self.conv_init.bias, (c,),
-                               param_dtype(self.dtype)).astype(self.dtype)
-        return y
+                               param_dtype(self.dtype)).astype(self.dtype).astype(acc)
+        return y.astype(self.dtype)
 
 
 class ConvModule(nn.Module):
@@ -139,6 +211,9 @@ class ConvModule(nn.Module):
     ``groups=-1`` means depthwise (groups = input channels).
     ``conv_init`` initialises the conv (default: mmcv ConvModule's own Kaiming, fan_out, bias 0);
     BatchNorm starts at weight 1, bias 0 (torch's default, and mmcv's ``constant_init(norm, 1)``).
+    With ``norm`` and bfloat16, BatchNorm and the activation run in float32 and the result is
+    rounded once (ReLU/ReLU6 commute with rounding, so this equals rounding after the norm;
+    XLA's CPU backend would otherwise round after each elementwise op, in software).
     """
     features: int
     kernel: int
@@ -161,9 +236,10 @@ class ConvModule(nn.Module):
                      use_bias=not self.norm, dtype=self.dtype, conv_init=self.conv_init,
                      name="conv")(x)
         if self.norm:
-            x = BatchNorm(self.batch_stats, dtype=self.dtype, name="bn")(x, train)
+            x = BatchNorm(self.batch_stats, dtype=accum_dtype(self.dtype), name="bn")(x, train)
         act = ACTIVATIONS[self.act]
-        return act(x) if act is not None else x
+        x = act(x) if act is not None else x
+        return x.astype(self.dtype)
 
 
 class DepthwiseSeparableConvModule(nn.Module):
