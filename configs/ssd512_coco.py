@@ -3,6 +3,7 @@
 Train:    python train.py --config configs/ssd512_coco.py --workdir runs/ssd512
 mmdetection's zoo checkpoint scores 29.5 box AP on COCO val2017.
 """
+
 import ml_collections
 
 from ssd_jax.config import base_config

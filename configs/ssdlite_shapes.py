@@ -8,6 +8,7 @@ Trains from scratch on a CPU in minutes; no download. ``bash run_default.sh`` do
 
 Expected: COCO mAP@0.5 ≥ 0.5 on the val split (see the README for the measured figure).
 """
+
 import ml_collections
 
 from ssd_jax.config import base_config

@@ -1,8 +1,10 @@
 """A jax.export detection artifact run on the default device against mmdetection's reference
 detections of a fixture (the fixtures README's matching rule). For scripts/gpu_benchmark.sh.
 
-    python scripts/check_exported.py ssdlite.jaxexport ../shared/fixtures/ssdlite_mobilenetv2_320_coco
+    python scripts/check_exported.py ssdlite.jaxexport \
+        ../shared/fixtures/ssdlite_mobilenetv2_320_coco
 """
+
 import sys
 
 import jax
@@ -23,10 +25,18 @@ def main(path: str, fixture: str) -> None:
         inter = np.prod(np.clip(rb - lt, 0, None), -1)
         area = lambda b: np.prod(b[:, 2:] - b[:, :2], -1)  # noqa: E731
         iou = inter / (area(boxes)[:, None] + area(ours["boxes"])[None] - inter)
-        ok = [np.any((ours["labels"] == labels[j]) & (iou[j] >= 0.99)
-                     & (np.abs(ours["scores"] - scores[j]) <= 1e-4)) for j in range(len(scores))]
-        print(f"image {i}: {sum(ok)} of {len(scores)} reference detections matched; "
-              f"{len(ours['scores'])} ours")
+        ok = [
+            np.any(
+                (ours["labels"] == labels[j])
+                & (iou[j] >= 0.99)
+                & (np.abs(ours["scores"] - scores[j]) <= 1e-4)
+            )
+            for j in range(len(scores))
+        ]
+        print(
+            f"image {i}: {sum(ok)} of {len(scores)} reference detections matched; "
+            f"{len(ours['scores'])} ours"
+        )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ Run with mmdetection's environment (``../shared/mmdet_reference/setup.sh``):
 The graph takes a float32 (B, 3, S, S) normalised image batch (B dynamic) and returns the head's
 per-level class and box outputs (NCHW), as ``../shared/mmdet_reference/ort_bench.py`` does.
 """
+
 import logging
 import lzma
 import os
@@ -22,8 +23,11 @@ from mmdet.registry import MODELS
 from mmdet.utils import register_all_modules
 from mmengine.config import Config
 
-CONFIGS = {"ssd300_coco": ("ssd/ssd300_coco.py", 300), "ssd512_coco": ("ssd/ssd512_coco.py", 512),
-           "ssdlite_mobilenetv2_320_coco": ("ssd/ssdlite_mobilenetv2-scratch_8xb24-600e_coco.py", 320)}
+CONFIGS = {
+    "ssd300_coco": ("ssd/ssd300_coco.py", 300),
+    "ssd512_coco": ("ssd/ssd512_coco.py", 512),
+    "ssdlite_mobilenetv2_320_coco": ("ssd/ssdlite_mobilenetv2-scratch_8xb24-600e_coco.py", 320),
+}
 
 
 class Raw(torch.nn.Module):
@@ -38,8 +42,10 @@ class Raw(torch.nn.Module):
 
 def main(name: str, checkpoint: str, out: str) -> None:
     import mmdet
+
     register_all_modules()
     from mmengine.logging import MMLogger
+
     MMLogger.get_current_instance().setLevel(logging.ERROR)
     config_file, size = CONFIGS[name]
     root = os.path.join(os.path.dirname(mmdet.__file__), ".mim", "configs")
@@ -55,8 +61,15 @@ def main(name: str, checkpoint: str, out: str) -> None:
     model.load_state_dict(state.get("state_dict", state))
     model.eval()
     x = torch.randn(1, 3, size, size)
-    torch.onnx.export(Raw(model), (x,), out, opset_version=17, dynamo=False,
-                      input_names=["input"], dynamic_axes={"input": {0: "batch"}})
+    torch.onnx.export(
+        Raw(model),
+        (x,),
+        out,
+        opset_version=17,
+        dynamo=False,
+        input_names=["input"],
+        dynamic_axes={"input": {0: "batch"}},
+    )
     print(f"wrote {out}")
 
 

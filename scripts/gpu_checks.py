@@ -4,6 +4,7 @@ machine): mmdetection parity of the JAX path on the GPU under XLA's default floa
 
     python scripts/gpu_checks.py FIXTURE_DIR   (holds checkpoint.pth.xz and reference.npz)
 """
+
 import sys
 import time
 
@@ -23,9 +24,18 @@ def matched(ref, results) -> list[int]:
         inter = np.prod(np.clip(rb - lt, 0, None), -1)
         area = lambda b: np.prod(b[:, 2:] - b[:, :2], -1)  # noqa: E731
         iou = inter / (area(boxes)[:, None] + area(ours["boxes"])[None] - inter)
-        out.append(int(sum(np.any((ours["labels"] == labels[j]) & (iou[j] >= 0.99)
-                                  & (np.abs(ours["scores"] - scores[j]) <= 1e-4))
-                           for j in range(len(scores)))))
+        out.append(
+            int(
+                sum(
+                    np.any(
+                        (ours["labels"] == labels[j])
+                        & (iou[j] >= 0.99)
+                        & (np.abs(ours["scores"] - scores[j]) <= 1e-4)
+                    )
+                    for j in range(len(scores))
+                )
+            )
+        )
     return out
 
 
@@ -34,8 +44,9 @@ def main(fixture: str) -> None:
     print("device", jax.devices()[0].device_kind)
     for precision in ("default", "highest"):
         with jax.default_matmul_precision(precision):
-            det = Detector.from_checkpoint("ssdlite_mobilenetv2_320_coco",
-                                           f"{fixture}/checkpoint.pth.xz")
+            det = Detector.from_checkpoint(
+                "ssdlite_mobilenetv2_320_coco", f"{fixture}/checkpoint.pth.xz"
+            )
             got = matched(ref, det.predict([ref["image_0"], ref["image_1"]]))
             print(f"jax fp32 matmul precision {precision}: matched {got} of 200, 200")
     x = np.random.default_rng(0).normal(size=(64, 300, 300, 3)).astype(np.float32)
@@ -51,8 +62,10 @@ def main(fixture: str) -> None:
                 for _ in range(5):
                     jax.block_until_ready(det.forward(xd))
                 dt = (time.perf_counter() - t) / 5
-                print(f"ssd300 fp32 b64 forward, precision {precision}, variables "
-                      f"{'on device' if placed else 'as built'}: {64 / dt:.0f} img/s")
+                print(
+                    f"ssd300 fp32 b64 forward, precision {precision}, variables "
+                    f"{'on device' if placed else 'as built'}: {64 / dt:.0f} img/s"
+                )
 
 
 if __name__ == "__main__":

@@ -16,11 +16,11 @@ Nothing is downloaded: the SSD300/512 backbone's ``init_cfg`` (``Pretrained``,
 back to its own init_cfg, as it does in any config without pretrained weights. SSDLite's config
 has no pretrained weights and is used unchanged.
 """
+
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import re
 import sys
@@ -30,9 +30,9 @@ import torch
 from mmdet.registry import MODELS
 from mmdet.utils import register_all_modules
 from mmengine.config import Config
-from mmengine.runner.checkpoint import get_external_models
 from mmengine.logging import MMLogger
 from mmengine.model import BaseModule
+from mmengine.runner.checkpoint import get_external_models
 
 SEED = 0
 CONFIGS = {
@@ -41,8 +41,9 @@ CONFIGS = {
     "ssdlite_mobilenetv2_320_coco": "ssd/ssdlite_mobilenetv2-scratch_8xb24-600e_coco.py",
 }
 CFG_ROOT = os.path.join(os.path.dirname(mmdet.__file__), ".mim", "configs")
-OUT_DEFAULT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                           "tests", "data", "init_reference")
+OUT_DEFAULT = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "data", "init_reference"
+)
 
 # mmengine records, per parameter, the last initialiser that changed its mean; the top-level
 # ``init_weights`` logs the record and deletes it. Keep a copy instead.
@@ -86,14 +87,23 @@ def rule_of(record: str, leaf: str, is_norm: bool, value: torch.Tensor) -> dict:
         if kind == "Xavier":
             return {"type": f"xavier_{args['distribution']}", "gain": args["gain"]}
         if kind == "Kaiming":
-            return {"type": f"kaiming_{args['distribution']}", "a": args["a"], "mode": args["mode"],
-                    "nonlinearity": args["nonlinearity"]}
+            return {
+                "type": f"kaiming_{args['distribution']}",
+                "a": args["a"],
+                "mode": args["mode"],
+                "nonlinearity": args["nonlinearity"],
+            }
         if kind == "Normal":
             return {"type": "normal", "mean": args["mean"], "std": args["std"]}
         if kind == "TruncNormal":
             # torch / mmengine trunc_normal_: a and b are absolute cut-offs, not in units of std.
-            return {"type": "trunc_normal", "mean": args["mean"], "std": args["std"],
-                    "a": args["a"], "b": args["b"]}
+            return {
+                "type": "trunc_normal",
+                "mean": args["mean"],
+                "std": args["std"],
+                "a": args["a"],
+                "b": args["b"],
+            }
         raise ValueError(f"unknown initialiser record {record!r}")
     if record.startswith("Initialized by user-defined `init_weights` in ConvModule"):
         # mmcv ConvModule.init_weights (runs after the parent's init_cfg for a ConvModule that
@@ -121,9 +131,13 @@ def torch_fans(shape: tuple[int, ...]) -> tuple[int, int] | tuple[None, None]:
 
 def stats(value: torch.Tensor) -> dict:
     v = value.detach().double().flatten()
-    return {"mean": float(v.mean()), "std": float(v.std(unbiased=False)) if v.numel() > 1 else 0.0,
-            "min": float(v.min()), "max": float(v.max()),
-            "zero_fraction": float((v == 0).double().mean())}
+    return {
+        "mean": float(v.mean()),
+        "std": float(v.std(unbiased=False)) if v.numel() > 1 else 0.0,
+        "min": float(v.min()),
+        "max": float(v.max()),
+        "zero_fraction": float((v == 0).double().mean()),
+    }
 
 
 def build(name: str):
@@ -133,8 +147,10 @@ def build(name: str):
     if backbone_init and backbone_init.get("type") == "Pretrained":
         ckpt = backbone_init["checkpoint"]
         url = get_external_models().get(ckpt.removeprefix("open-mmlab://"), ckpt)
-        note = (f"backbone init_cfg {dict(backbone_init)} set aside (it would load {url}); "
-                "SSDVGG then applies its own init_cfg")
+        note = (
+            f"backbone init_cfg {dict(backbone_init)} set aside (it would load {url}); "
+            "SSDVGG then applies its own init_cfg"
+        )
         cfg.model.backbone.init_cfg = None
     torch.manual_seed(SEED)
     model = MODELS.build(cfg.model)
@@ -162,15 +178,30 @@ def reference(name: str) -> dict:
         else:  # BatchNorm running statistics: torch's zeros / ones
             record = "buffer"
             rule = {"type": "constant", "val": 0.0 if leaf == "running_mean" else 1.0}
-        entries.append({"key": key, "shape": list(shape), "fan_in": fan_in, "fan_out": fan_out,
-                        "init_info": record, "rule": rule, **stats(value)})
-    return {"model": name, "mmdet_config": CONFIGS[name], "seed": SEED,
-            "versions": {"mmdet": mmdet.__version__, "torch": torch.__version__.split("+")[0]},
-            "note": note,
-            # The init_cfg each part applied (the module's default where the config sets none).
-            "init_cfg": {part: _plain(getattr(model, part).init_cfg)
-                         for part in ("backbone", "neck", "bbox_head")},
-            "params": entries}
+        entries.append(
+            {
+                "key": key,
+                "shape": list(shape),
+                "fan_in": fan_in,
+                "fan_out": fan_out,
+                "init_info": record,
+                "rule": rule,
+                **stats(value),
+            }
+        )
+    return {
+        "model": name,
+        "mmdet_config": CONFIGS[name],
+        "seed": SEED,
+        "versions": {"mmdet": mmdet.__version__, "torch": torch.__version__.split("+")[0]},
+        "note": note,
+        # The init_cfg each part applied (the module's default where the config sets none).
+        "init_cfg": {
+            part: _plain(getattr(model, part).init_cfg)
+            for part in ("backbone", "neck", "bbox_head")
+        },
+        "params": entries,
+    }
 
 
 def _plain(value):

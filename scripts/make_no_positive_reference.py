@@ -7,6 +7,7 @@ tests/test_per_gpu.py. Run with the reference environment (../shared/mmdet_refer
 For each fixture, in float64 (network, input and ground truth): the fixture's batch of 2 with
 image 1's ground truth removed, and with both removed. Writes per-image loss_cls / loss_bbox.
 """
+
 import json
 import logging
 import lzma
@@ -18,8 +19,12 @@ import tempfile
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
-                                "shared", "mmdet_reference"))
+sys.path.insert(
+    0,
+    os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "mmdet_reference"
+    ),
+)
 from refresh_fixture import build, samples_from  # noqa: E402  (the reference scripts' helpers)
 
 
@@ -34,6 +39,7 @@ def main() -> None:
     fixtures, out_path = sys.argv[1], sys.argv[2]
     from mmdet.utils import register_all_modules
     from mmengine.logging import MMLogger
+
     register_all_modules()
     MMLogger.get_current_instance().setLevel(logging.ERROR)
     result = {}
@@ -57,8 +63,11 @@ def main() -> None:
                 r[f"gt_labels_{i}"] = np.zeros((0,), np.int64)
             cases[case] = losses_for(model, inputs, samples_from(r, 2, size, True, torch.float64))
         result[name] = cases
-    result["made_by"] = {"script": "scripts/make_no_positive_reference.py",
-                         "torch": torch.__version__, "mmdet": __import__("mmdet").__version__}
+    result["made_by"] = {
+        "script": "scripts/make_no_positive_reference.py",
+        "torch": torch.__version__,
+        "mmdet": __import__("mmdet").__version__,
+    }
     with open(out_path, "w") as f:
         json.dump(result, f, indent=1)
     print(json.dumps(result, indent=1))

@@ -13,6 +13,7 @@ A reduced run (flags, or environment variables for ``run_default.sh``): ``--step
 ``RUN_DEFAULT_EVAL=0`` (no separate ``eval.py`` pass: the metrics of training's final
 validation are reported).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,8 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = "configs/ssdlite_shapes.py"
@@ -31,18 +33,26 @@ DEFAULT_DATA = "data/shapes"  # the paths configs/ssdlite_shapes.py names
 NUM_VAL_PICTURES = 8
 
 
-def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     env = os.environ.get
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--workdir", default=env("RUN_DEFAULT_WORKDIR", "runs/shapes"))
     p.add_argument("--data", default=env("RUN_DEFAULT_DATA", DEFAULT_DATA))
     p.add_argument("--num-train", type=int, default=int(env("RUN_DEFAULT_NUM_TRAIN", "3000")))
     p.add_argument("--num-val", type=int, default=int(env("RUN_DEFAULT_NUM_VAL", "200")))
-    p.add_argument("--steps", type=int, default=int(env("RUN_DEFAULT_STEPS", "0")),
-                   help="training steps (0: the config's schedule)")
-    p.add_argument("--no-eval", dest="eval", action="store_false",
-                   default=env("RUN_DEFAULT_EVAL", "1") not in ("0", "", "false"),
-                   help="skip the eval.py pass over the final checkpoint")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=int(env("RUN_DEFAULT_STEPS", "0")),
+        help="training steps (0: the config's schedule)",
+    )
+    p.add_argument(
+        "--no-eval",
+        dest="eval",
+        action="store_false",
+        default=env("RUN_DEFAULT_EVAL", "1") not in ("0", "", "false"),
+        help="skip the eval.py pass over the final checkpoint",
+    )
     return p.parse_args(argv)
 
 
@@ -74,24 +84,29 @@ def config_overrides(args: argparse.Namespace) -> list[str]:
     out = []
     if os.path.normpath(args.data) != DEFAULT_DATA:
         d = pathlib.Path(args.data)
-        out += [f"data.ann_file={d / 'annotations' / 'instances_train.json'}",
-                f"data.img_dir={d / 'train'}",
-                f"data.val_ann_file={d / 'annotations' / 'instances_val.json'}",
-                f"data.val_img_dir={d / 'val'}"]
+        out += [
+            f"data.ann_file={d / 'annotations' / 'instances_train.json'}",
+            f"data.img_dir={d / 'train'}",
+            f"data.val_ann_file={d / 'annotations' / 'instances_val.json'}",
+            f"data.val_img_dir={d / 'val'}",
+        ]
     if args.steps:
         out.append(f"train.num_steps={args.steps}")
     return out
 
 
-def train_images_per_s(metrics_path: pathlib.Path) -> Optional[float]:
+def train_images_per_s(metrics_path: pathlib.Path) -> float | None:
     """Median training throughput logged in metrics.jsonl, leaving out the first (compiling)
     interval."""
-    rates = [row["images_per_s"] for row in map(json.loads, metrics_path.read_text().splitlines())
-             if "images_per_s" in row]
+    rates = [
+        row["images_per_s"]
+        for row in map(json.loads, metrics_path.read_text().splitlines())
+        if "images_per_s" in row
+    ]
     return statistics.median(rates[1:]) if len(rates) > 1 else None
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     os.chdir(REPO)
     start = time.time()
@@ -107,14 +122,26 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if data_ready(data, args.num_train, args.num_val):
         print(f"already there ({args.num_train} train + {args.num_val} val images)")
     else:
-        run([sys.executable, "-m", "ssd_jax.data.synthetic", str(data),
-             "--num-train", str(args.num_train), "--num-val", str(args.num_val)])
+        run(
+            [
+                sys.executable,
+                "-m",
+                "ssd_jax.data.synthetic",
+                str(data),
+                "--num-train",
+                str(args.num_train),
+                "--num-val",
+                str(args.num_val),
+            ]
+        )
     timings["data_s"] = time.time() - t
 
     final_path = workdir / "final_metrics.json"
     if final_path.is_file():
-        print(f"\n{workdir} already holds a finished run (delete it, or set RUN_DEFAULT_WORKDIR, "
-              f"to train again); its summary, {final_path}:")
+        print(
+            f"\n{workdir} already holds a finished run (delete it, or set RUN_DEFAULT_WORKDIR, "
+            f"to train again); its summary, {final_path}:"
+        )
         print(final_path.read_text())
         return
 
@@ -124,8 +151,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     resume = ["--resume"] if ckpt_dir.is_dir() and any(ckpt_dir.iterdir()) else []
     if resume:
         print(f"continuing the interrupted run in {workdir}")
-    run([sys.executable, "train.py", "--config", CONFIG, "--workdir", str(workdir),
-         *resume, *flags])
+    run(
+        [sys.executable, "train.py", "--config", CONFIG, "--workdir", str(workdir), *resume, *flags]
+    )
     timings["train_s"] = time.time() - t
 
     from ssd_jax import jsonio, visualize
@@ -137,14 +165,28 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     say("3/5 evaluating the final checkpoint on the val split")
     t = time.time()
     if args.eval and (REPO / "eval.py").is_file():
-        run([sys.executable, "eval.py", "--config", CONFIG, "--checkpoint", str(ckpt_dir),
-             "--out", str(eval_dir), "--overwrite", *flags])
+        run(
+            [
+                sys.executable,
+                "eval.py",
+                "--config",
+                CONFIG,
+                "--checkpoint",
+                str(ckpt_dir),
+                "--out",
+                str(eval_dir),
+                "--overwrite",
+                *flags,
+            ]
+        )
         evaluated = _read_eval_metrics(eval_dir)
         if evaluated:
             metrics, source = evaluated, "eval.py"
     else:
-        print("using the metrics of the validation at the end of training"
-              + ("" if args.eval else " (--no-eval)"))
+        print(
+            "using the metrics of the validation at the end of training"
+            + ("" if args.eval else " (--no-eval)")
+        )
     timings["eval_s"] = time.time() - t
 
     say(f"4/5 curves and val images with detections in {workdir}")
@@ -156,16 +198,25 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     say("5/5 summary")
     summary = {
-        "mAP@0.5": metrics.get("bbox_mAP_50"), "mAP": metrics.get("bbox_mAP"),
-        "metrics_from": source, "metrics": metrics, "config": CONFIG,
-        "train_images_per_s": train_images_per_s(metrics_path), "timings_s": timings,
-        "machine": {"cpus": os.cpu_count(), "load_avg_start": load_start,
-                    "load_avg_end": os.getloadavg()},
+        "mAP@0.5": metrics.get("bbox_mAP_50"),
+        "mAP": metrics.get("bbox_mAP"),
+        "metrics_from": source,
+        "metrics": metrics,
+        "config": CONFIG,
+        "train_images_per_s": train_images_per_s(metrics_path),
+        "timings_s": timings,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_avg_start": load_start,
+            "load_avg_end": os.getloadavg(),
+        },
     }
     jsonio.write_json(final_path, summary)
-    print(f"mAP@0.5 {_fmt(summary['mAP@0.5'])}, mAP {_fmt(summary['mAP'])} ({source}); "
-          f"training {_fmt(summary['train_images_per_s'], 1)} images/s; "
-          f"total {format_seconds(timings['total_s'])}")
+    print(
+        f"mAP@0.5 {_fmt(summary['mAP@0.5'])}, mAP {_fmt(summary['mAP'])} ({source}); "
+        f"training {_fmt(summary['train_images_per_s'], 1)} images/s; "
+        f"total {format_seconds(timings['total_s'])}"
+    )
     for path in (ckpt_dir, metrics_path, final_path, workdir / "curves.png"):
         print(f"  {path}")
     print(f"  {workdir / 'val_detections'}/ ({len(pictures)} PNGs)")
@@ -186,8 +237,9 @@ def _read_eval_metrics(eval_dir: pathlib.Path) -> dict[str, Any]:
     return {}
 
 
-def _write_pictures(ckpt_dir: pathlib.Path, overrides: list[str], out_dir: pathlib.Path
-                    ) -> list[str]:
+def _write_pictures(
+    ckpt_dir: pathlib.Path, overrides: list[str], out_dir: pathlib.Path
+) -> list[str]:
     from ssd_jax import Detector, visualize
     from ssd_jax.config import load_config
     from ssd_jax.data.coco import CocoSource
@@ -199,12 +251,12 @@ def _write_pictures(ckpt_dir: pathlib.Path, overrides: list[str], out_dir: pathl
 
 
 def format_seconds(seconds: float) -> str:
-    """"12 min 5 s" / "48 s"."""
+    """ "12 min 5 s" / "48 s"."""
     seconds = int(round(seconds))
     return f"{seconds // 60} min {seconds % 60} s" if seconds >= 60 else f"{seconds} s"
 
 
-def _fmt(value: Optional[float], digits: int = 3) -> str:
+def _fmt(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 

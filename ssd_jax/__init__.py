@@ -1,5 +1,7 @@
 """ssd_jax: mmdetection's SSD family (SSD300, SSD512, SSDLite) in JAX/Flax."""
+
 import os
+from importlib import metadata
 
 from ssd_jax import host_memory
 
@@ -12,10 +14,17 @@ _XLA_CPU_FLAGS = {
     "--xla_cpu_enable_concurrency_optimized_scheduler": "false",
     # Convolutions by XLA's own (Eigen) kernels rather than YNNPACK, which jaxlib 0.10 uses
     # by default: on a 2-core Xeon (AVX-512), SSD300's 3×3 convolutions and SSDLite's first
-    # one ran 1.3–1.5× faster (docs/cpu_speed.md). Matrix products stay with YNNPACK, whose
-    # bfloat16 kernels (AMX) make bf16 1×1 convolutions ~5× faster than in float32.
+    # one ran 1.3–1.5× faster. Matrix products stay with YNNPACK, whose bfloat16 kernels (AMX)
+    # make bf16 1×1 convolutions ~5× faster than in float32. An experimental flag: XLA refuses
+    # unknown flags, so it is set only for the jaxlib it was measured with.
     "--xla_cpu_experimental_ynn_fusion_type": "-individual_convolution",
 }
+try:
+    _JAXLIB = metadata.version("jaxlib")
+except metadata.PackageNotFoundError:
+    _JAXLIB = ""
+if not _JAXLIB.startswith("0.10."):
+    del _XLA_CPU_FLAGS["--xla_cpu_experimental_ynn_fusion_type"]
 _flags = os.environ.get("XLA_FLAGS", "")
 for _name, _value in _XLA_CPU_FLAGS.items():
     if _name not in _flags:

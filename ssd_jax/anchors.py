@@ -5,15 +5,17 @@ feature-map cells, then the A anchors of a cell, which is also how the head's ch
 ``a·K + k`` map to anchors. At a cell the anchors are: ratio 1 at ``min_size``, ratio 1 at
 ``sqrt(min_size·max_size)``, then ratios 1/r, r for each r of the level at ``min_size``.
 """
+
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 
-def ssd_anchor_sizes(input_size: int, basesize_ratio_range: Sequence[float],
-                     num_levels: int) -> tuple[list[int], list[int]]:
+def ssd_anchor_sizes(
+    input_size: int, basesize_ratio_range: Sequence[float], num_levels: int
+) -> tuple[list[int], list[int]]:
     """min/max anchor sizes per level from mmdetection's basesize-ratio rule (SSD300/SSD512)."""
     min_ratio, max_ratio = (int(r * 100) for r in basesize_ratio_range)
     step = int(np.floor(max_ratio - min_ratio) / (num_levels - 2))
@@ -22,44 +24,60 @@ def ssd_anchor_sizes(input_size: int, basesize_ratio_range: Sequence[float],
         min_sizes.append(int(input_size * ratio / 100))
         max_sizes.append(int(input_size * (ratio + step) / 100))
     # The first level's sizes are set by hand in mmdetection (COCO and VOC variants).
-    first = {(300, 0.15): (7, 15), (300, 0.2): (10, 20),
-             (512, 0.1): (4, 10), (512, 0.15): (7, 15)}.get(
-                 (input_size, round(basesize_ratio_range[0], 4)))
+    first = {
+        (300, 0.15): (7, 15),
+        (300, 0.2): (10, 20),
+        (512, 0.1): (4, 10),
+        (512, 0.15): (7, 15),
+    }.get((input_size, round(basesize_ratio_range[0], 4)))
     if first is None:
         raise ValueError(
             f"SSD anchors: no first-level rule for input_size={input_size} with "
-            f"basesize_ratio_range={tuple(basesize_ratio_range)}; give min_sizes/max_sizes")
+            f"basesize_ratio_range={tuple(basesize_ratio_range)}; give min_sizes/max_sizes"
+        )
     min_sizes.insert(0, int(input_size * first[0] / 100))
     max_sizes.insert(0, int(input_size * first[1] / 100))
     if len(min_sizes) != num_levels:
-        raise ValueError(f"SSD anchors: the size rule gives {len(min_sizes)} levels, "
-                         f"the config has {num_levels} strides")
+        raise ValueError(
+            f"SSD anchors: the size rule gives {len(min_sizes)} levels, "
+            f"the config has {num_levels} strides"
+        )
     return min_sizes, max_sizes
 
 
 class SSDAnchorGenerator:
     """Anchors per level for a square SSD input; ``num_anchors[l]`` = 2 + 2·len(ratios[l])."""
 
-    def __init__(self, input_size: int, strides: Sequence[int], ratios: Sequence[Sequence[float]],
-                 basesize_ratio_range: Optional[Sequence[float]] = None,
-                 min_sizes: Optional[Sequence[float]] = None,
-                 max_sizes: Optional[Sequence[float]] = None):
+    def __init__(
+        self,
+        input_size: int,
+        strides: Sequence[int],
+        ratios: Sequence[Sequence[float]],
+        basesize_ratio_range: Sequence[float] | None = None,
+        min_sizes: Sequence[float] | None = None,
+        max_sizes: Sequence[float] | None = None,
+    ):
         if min_sizes is None or max_sizes is None:
             min_sizes, max_sizes = ssd_anchor_sizes(input_size, basesize_ratio_range, len(strides))
         if not len(min_sizes) == len(max_sizes) == len(strides) == len(ratios):
-            raise ValueError("SSD anchors: strides, ratios, min_sizes and max_sizes differ in length")
+            raise ValueError(
+                "SSD anchors: strides, ratios, min_sizes and max_sizes differ in length"
+            )
         self.input_size = input_size
         self.strides = list(strides)
-        self.base_anchors = [self._base_anchors(s, lo, hi, r)
-                             for s, lo, hi, r in zip(strides, min_sizes, max_sizes, ratios)]
+        self.base_anchors = [
+            self._base_anchors(s, lo, hi, r)
+            for s, lo, hi, r in zip(strides, min_sizes, max_sizes, ratios)
+        ]
 
     @property
     def num_anchors(self) -> list[int]:
         return [len(b) for b in self.base_anchors]
 
     @staticmethod
-    def _base_anchors(stride: float, min_size: float, max_size: float,
-                      ratios: Sequence[float]) -> np.ndarray:
+    def _base_anchors(
+        stride: float, min_size: float, max_size: float, ratios: Sequence[float]
+    ) -> np.ndarray:
         """(A, 4) anchors of the cell at the origin, centred at stride/2 (float32 as torch)."""
         scales = np.array([1.0, np.sqrt(max_size / min_size)], np.float32)
         aspect = [1.0]

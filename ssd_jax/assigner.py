@@ -2,9 +2,11 @@
 
 Ground truth is padded to a fixed maximum M per image with a validity mask.
 """
+
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -14,15 +16,23 @@ from ssd_jax import box_coder, box_ops
 
 class Targets(NamedTuple):
     """Per-anchor training targets of one image (or a batch, with a leading N)."""
-    labels: jax.Array         # [A] int32; num_classes = background
+
+    labels: jax.Array  # [A] int32; num_classes = background
     label_weights: jax.Array  # [A] float32; 0 for ignored anchors
-    box_targets: jax.Array    # [A, 4] encoded deltas; zeros for non-positives
-    positive: jax.Array       # [A] bool
+    box_targets: jax.Array  # [A, 4] encoded deltas; zeros for non-positives
+    positive: jax.Array  # [A] bool
 
 
-def max_iou_assign(anchors: jax.Array, gt_boxes: jax.Array, gt_valid: jax.Array, *,
-                   pos_iou_thr: float = 0.5, neg_iou_thr: float = 0.5, min_pos_iou: float = 0.0,
-                   gt_max_assign_all: bool = False) -> jax.Array:
+def max_iou_assign(
+    anchors: jax.Array,
+    gt_boxes: jax.Array,
+    gt_valid: jax.Array,
+    *,
+    pos_iou_thr: float = 0.5,
+    neg_iou_thr: float = 0.5,
+    min_pos_iou: float = 0.0,
+    gt_max_assign_all: bool = False,
+) -> jax.Array:
     """Assigned gt per anchor [A] int32: −1 ignore, 0 negative, i+1 the i-th gt.
 
     anchors [A, 4], gt_boxes [M, 4] xyxy pixels, gt_valid [M] bool. Ties resolve as in
@@ -50,9 +60,17 @@ def max_iou_assign(anchors: jax.Array, gt_boxes: jax.Array, gt_valid: jax.Array,
     return jnp.where(gt_valid.any(), assigned, 0).astype(jnp.int32)
 
 
-def build_targets(anchors: jax.Array, gt_boxes: jax.Array, gt_labels: jax.Array,
-                  gt_valid: jax.Array, num_classes: int, *, means: Sequence[float] = (0.0,) * 4,
-                  stds: Sequence[float] = (0.1, 0.1, 0.2, 0.2), **assign_cfg) -> Targets:
+def build_targets(
+    anchors: jax.Array,
+    gt_boxes: jax.Array,
+    gt_labels: jax.Array,
+    gt_valid: jax.Array,
+    num_classes: int,
+    *,
+    means: Sequence[float] = (0.0,) * 4,
+    stds: Sequence[float] = (0.1, 0.1, 0.2, 0.2),
+    **assign_cfg,
+) -> Targets:
     """Targets for one image: anchors [A, 4], gt_boxes [M, 4], gt_labels [M], gt_valid [M]."""
     assigned = max_iou_assign(anchors, gt_boxes, gt_valid, **assign_cfg)
     positive = assigned > 0
@@ -60,7 +78,8 @@ def build_targets(anchors: jax.Array, gt_boxes: jax.Array, gt_labels: jax.Array,
     labels = jnp.where(positive, gt_labels[gt_index], num_classes).astype(jnp.int32)
     # mmdetection's bbox2delta casts anchors and boxes to float32 (``.float()``) whatever the
     # model's dtype, so regression targets are float32 values even in a float64 run.
-    deltas = box_coder.encode(anchors.astype(jnp.float32), gt_boxes[gt_index].astype(jnp.float32),
-                              means, stds).astype(anchors.dtype)
+    deltas = box_coder.encode(
+        anchors.astype(jnp.float32), gt_boxes[gt_index].astype(jnp.float32), means, stds
+    ).astype(anchors.dtype)
     box_targets = jnp.where(positive[:, None], deltas, 0.0)
     return Targets(labels, (assigned >= 0).astype(jnp.float32), box_targets, positive)

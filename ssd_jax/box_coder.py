@@ -1,7 +1,8 @@
 """DeltaXYWH box coding (mmdetection's ``DeltaXYWHBBoxCoder``), boxes xyxy in pixels."""
+
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -10,9 +11,14 @@ import numpy as np
 WH_RATIO_CLIP = 16 / 1000
 
 
-def encode(anchors: jnp.ndarray, gt: jnp.ndarray, means: Sequence[float] = (0.0, 0.0, 0.0, 0.0),
-           stds: Sequence[float] = (0.1, 0.1, 0.2, 0.2)) -> jnp.ndarray:
-    """Deltas (..., 4) = ((gx-px)/pw, (gy-py)/ph, log(gw/pw), log(gh/ph)), normalised by means/stds."""
+def encode(
+    anchors: jnp.ndarray,
+    gt: jnp.ndarray,
+    means: Sequence[float] = (0.0, 0.0, 0.0, 0.0),
+    stds: Sequence[float] = (0.1, 0.1, 0.2, 0.2),
+) -> jnp.ndarray:
+    """Deltas (..., 4) = ((gx-px)/pw, (gy-py)/ph, log(gw/pw), log(gh/ph)), normalised by
+    means/stds."""
     pw = anchors[..., 2] - anchors[..., 0]
     ph = anchors[..., 3] - anchors[..., 1]
     px = (anchors[..., 0] + anchors[..., 2]) * 0.5
@@ -25,9 +31,13 @@ def encode(anchors: jnp.ndarray, gt: jnp.ndarray, means: Sequence[float] = (0.0,
     return (deltas - jnp.asarray(means, deltas.dtype)) / jnp.asarray(stds, deltas.dtype)
 
 
-def decode(anchors: jnp.ndarray, deltas: jnp.ndarray, means: Sequence[float] = (0.0, 0.0, 0.0, 0.0),
-           stds: Sequence[float] = (0.1, 0.1, 0.2, 0.2),
-           max_shape: Optional[tuple[int, int]] = None) -> jnp.ndarray:
+def decode(
+    anchors: jnp.ndarray,
+    deltas: jnp.ndarray,
+    means: Sequence[float] = (0.0, 0.0, 0.0, 0.0),
+    stds: Sequence[float] = (0.1, 0.1, 0.2, 0.2),
+    max_shape: tuple[int, int] | None = None,
+) -> jnp.ndarray:
     """Boxes (..., 4) xyxy from anchors and deltas; dw, dh clamped; clipped to max_shape (h, w)."""
     d = deltas * jnp.asarray(stds, deltas.dtype) + jnp.asarray(means, deltas.dtype)
     pxy = (anchors[..., :2] + anchors[..., 2:]) * 0.5

@@ -1,4 +1,5 @@
 """Box geometry on xyxy boxes in pixels (jittable)."""
+
 from __future__ import annotations
 
 import jax

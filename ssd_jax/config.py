@@ -8,6 +8,7 @@ Overrides are ``key.sub=value`` (values parsed as Python literals, else kept as 
 unknown key is refused with the nearest valid keys, searched over every dotted key, every leaf
 name and common aliases (``lerning_rate`` → ``optimizer.lr``).
 """
+
 from __future__ import annotations
 
 import ast
@@ -16,7 +17,8 @@ import hashlib
 import importlib.util
 import os
 import pathlib
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import ml_collections
 
@@ -24,19 +26,34 @@ from ssd_jax.errors import ConfigError, InputFileError, UnknownConfigKeyError
 
 # Where bundled configs live: the repository's configs/ (a source checkout) or, installed with
 # pip, the package's configs/ (pyproject.toml maps the one onto the other).
-_CONFIG_DIRS = (pathlib.Path(__file__).resolve().parent / "configs",
-                pathlib.Path(__file__).resolve().parents[1] / "configs")
+_CONFIG_DIRS = (
+    pathlib.Path(__file__).resolve().parent / "configs",
+    pathlib.Path(__file__).resolve().parents[1] / "configs",
+)
 
 # Names users reach for → the key that holds it.
 ALIASES = {
-    "learning_rate": "optimizer.lr", "lr": "optimizer.lr", "base_lr": "optimizer.lr",
-    "wd": "optimizer.weight_decay", "weight_decay": "optimizer.weight_decay",
-    "momentum": "optimizer.momentum", "batch": "train.batch_size",
-    "batch_size": "train.batch_size", "samples_per_gpu": "train.per_gpu_batch",
-    "epochs": "schedule.epochs", "max_epochs": "schedule.epochs", "steps": "train.num_steps",
-    "num_steps": "train.num_steps", "iters": "train.num_steps", "img_size": "input_size",
-    "image_size": "input_size", "size": "input_size", "dtype": "precision",
-    "classes": "class_names", "score_threshold": "test.score_thr", "iou_thr": "test.nms_iou",
+    "learning_rate": "optimizer.lr",
+    "lr": "optimizer.lr",
+    "base_lr": "optimizer.lr",
+    "wd": "optimizer.weight_decay",
+    "weight_decay": "optimizer.weight_decay",
+    "momentum": "optimizer.momentum",
+    "batch": "train.batch_size",
+    "batch_size": "train.batch_size",
+    "samples_per_gpu": "train.per_gpu_batch",
+    "epochs": "schedule.epochs",
+    "max_epochs": "schedule.epochs",
+    "steps": "train.num_steps",
+    "num_steps": "train.num_steps",
+    "iters": "train.num_steps",
+    "img_size": "input_size",
+    "image_size": "input_size",
+    "size": "input_size",
+    "dtype": "precision",
+    "classes": "class_names",
+    "score_threshold": "test.score_thr",
+    "iou_thr": "test.nms_iou",
 }
 
 
@@ -62,8 +79,9 @@ def resolve_config_path(path_or_name: str | os.PathLike) -> pathlib.Path:
     raise InputFileError(f"config file not found: {path_or_name} (bundled configs: {names})")
 
 
-def load_config(path_or_name: str | os.PathLike, overrides: Iterable[str] = ()
-                ) -> ml_collections.ConfigDict:
+def load_config(
+    path_or_name: str | os.PathLike, overrides: Iterable[str] = ()
+) -> ml_collections.ConfigDict:
     """Run ``get_config()`` of a config file (or bundled config name); apply ``key=value``
     overrides (a leading ``--`` and ``config.`` are accepted)."""
     config = _run_get_config(resolve_config_path(path_or_name))
@@ -122,8 +140,10 @@ def nearest_keys(config: ml_collections.ConfigDict, key: str, n: int = 3) -> lis
         offer(target, difflib.SequenceMatcher(None, leaf, alias).ratio())
     for candidate in keys:
         offer(candidate, difflib.SequenceMatcher(None, key.lower(), candidate.lower()).ratio())
-        offer(candidate, difflib.SequenceMatcher(None, leaf,
-                                                 candidate.rsplit(".", 1)[-1].lower()).ratio())
+        offer(
+            candidate,
+            difflib.SequenceMatcher(None, leaf, candidate.rsplit(".", 1)[-1].lower()).ratio(),
+        )
     ranked = sorted((s, k) for k, s in scored.items() if s >= 0.6)
     return [k for _, k in sorted(ranked, key=lambda t: (-t[0], t[1]))[:n]]
 
@@ -159,8 +179,7 @@ def get_by_path(config: ml_collections.ConfigDict, key: str) -> Any:
 _RANGES = (
     ("input_size", lambda v: _is_int(v) and v > 0, "a positive integer"),
     ("optimizer.lr", lambda v: _is_real(v) and 0 < v < float("inf"), "> 0 and finite"),
-    ("optimizer.weight_decay", lambda v: _is_real(v) and 0 <= v < float("inf"),
-     ">= 0 and finite"),
+    ("optimizer.weight_decay", lambda v: _is_real(v) and 0 <= v < float("inf"), ">= 0 and finite"),
     ("optimizer.momentum", lambda v: _is_real(v) and 0 <= v < 1, "in [0, 1)"),
     ("train.batch_size", lambda v: _is_int(v) and v > 0, "a positive integer"),
     ("train.per_gpu_batch", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0: whole batch)"),
@@ -199,13 +218,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             problems.append(f"{key}={value!r} must be {requirement}")
     t = config.get("train", {})
     per_gpu, batch = t.get("per_gpu_batch", 0), t.get("batch_size", 0)
-    if (_is_int(per_gpu) and per_gpu > 0 and _is_int(batch) and batch > 0
-            and batch % per_gpu):
-        problems.append(f"train.batch_size={batch} is not a multiple of "
-                        f"train.per_gpu_batch={per_gpu}")
+    if _is_int(per_gpu) and per_gpu > 0 and _is_int(batch) and batch > 0 and batch % per_gpu:
+        problems.append(
+            f"train.batch_size={batch} is not a multiple of train.per_gpu_batch={per_gpu}"
+        )
     if problems:
-        raise ConfigError(f"invalid {config.get('name', 'config')} settings: "
-                          + "; ".join(problems))
+        raise ConfigError(
+            f"invalid {config.get('name', 'config')} settings: " + "; ".join(problems)
+        )
 
 
 def check_batch_divisible(batch_size: int, num_devices: int) -> None:
@@ -219,5 +239,7 @@ def check_batch_divisible(batch_size: int, num_devices: int) -> None:
         below = batch_size // num_devices * num_devices
         above = below + num_devices
         options = " or ".join(str(b) for b in (below, above) if b > 0)
-        raise ConfigError(f"train.batch_size={batch_size} is not divisible by the {num_devices} "
-                          f"devices: use a multiple of {num_devices}, e.g. {options}")
+        raise ConfigError(
+            f"train.batch_size={batch_size} is not divisible by the {num_devices} "
+            f"devices: use a multiple of {num_devices}, e.g. {options}"
+        )

@@ -4,6 +4,7 @@ The command-line tools print these as one line (``error: <first line>``) and exi
 ``--verbose`` adds the rest of the message (e.g. every mismatching checkpoint key) and the
 traceback. Anything else propagates with its traceback.
 """
+
 from __future__ import annotations
 
 

@@ -3,11 +3,12 @@
 Every image is fully decoded on read, so truncated files fail here rather than later;
 ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is deliberately left at its default (False).
 """
+
 from __future__ import annotations
 
 import errno
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -66,8 +67,10 @@ def _check_file(path: str) -> None:
 def _check_pixel_count(path: str, img: Image.Image) -> None:
     limit = Image.MAX_IMAGE_PIXELS
     if limit is not None and img.width * img.height > limit:
-        raise ImageReadError(f"{path}: {img.width}x{img.height} pixels is more than "
-                             f"PIL.Image.MAX_IMAGE_PIXELS ({limit}); a corrupt header?")
+        raise ImageReadError(
+            f"{path}: {img.width}x{img.height} pixels is more than "
+            f"PIL.Image.MAX_IMAGE_PIXELS ({limit}); a corrupt header?"
+        )
 
 
 def _to_rgb_array(img: Image.Image) -> np.ndarray:
@@ -96,7 +99,9 @@ def list_images(paths: Sequence[str | os.PathLike]) -> list[str]:
 
 
 def _images_in_dir(directory: str) -> list[str]:
-    names = sorted(n for n in os.listdir(directory)
-                   if n.lower().endswith(IMAGE_EXTENSIONS)
-                   and os.path.isfile(os.path.join(directory, n)))
+    names = sorted(
+        n
+        for n in os.listdir(directory)
+        if n.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(directory, n))
+    )
     return [os.path.join(directory, n) for n in names]

@@ -6,9 +6,10 @@ One function, used under ``jax.jit`` by ``Detector.predict`` / ``benchmark`` and
     detect = make_detect_fn(config, model, anchors)
     dets = jax.jit(detect)(variables, images_uint8, scale_factors)
 """
+
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -23,8 +24,9 @@ from ssd_jax.preprocess import normalize
 DetectFn = Callable[[dict, jax.Array, jax.Array], postprocess.Detections]
 
 
-def make_detect_fn(config: ml_collections.ConfigDict, model: SSD,
-                   anchors: Sequence[np.ndarray]) -> DetectFn:
+def make_detect_fn(
+    config: ml_collections.ConfigDict, model: SSD, anchors: Sequence[np.ndarray]
+) -> DetectFn:
     """``(variables, images, scale_factors) → Detections`` for ``config`` (not yet jitted).
 
     images: uint8 RGB [N, S, S, 3] resized to the input size; scale_factors: [N, 2] (w_scale,
@@ -36,12 +38,17 @@ def make_detect_fn(config: ml_collections.ConfigDict, model: SSD,
     settings = test_settings(config)
     level_anchors = [np.asarray(a) for a in anchors]
 
-    def detect(variables: dict, images: jax.Array, scale_factors: jax.Array
-               ) -> postprocess.Detections:
+    def detect(
+        variables: dict, images: jax.Array, scale_factors: jax.Array
+    ) -> postprocess.Detections:
         x = normalize(images, mean, std, dtype)
         cls_logits, box_deltas = model.apply(variables, x, train=False)
-        return postprocess.postprocess(cls_logits, box_deltas,
-                                       [jnp.asarray(a) for a in level_anchors],
-                                       scale_factors, **settings)
+        return postprocess.postprocess(
+            cls_logits,
+            box_deltas,
+            [jnp.asarray(a) for a in level_anchors],
+            scale_factors,
+            **settings,
+        )
 
     return detect

@@ -1,15 +1,17 @@
 """JSON files of runs: strict JSON writing (NaN and infinities as null) and ``metrics.jsonl``.
 
-    write_json("runs/x/final_metrics.json", summary)
-    last_validation("runs/x/metrics.jsonl")      # {'step': 3000, 'bbox_mAP': ...}
-    history_from_metrics("runs/x/metrics.jsonl")  # the curves' series
+write_json("runs/x/final_metrics.json", summary)
+last_validation("runs/x/metrics.jsonl")      # {'step': 3000, 'bbox_mAP': ...}
+history_from_metrics("runs/x/metrics.jsonl")  # the curves' series
 """
+
 from __future__ import annotations
 
 import json
 import math
 import os
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -55,8 +57,12 @@ def history_from_metrics(path: str | os.PathLike) -> dict[str, list]:
             loss[int(row["step"])] = float(row["loss"])
         if "val/bbox_mAP_50" in row:
             mean_ap[int(row["step"])] = float(row["val/bbox_mAP_50"])
-    return {"step": sorted(loss), "loss": [loss[s] for s in sorted(loss)],
-            "eval_step": sorted(mean_ap), "mAP": [mean_ap[s] for s in sorted(mean_ap)]}
+    return {
+        "step": sorted(loss),
+        "loss": [loss[s] for s in sorted(loss)],
+        "eval_step": sorted(mean_ap),
+        "mAP": [mean_ap[s] for s in sorted(mean_ap)],
+    }
 
 
 def last_validation(path: str | os.PathLike) -> dict[str, Any]:
@@ -65,6 +71,7 @@ def last_validation(path: str | os.PathLike) -> dict[str, Any]:
     last: dict[str, Any] = {}
     for row in metrics_rows(path):
         if any(k.startswith("val/") for k in row):
-            last = {"step": row["step"]} | {k[4:]: v for k, v in row.items()
-                                             if k.startswith("val/")}
+            last = {"step": row["step"]} | {
+                k[4:]: v for k, v in row.items() if k.startswith("val/")
+            }
     return last

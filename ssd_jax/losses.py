@@ -1,4 +1,5 @@
 """SSD's multibox loss as mmdetection's ``SSDHead.loss_by_feat``, in fixed shapes."""
+
 from __future__ import annotations
 
 import jax
@@ -15,16 +16,24 @@ def smooth_l1(diff: jax.Array, beta: float = 1.0) -> jax.Array:
     return jnp.where(d < beta, 0.5 * d * d / beta, d - 0.5 * beta)
 
 
-def hard_negative_sum(neg_losses: jax.Array, is_negative: jax.Array, num_keep: jax.Array) -> jax.Array:
+def hard_negative_sum(
+    neg_losses: jax.Array, is_negative: jax.Array, num_keep: jax.Array
+) -> jax.Array:
     """Sum of the ``num_keep`` largest losses among negatives ([A] each); a sort and a rank mask."""
     ranked = jnp.sort(jnp.where(is_negative, neg_losses, -jnp.inf))[::-1]
     keep = jnp.arange(ranked.shape[0]) < num_keep
     return jnp.sum(jnp.where(keep, ranked, 0.0))
 
 
-def multibox_loss(cls_logits: jax.Array, box_deltas: jax.Array, targets: Targets,
-                  avg_factor: jax.Array, *, neg_pos_ratio: int = 3, beta: float = 1.0
-                  ) -> tuple[jax.Array, jax.Array]:
+def multibox_loss(
+    cls_logits: jax.Array,
+    box_deltas: jax.Array,
+    targets: Targets,
+    avg_factor: jax.Array,
+    *,
+    neg_pos_ratio: int = 3,
+    beta: float = 1.0,
+) -> tuple[jax.Array, jax.Array]:
     """Per-image (loss_cls [N], loss_bbox [N]).
 
     cls_logits [N, A, C+1], box_deltas [N, A, 4], targets with a leading N. ``avg_factor`` [N]
@@ -47,7 +56,9 @@ def multibox_loss(cls_logits: jax.Array, box_deltas: jax.Array, targets: Targets
     neg_sum = jax.vmap(hard_negative_sum)(ce, negative, num_neg)
     loss_cls = (pos_sum + neg_sum) / avg_factor
     reg = smooth_l1(box_deltas.astype(acc) - targets.box_targets.astype(acc), beta)
-    loss_bbox = jnp.sum(jnp.where(positive[..., None], reg, 0.0), axis=(-2, -1)) / (avg_factor + _EPS)
+    loss_bbox = jnp.sum(jnp.where(positive[..., None], reg, 0.0), axis=(-2, -1)) / (
+        avg_factor + _EPS
+    )
     return loss_cls, loss_bbox
 
 

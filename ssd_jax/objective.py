@@ -6,9 +6,10 @@ DDP then averages the gradients over GPUs. Here a batch is split into groups of
 ``train.per_gpu_batch`` images that play those GPUs, whatever the device count; 0 means one group
 of the whole (global) batch (SyncBN, one ``avg_factor``).
 """
+
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,21 +24,23 @@ from ssd_jax.models.layers import BatchStats
 
 
 class LossOutput(NamedTuple):
-    loss_cls: jax.Array     # [N] per image, each divided by its group's avg_factor
-    loss_bbox: jax.Array    # [N] per image
-    avg_factor: jax.Array   # [N] each image's group's avg_factor (see group_positives)
-    batch_stats: Any        # updated BatchNorm statistics (train mode), else the input's
+    loss_cls: jax.Array  # [N] per image, each divided by its group's avg_factor
+    loss_bbox: jax.Array  # [N] per image
+    avg_factor: jax.Array  # [N] each image's group's avg_factor (see group_positives)
+    batch_stats: Any  # updated BatchNorm statistics (train mode), else the input's
 
 
 class Grouping(NamedTuple):
     """How this device's images form "GPUs" (see ``grouping``)."""
-    batch_stats: BatchStats                          # for the model's BatchNorm
-    group_size: int                                  # local images per group; 0: all local
-    axis_index_groups: Optional[tuple[tuple[int, ...], ...]]  # devices per group, or None
+
+    batch_stats: BatchStats  # for the model's BatchNorm
+    group_size: int  # local images per group; 0: all local
+    axis_index_groups: tuple[tuple[int, ...], ...] | None  # devices per group, or None
 
 
-def grouping(per_gpu_batch: int, local_batch: int, num_devices: int,
-             axis_name: Optional[str]) -> Grouping:
+def grouping(
+    per_gpu_batch: int, local_batch: int, num_devices: int, axis_name: str | None
+) -> Grouping:
     """The groups for ``per_gpu_batch`` images per "GPU" with ``local_batch`` images on each of
     ``num_devices`` devices (pmap axis ``axis_name``; None outside pmap).
 
@@ -57,30 +60,51 @@ def grouping(per_gpu_batch: int, local_batch: int, num_devices: int,
     raise ConfigError(
         f"train.per_gpu_batch={per_gpu_batch} does not fit {num_devices} device(s) with "
         f"{local_batch} image(s) each: it must divide the per-device batch, or be a multiple of "
-        "it that divides the global batch")
+        "it that divides the global batch"
+    )
 
 
 def target_settings(config: ml_collections.ConfigDict) -> dict:
     """Keyword arguments of ``build_targets`` from a config (train_cfg + bbox_coder)."""
     t = config.train
-    return dict(num_classes=config.model.num_classes, pos_iou_thr=t.pos_iou_thr,
-                neg_iou_thr=t.neg_iou_thr, min_pos_iou=t.min_pos_iou,
-                gt_max_assign_all=t.gt_max_assign_all,
-                means=tuple(config.model.box_coder.means), stds=tuple(config.model.box_coder.stds))
+    return dict(
+        num_classes=config.model.num_classes,
+        pos_iou_thr=t.pos_iou_thr,
+        neg_iou_thr=t.neg_iou_thr,
+        min_pos_iou=t.min_pos_iou,
+        gt_max_assign_all=t.gt_max_assign_all,
+        means=tuple(config.model.box_coder.means),
+        stds=tuple(config.model.box_coder.stds),
+    )
 
 
 def loss_settings(config: ml_collections.ConfigDict) -> dict:
     """Keyword arguments of ``ssd_loss`` from a config (everything but the grouping)."""
     t = config.train
-    return dict(target_cfg=target_settings(config), neg_pos_ratio=t.neg_pos_ratio,
-                smoothl1_beta=t.smoothl1_beta)
+    return dict(
+        target_cfg=target_settings(config),
+        neg_pos_ratio=t.neg_pos_ratio,
+        smoothl1_beta=t.smoothl1_beta,
+    )
 
 
-def ssd_loss(model: SSD, variables: dict, images: jax.Array, gt_boxes: jax.Array,
-             gt_labels: jax.Array, gt_valid: jax.Array, anchors: jax.Array, *, train: bool,
-             target_cfg: dict, neg_pos_ratio: int = 3, smoothl1_beta: float = 1.0,
-             group_size: int = 0, axis_name: Optional[str] = None,
-             axis_index_groups: Optional[tuple[tuple[int, ...], ...]] = None) -> LossOutput:
+def ssd_loss(
+    model: SSD,
+    variables: dict,
+    images: jax.Array,
+    gt_boxes: jax.Array,
+    gt_labels: jax.Array,
+    gt_valid: jax.Array,
+    anchors: jax.Array,
+    *,
+    train: bool,
+    target_cfg: dict,
+    neg_pos_ratio: int = 3,
+    smoothl1_beta: float = 1.0,
+    group_size: int = 0,
+    axis_name: str | None = None,
+    axis_index_groups: tuple[tuple[int, ...], ...] | None = None,
+) -> LossOutput:
     """Per-image losses of a batch, each divided by the positives of its group of images.
 
     images [N, S, S, 3] normalised float; gt_boxes [N, M, 4] xyxy input pixels; gt_labels [N, M];
@@ -90,26 +114,34 @@ def ssd_loss(model: SSD, variables: dict, images: jax.Array, gt_boxes: jax.Array
     in BatchNorm (grouped as the model was built).
     """
     if train and variables.get("batch_stats"):
-        (cls_out, box_out), updates = model.apply(variables, images, train=True,
-                                                  mutable=["batch_stats"])
+        (cls_out, box_out), updates = model.apply(
+            variables, images, train=True, mutable=["batch_stats"]
+        )
         batch_stats = updates["batch_stats"]
     else:
         cls_out, box_out = model.apply(variables, images, train=train)
         batch_stats = variables.get("batch_stats", {})
     num_classes = target_cfg["num_classes"]
     cls_logits = losses.flatten_levels(cls_out, num_classes + 1)  # [N, A, C+1]
-    box_deltas = losses.flatten_levels(box_out, 4)                # [N, A, 4]
+    box_deltas = losses.flatten_levels(box_out, 4)  # [N, A, 4]
     targets = jax.vmap(lambda b, l, v: build_targets(anchors, b, l, v, **target_cfg))(
-        gt_boxes, gt_labels, gt_valid)
-    avg_factor = group_positives(targets.positive.sum(axis=-1), group_size, axis_name,
-                                 axis_index_groups)
-    loss_cls, loss_bbox = losses.multibox_loss(cls_logits, box_deltas, targets, avg_factor,
-                                               neg_pos_ratio=neg_pos_ratio, beta=smoothl1_beta)
+        gt_boxes, gt_labels, gt_valid
+    )
+    avg_factor = group_positives(
+        targets.positive.sum(axis=-1), group_size, axis_name, axis_index_groups
+    )
+    loss_cls, loss_bbox = losses.multibox_loss(
+        cls_logits, box_deltas, targets, avg_factor, neg_pos_ratio=neg_pos_ratio, beta=smoothl1_beta
+    )
     return LossOutput(loss_cls, loss_bbox, avg_factor, batch_stats)
 
 
-def group_positives(num_pos: jax.Array, group_size: int = 0, axis_name: Optional[str] = None,
-                    axis_index_groups: Optional[tuple[tuple[int, ...], ...]] = None) -> jax.Array:
+def group_positives(
+    num_pos: jax.Array,
+    group_size: int = 0,
+    axis_name: str | None = None,
+    axis_index_groups: tuple[tuple[int, ...], ...] | None = None,
+) -> jax.Array:
     """Per image [N], its group's ``avg_factor``: the sum over the group's images of their
     positive anchors, each image counted as at least 1 (mmdetection's ``SamplingResult.num_pos``
     is ``max(#positives, 1)``, summed over one GPU's images). ``num_pos`` [N] per image; groups as
@@ -125,8 +157,9 @@ def group_positives(num_pos: jax.Array, group_size: int = 0, axis_name: Optional
     return jnp.full(num_pos.shape, total)
 
 
-def pad_ground_truth(boxes: list, labels: list, max_boxes: Optional[int] = None,
-                     dtype: Any = np.float32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pad_ground_truth(
+    boxes: list, labels: list, max_boxes: int | None = None, dtype: Any = np.float32
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Lists of (n_i, 4) boxes and (n_i,) labels → padded [N, M, 4] (``dtype``), [N, M] int32,
     valid [N, M] bool."""
     m = max_boxes or max(1, max(len(b) for b in boxes))

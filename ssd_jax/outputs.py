@@ -1,12 +1,13 @@
 """Output files never replace inputs or earlier outputs unless the user says ``--overwrite``.
 
-    check_outputs("out/", ["metrics.json"], overwrite=False, inputs=["model.pth"])
-    check_output_path("ckpt/ssd300", overwrite=False)        # a file or folder to be created
+check_outputs("out/", ["metrics.json"], overwrite=False, inputs=["model.pth"])
+check_output_path("ckpt/ssd300", overwrite=False)        # a file or folder to be created
 """
+
 from __future__ import annotations
 
 import os
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from ssd_jax.errors import OutputExistsError
 
@@ -18,8 +19,13 @@ def _same(a: str, b: str) -> bool:
         return os.path.abspath(a) == os.path.abspath(b)
 
 
-def check_outputs(out_dir: str | os.PathLike, names: Sequence[str], *, overwrite: bool,
-                  inputs: Iterable[str | os.PathLike] = ()) -> None:
+def check_outputs(
+    out_dir: str | os.PathLike,
+    names: Sequence[str],
+    *,
+    overwrite: bool,
+    inputs: Iterable[str | os.PathLike] = (),
+) -> None:
     """Refuse (OutputExistsError, one line) to write ``out_dir/<name>`` for any ``name`` that
     exists — an earlier output, or one of ``inputs`` — unless ``overwrite``."""
     if overwrite:
@@ -30,10 +36,14 @@ def check_outputs(out_dir: str | os.PathLike, names: Sequence[str], *, overwrite
         if not os.path.lexists(path):
             continue
         if any(_same(path, p) for p in inputs if os.path.exists(p)):
-            raise OutputExistsError(f"{path} is an input and would be replaced by an output; "
-                                    "choose another --out (or --overwrite)")
-        raise OutputExistsError(f"{path} exists (an earlier output?); choose another --out or "
-                                "pass --overwrite to replace it")
+            raise OutputExistsError(
+                f"{path} is an input and would be replaced by an output; "
+                "choose another --out (or --overwrite)"
+            )
+        raise OutputExistsError(
+            f"{path} exists (an earlier output?); choose another --out or "
+            "pass --overwrite to replace it"
+        )
 
 
 def check_output_path(path: str | os.PathLike, *, overwrite: bool) -> None:
@@ -44,5 +54,6 @@ def check_output_path(path: str | os.PathLike, *, overwrite: bool) -> None:
         return
     if os.path.isdir(path) and not os.listdir(path):
         return
-    raise OutputExistsError(f"{path} exists and is not empty; choose another output or pass "
-                            "--overwrite to replace it")
+    raise OutputExistsError(
+        f"{path} exists and is not empty; choose another output or pass --overwrite to replace it"
+    )

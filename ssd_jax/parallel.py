@@ -1,9 +1,10 @@
 """Data parallelism over local devices: the pmap axis, replicated state and sharded batches.
 
-    state = replicate(state)                  # a copy per local device, leading axis D
-    batch = shard_batch(batch, num_devices)   # [B, ...] → [D, B/D, ...]
-    host = unreplicate(state)                 # the first device's copy, on the host
+state = replicate(state)                  # a copy per local device, leading axis D
+batch = shard_batch(batch, num_devices)   # [B, ...] → [D, B/D, ...]
+host = unreplicate(state)                 # the first device's copy, on the host
 """
+
 from __future__ import annotations
 
 import os
@@ -30,16 +31,21 @@ def unreplicate(tree: Any) -> Any:
 
 def shard_batch(batch: dict[str, Any], num_devices: int) -> dict[str, Any]:
     """[B, ...] host arrays → [D, B/D, ...] for pmap."""
+
     def split(x):
         if x.shape[0] % num_devices:
-            raise ValueError(f"per-process batch {x.shape[0]} is not divisible by the "
-                             f"{num_devices} local devices")
+            raise ValueError(
+                f"per-process batch {x.shape[0]} is not divisible by the "
+                f"{num_devices} local devices"
+            )
         return x.reshape((num_devices, x.shape[0] // num_devices) + x.shape[1:])
+
     return jax.tree.map(split, batch)
 
 
-def maybe_initialize_distributed(coordinator: str = "", num_processes: int = 0,
-                                 process_id: int = -1) -> None:
+def maybe_initialize_distributed(
+    coordinator: str = "", num_processes: int = 0, process_id: int = -1
+) -> None:
     """``jax.distributed.initialize`` when launched as several processes.
 
     Explicit arguments (a coordinator address), or what JAX detects itself: SLURM, TPU pods,
@@ -47,6 +53,11 @@ def maybe_initialize_distributed(coordinator: str = "", num_processes: int = 0,
     """
     if coordinator:
         jax.distributed.initialize(coordinator, num_processes, process_id)
-    elif any(k in os.environ for k in ("SLURM_NTASKS", "TPU_WORKER_HOSTNAMES", "OMPI_COMM_WORLD_SIZE")) \
-            and int(os.environ.get("SLURM_NTASKS", "2")) > 1:
+    elif (
+        any(
+            k in os.environ
+            for k in ("SLURM_NTASKS", "TPU_WORKER_HOSTNAMES", "OMPI_COMM_WORLD_SIZE")
+        )
+        and int(os.environ.get("SLURM_NTASKS", "2")) > 1
+    ):
         jax.distributed.initialize()

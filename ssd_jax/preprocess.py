@@ -4,9 +4,11 @@ Resize to the square input without keeping the aspect ratio (cv2 bilinear, as ``
 on the host; ``(x - mean) / std`` on RGB, by ``normalize``, the one normalisation of the project
 (NumPy arrays on the host, JAX arrays on the device: the train step, every detect path).
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -27,8 +29,9 @@ def resize_batch(images: Sequence[np.ndarray], size: int) -> tuple[np.ndarray, n
     return np.stack(resized), np.stack(scales)
 
 
-def normalize(images: Any, mean: Sequence[float], std: Sequence[float],
-              dtype: Any = np.float32) -> Any:
+def normalize(
+    images: Any, mean: Sequence[float], std: Sequence[float], dtype: Any = np.float32
+) -> Any:
     """(..., 3) uint8/float RGB → ``(x - mean) / std`` in ``dtype`` (float32; float64 for fp64).
 
     mean and std are float32 constants whatever ``dtype``, as mmdetection's data preprocessor
@@ -41,8 +44,9 @@ def normalize(images: Any, mean: Sequence[float], std: Sequence[float],
     return (images.astype(dtype) - mean) / std
 
 
-def preprocess_batch(images: Sequence[np.ndarray], size: int, mean: Sequence[float],
-                     std: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+def preprocess_batch(
+    images: Sequence[np.ndarray], size: int, mean: Sequence[float], std: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray]:
     """Images of any sizes → normalised (N, size, size, 3) float32 and (N, 2) scale factors."""
     resized, scales = resize_batch(images, size)
     return normalize(resized, mean, std), scales

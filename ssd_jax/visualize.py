@@ -5,21 +5,39 @@ curves (matplotlib, imported when used).
     write_val_detections(Detector(config, variables), val_source, "runs/shapes/val_detections")
     write_curves(history_from_metrics("runs/shapes/metrics.jsonl"), "runs/shapes/curves.png")
 """
+
 from __future__ import annotations
 
 import math
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 # One RGB colour per class, cycled by label index (matplotlib's tab20 order).
 PALETTE = (
-    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
-    (174, 199, 232), (255, 187, 120), (152, 223, 138), (255, 152, 150), (197, 176, 213),
-    (196, 156, 148), (247, 182, 210), (199, 199, 199), (219, 219, 141), (158, 218, 229),
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+    (174, 199, 232),
+    (255, 187, 120),
+    (152, 223, 138),
+    (255, 152, 150),
+    (197, 176, 213),
+    (196, 156, 148),
+    (247, 182, 210),
+    (199, 199, 199),
+    (219, 219, 141),
+    (158, 218, 229),
 )
 
 
@@ -28,8 +46,14 @@ def class_color(label: int) -> tuple[int, int, int]:
     return PALETTE[int(label) % len(PALETTE)]
 
 
-def draw_detections(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
-                    class_names: Sequence[str], score_thr: float = 0.3) -> np.ndarray:
+def draw_detections(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str],
+    score_thr: float = 0.3,
+) -> np.ndarray:
     """A copy of ``image`` with the detections scoring above ``score_thr`` drawn on it.
 
     image: uint8 RGB (H, W, 3), not modified. boxes: (K, 4) xyxy in the image's pixels;
@@ -45,8 +69,9 @@ def draw_detections(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, la
     scores = np.asarray(scores, np.float64).reshape(-1)
     labels = np.asarray(labels).reshape(-1)
     if not len(boxes) == len(scores) == len(labels):
-        raise ValueError(f"boxes, scores and labels differ in length: "
-                         f"{len(boxes)}, {len(scores)}, {len(labels)}")
+        raise ValueError(
+            f"boxes, scores and labels differ in length: {len(boxes)}, {len(scores)}, {len(labels)}"
+        )
     canvas = Image.fromarray(image.copy(), "RGB")
     draw = ImageDraw.Draw(canvas)
     height, width = image.shape[:2]
@@ -60,23 +85,29 @@ def draw_detections(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, la
     captions = [f"{_class_name(class_names, labels[i])} {scores[i]:.2f}" for i in order]
     extents = [draw.textbbox((0, 0), c, font=font) for c in captions]
     sizes = [(r - l + 2, b - t + 2) for l, t, r, b in extents]  # 1 px padding either side
-    for i, caption, (l, t, _, _), tag in zip(order, captions, extents,
-                                             place_tags(clipped, sizes, width, height)):
+    for i, caption, (l, t, _, _), tag in zip(
+        order, captions, extents, place_tags(clipped, sizes, width, height)
+    ):
         if tag is None:
             continue
         color = class_color(labels[i])
         draw.rectangle(tag, fill=color)
         luminance = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
-        draw.text((tag[0] + 1 - l, tag[1] + 1 - t), caption,
-                  fill=(0, 0, 0) if luminance > 140 else (255, 255, 255), font=font)
+        draw.text(
+            (tag[0] + 1 - l, tag[1] + 1 - t),
+            caption,
+            fill=(0, 0, 0) if luminance > 140 else (255, 255, 255),
+            font=font,
+        )
     return np.asarray(canvas, dtype=np.uint8).copy()
 
 
 Rect = tuple[float, float, float, float]
 
 
-def place_tags(boxes: Sequence[Rect], sizes: Sequence[tuple[float, float]], width: int,
-               height: int) -> list[Rect | None]:
+def place_tags(
+    boxes: Sequence[Rect], sizes: Sequence[tuple[float, float]], width: int, height: int
+) -> list[Rect | None]:
     """Where each box's tag goes (xyxy pixels), or None: tags never overlap one another.
 
     In order (the first boxes choose first), a tag of ``sizes[k]`` (w, h) takes the first free
@@ -87,7 +118,7 @@ def place_tags(boxes: Sequence[Rect], sizes: Sequence[tuple[float, float]], widt
     """
     placed: list[Rect] = []
     out: list[Rect | None] = []
-    for (x1, y1, x2, y2), (w, h) in zip(boxes, sizes):
+    for (x1, y1, _, y2), (w, h) in zip(boxes, sizes):
         x = max(0.0, min(x1, width - w))
         candidates = [y1 - h, y1, y2, y2 - h] + [y2 + k * h for k in range(1, 8)]
         spot = None
@@ -118,8 +149,15 @@ def _clip_box(box: np.ndarray, width: int, height: int) -> tuple[float, float, f
     return float(x1), float(y1), float(x2), float(y2)
 
 
-def write_val_detections(detector: Any, source: Any, out_dir: str | os.PathLike, n: int = 8, *,
-                         score_thr: float = 0.3, min_side: int = 384) -> list[str]:
+def write_val_detections(
+    detector: Any,
+    source: Any,
+    out_dir: str | os.PathLike,
+    n: int = 8,
+    *,
+    score_thr: float = 0.3,
+    min_side: int = 384,
+) -> list[str]:
     """PNGs of the first ``n`` images of ``source`` with ``detector``'s detections drawn.
 
     detector: an ``ssd_jax.Detector`` (e.g. ``Detector(config, variables)`` or
@@ -141,8 +179,14 @@ def write_val_detections(detector: Any, source: Any, out_dir: str | os.PathLike,
     for record, image, result in zip(records, images, results):
         factor = max(1, math.ceil(min_side / min(image.shape[:2])))
         big = _enlarge(image, factor)
-        drawn = draw_detections(big, np.asarray(result["boxes"]) * factor, result["scores"],
-                                result["labels"], detector.class_names, score_thr=score_thr)
+        drawn = draw_detections(
+            big,
+            np.asarray(result["boxes"]) * factor,
+            result["scores"],
+            result["labels"],
+            detector.class_names,
+            score_thr=score_thr,
+        )
         path = os.path.join(out_dir, f"{int(record['image_id']):06d}.png")
         Image.fromarray(drawn).save(path)
         paths.append(path)
@@ -163,6 +207,7 @@ def write_curves(history: dict, path: str) -> None:
     loop keeps it; empty lists give empty axes.
     """
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

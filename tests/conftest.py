@@ -1,4 +1,5 @@
 """Shared test setup: fixture discovery and Detectors built once per session."""
+
 from __future__ import annotations
 
 import importlib
@@ -66,14 +67,18 @@ def load_detector(name: str, precision: str = "fp32"):
     key = ("det", name, precision)
     if key not in _CACHE:
         from ssd_jax import Detector
-        _CACHE[key] = Detector.from_checkpoint(FIXTURE_CONFIGS[name],
-                                               fixture_dir(name) / "checkpoint.pth.xz",
-                                               overrides=[f"precision={precision!r}"])
+
+        _CACHE[key] = Detector.from_checkpoint(
+            FIXTURE_CONFIGS[name],
+            fixture_dir(name) / "checkpoint.pth.xz",
+            overrides=[f"precision={precision!r}"],
+        )
     return _CACHE[key]
 
 
 def load_meta(name: str) -> dict:
     import json
+
     return json.loads((fixture_dir(name) / "meta.json").read_text())
 
 
@@ -82,6 +87,7 @@ def load_state_dict(name: str) -> dict[str, np.ndarray]:
     key = ("sd", name)
     if key not in _CACHE:
         from ssd_jax.porting import read_state_dict
+
         _CACHE[key] = read_state_dict(fixture_dir(name) / "checkpoint.pth.xz")[0]
     return _CACHE[key]
 

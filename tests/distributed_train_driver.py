@@ -3,6 +3,7 @@ train steps via ``train_and_evaluate``, final parameters saved to ``OUT/params_<
 
     python tests/distributed_train_driver.py PORT NUM_PROCESSES PROCESS_ID DATA_DIR WORKDIR OUT
 """
+
 import os
 import sys
 
@@ -16,16 +17,28 @@ def main() -> None:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     from ssd_jax.cli.common import setup_logging
     from ssd_jax.parallel import maybe_initialize_distributed
+
     setup_logging()
     maybe_initialize_distributed(f"localhost:{port}", int(n), int(pid))
     assert jax.process_count() == int(n)
     from ssd_jax.config import load_config
     from ssd_jax.training.loop import train_and_evaluate
+
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    config = load_config(os.path.join(root, "configs", "ssdlite_shapes.py"), [
-        f"data.ann_file={data}/annotations/instances_train.json", f"data.img_dir={data}/train",
-        "data.val_ann_file=", "data.workers=0", "input_size=96", "train.batch_size=4",
-        "train.num_steps=3", "train.log_every=1", "train.ckpt_every=100"])
+    config = load_config(
+        os.path.join(root, "configs", "ssdlite_shapes.py"),
+        [
+            f"data.ann_file={data}/annotations/instances_train.json",
+            f"data.img_dir={data}/train",
+            "data.val_ann_file=",
+            "data.workers=0",
+            "input_size=96",
+            "train.batch_size=4",
+            "train.num_steps=3",
+            "train.log_every=1",
+            "train.ckpt_every=100",
+        ],
+    )
     result = train_and_evaluate(config, workdir)
     flat = traverse_util.flatten_dict(result["variables"], sep="/")
     np.savez(os.path.join(out, f"params_{pid}.npz"), **{k: np.asarray(v) for k, v in flat.items()})

@@ -9,6 +9,7 @@ group's avg_factor), gradients averaged over groups (DDP), one SGD step. Compare
 train step on 1 device (all groups on it) and on 2 devices (P=2: a group per device; P=4: a group
 spanning both devices).
 """
+
 import json
 import os
 import pathlib
@@ -34,8 +35,18 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def tree_max_diff(a, b) -> float:
-    return max(jax.tree.leaves(jax.tree.map(lambda x, y: float(np.abs(
-        np.asarray(x, np.float64) - np.asarray(y, np.float64)).max()), a, b)), default=0.0)
+    return max(
+        jax.tree.leaves(
+            jax.tree.map(
+                lambda x, y: float(
+                    np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)).max()
+                ),
+                a,
+                b,
+            )
+        ),
+        default=0.0,
+    )
 
 
 def reference_step(config, state, tx, batch, anchors, per_gpu):
@@ -49,23 +60,35 @@ def reference_step(config, state, tx, batch, anchors, per_gpu):
     def group_grad(params, images, boxes, labels, valid):
         def loss_fn(params):
             out = objective.ssd_loss(
-                model, {"params": params, "batch_stats": state.batch_stats}, images, boxes,
-                labels, valid, jnp.asarray(anchors), train=True, **objective.loss_settings(config))
+                model,
+                {"params": params, "batch_stats": state.batch_stats},
+                images,
+                boxes,
+                labels,
+                valid,
+                jnp.asarray(anchors),
+                train=True,
+                **objective.loss_settings(config),
+            )
             return out.loss_cls.sum() + out.loss_bbox.sum(), out
+
         return jax.value_and_grad(loss_fn, has_aux=True)(params)
 
     for g in range(n // per_gpu):
         part = slice(g * per_gpu, (g + 1) * per_gpu)
-        (loss, out), grad = group_grad(state.params, images[part],
-                                       batch["boxes"][part].astype(np.float64),
-                                       batch["labels"][part], batch["valid"][part])
+        (loss, out), grad = group_grad(
+            state.params,
+            images[part],
+            batch["boxes"][part].astype(np.float64),
+            batch["labels"][part],
+            batch["valid"][part],
+        )
         grads.append(grad)
         stats.append(out.batch_stats)
         losses.append(float(loss))
     mean = lambda trees: jax.tree.map(lambda *xs: sum(xs) / len(xs), *trees)  # noqa: E731
     updates, _ = tx.update(mean(grads), state.opt_state, state.params)
-    return (optax.apply_updates(state.params, updates), mean(stats), float(np.mean(losses)),
-            losses)
+    return (optax.apply_updates(state.params, updates), mean(stats), float(np.mean(losses)), losses)
 
 
 _STEPS: dict = {}
@@ -76,14 +99,17 @@ def pmapped_step(config, state, tx, batch, anchors, per_gpu, devices):
     if (per_gpu, devices) not in _STEPS:
         config = config.copy_and_resolve_references()
         config.train.per_gpu_batch = per_gpu
-        _STEPS[per_gpu, devices] = make_p_train_step(config, tx, anchors, n,
-                                                     devices=jax.local_devices()[:devices])
+        _STEPS[per_gpu, devices] = make_p_train_step(
+            config, tx, anchors, n, devices=jax.local_devices()[:devices]
+        )
     p_step = _STEPS[per_gpu, devices]
-    rep = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x)[None], (devices,) + np.shape(x)),
-                       state)
+    rep = jax.tree.map(
+        lambda x: np.broadcast_to(np.asarray(x)[None], (devices,) + np.shape(x)), state
+    )
     new, metrics = p_step(rep, shard_batch(batch, devices))
-    replica_diff = tree_max_diff(jax.tree.map(lambda a: a[0], new),
-                                 jax.tree.map(lambda a: a[-1], new))
+    replica_diff = tree_max_diff(
+        jax.tree.map(lambda a: a[0], new), jax.tree.map(lambda a: a[-1], new)
+    )
     host = jax.tree.map(lambda a: np.asarray(a[0]), new)
     return host, float(np.asarray(metrics["loss"])[0]), replica_diff, metrics
 
@@ -92,12 +118,19 @@ def main() -> None:
     assert jax.config.jax_enable_x64
     # A small SSDLite (BatchNorm in backbone, neck and head) at 32 px: the semantics under test
     # do not depend on depth, and compiling float64 train steps is most of this check's time.
-    config = load_config(REPO / "configs" / "ssdlite_shapes.py", [
-        "input_size=32", "precision='fp64'", "model.backbone.out_indices=(1, 2)",
-        "model.neck.in_channels=(24, 32)", "model.neck.out_channels=(24, 32, 32, 16, 16, 16)",
-        "model.anchors.strides=(4, 8, 16, 32, 32, 32)",
-        "model.anchors.min_sizes=(6, 9, 12, 16, 20, 24)",
-        "model.anchors.max_sizes=(9, 12, 16, 20, 24, 32)"])
+    config = load_config(
+        REPO / "configs" / "ssdlite_shapes.py",
+        [
+            "input_size=32",
+            "precision='fp64'",
+            "model.backbone.out_indices=(1, 2)",
+            "model.neck.in_channels=(24, 32)",
+            "model.neck.out_channels=(24, 32, 32, 16, 16, 16)",
+            "model.anchors.strides=(4, 8, 16, 32, 32, 32)",
+            "model.anchors.min_sizes=(6, 9, 12, 16, 20, 24)",
+            "model.anchors.max_sizes=(9, 12, 16, 20, 24, 32)",
+        ],
+    )
     config.optimizer.lr, config.optimizer.base_batch_size = 0.2, 4
     config.schedule.warmup_iters = 0
     model = model_for(config)
@@ -108,23 +141,28 @@ def main() -> None:
     n, m = 4, 3
     xy = rng.uniform(0, 20, (n, m, 2))
     wh = rng.uniform(4, 12, (n, m, 2))
-    batch = {"image": rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8),
-             "boxes": np.concatenate([xy, xy + wh], -1).astype(np.float32),
-             "labels": rng.integers(0, 4, (n, m)).astype(np.int32),
-             "valid": np.array([[1, 1, 1], [1, 0, 0], [1, 1, 0], [0, 0, 0]], bool)}
+    batch = {
+        "image": rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8),
+        "boxes": np.concatenate([xy, xy + wh], -1).astype(np.float32),
+        "labels": rng.integers(0, 4, (n, m)).astype(np.int32),
+        "valid": np.array([[1, 1, 1], [1, 0, 0], [1, 1, 0], [0, 0, 0]], bool),
+    }
     report = {"devices": jax.local_device_count()}
     reference = {p: reference_step(config, state, tx, batch, anchors, p) for p in (2, 4)}
     for per_gpu in (2, 4):
         params, stats, loss, group_losses = reference[per_gpu]
         row = {"reference_loss": loss, "group_losses": group_losses}
-        for devices in ((1, 2) if per_gpu == 2 else (2,)):  # P=4 on 1 device: P=0's path
-            new, step_loss, replicas, _ = pmapped_step(config, state, tx, batch, anchors,
-                                                       per_gpu, devices)
+        for devices in (1, 2) if per_gpu == 2 else (2,):  # P=4 on 1 device: P=0's path
+            new, step_loss, replicas, _ = pmapped_step(
+                config, state, tx, batch, anchors, per_gpu, devices
+            )
             row[f"d{devices}"] = {
                 "params": tree_max_diff(new.params, params),
                 "batch_stats": tree_max_diff(new.batch_stats, stats),
-                "loss": abs(step_loss - loss) / loss, "replica_diff": replicas,
-                "moved": tree_max_diff(new.params, state.params)}
+                "loss": abs(step_loss - loss) / loss,
+                "replica_diff": replicas,
+                "moved": tree_max_diff(new.params, state.params),
+            }
         report[f"per_gpu_{per_gpu}"] = row
     # per_gpu_batch 0 (SyncBN, one avg_factor) is one group of the whole batch: the same as P=4.
     new0, _, _, _ = pmapped_step(config, state, tx, batch, anchors, 0, 2)
@@ -135,10 +173,15 @@ def main() -> None:
     bad = state.replace(params=jax.tree.map(lambda a: np.full_like(a, np.nan), state.params))
     after, _, _, metrics = pmapped_step(config, bad, tx, batch, anchors, 2, 2)
     report["nonfinite"] = {
-        "finite": bool(np.asarray(metrics["finite"])[0]), "in_row": int(after.nonfinite_in_row),
-        "total": int(after.nonfinite_total), "step": int(after.step),
-        "opt_state_kept": all(np.array_equal(a, b, equal_nan=True) for a, b in zip(
-            jax.tree.leaves(after.opt_state), jax.tree.leaves(bad.opt_state)))}
+        "finite": bool(np.asarray(metrics["finite"])[0]),
+        "in_row": int(after.nonfinite_in_row),
+        "total": int(after.nonfinite_total),
+        "step": int(after.step),
+        "opt_state_kept": all(
+            np.array_equal(a, b, equal_nan=True)
+            for a, b in zip(jax.tree.leaves(after.opt_state), jax.tree.leaves(bad.opt_state))
+        ),
+    }
     print(json.dumps(report))
 
 

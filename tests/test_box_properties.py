@@ -1,4 +1,5 @@
 """Properties of the box maths (hypothesis) not covered in test_models / test_data_transforms."""
+
 from __future__ import annotations
 
 import pathlib
@@ -43,16 +44,30 @@ _assign = jax.jit(max_iou_assign, static_argnames=("gt_max_assign_all",))
 
 
 @settings(max_examples=40, deadline=None)
-@given(boxes_in(NUM_ANCHORS), boxes_in(NUM_GTS), st.lists(st.booleans(), min_size=NUM_GTS,
-                                                          max_size=NUM_GTS), st.booleans())
+@given(
+    boxes_in(NUM_ANCHORS),
+    boxes_in(NUM_GTS),
+    st.lists(st.booleans(), min_size=NUM_GTS, max_size=NUM_GTS),
+    st.booleans(),
+)
 def test_every_valid_ground_truth_gets_an_anchor_unless_a_later_one_takes_it(
-        anchors, gts, valid, assign_all):
+    anchors, gts, valid, assign_all
+):
     """min_pos_iou = 0 (SSD): each valid gt claims its best anchor(s), a later gt with the same
     best anchor overwriting (mmdetection's order). So a gt ends with no anchor only when every
     one of its best anchors went to a later gt; no invalid gt is ever assigned."""
     valid = np.asarray(valid)
-    assigned = np.asarray(_assign(anchors, gts, valid, pos_iou_thr=0.5, neg_iou_thr=0.5,
-                                  min_pos_iou=0.0, gt_max_assign_all=assign_all))
+    assigned = np.asarray(
+        _assign(
+            anchors,
+            gts,
+            valid,
+            pos_iou_thr=0.5,
+            neg_iou_thr=0.5,
+            min_pos_iou=0.0,
+            gt_max_assign_all=assign_all,
+        )
+    )
     assert assigned.min() >= -1 and assigned.max() <= NUM_GTS
     if not valid.any():
         assert (assigned == 0).all()
@@ -60,8 +75,10 @@ def test_every_valid_ground_truth_gets_an_anchor_unless_a_later_one_takes_it(
     gt_of = assigned - 1
     assert set(gt_of[assigned > 0].tolist()) <= set(np.flatnonzero(valid).tolist())
     iou = np.asarray(pairwise_iou(gts, anchors))  # (M, A)
-    best = [set(np.flatnonzero(iou[i] == iou[i].max())) if assign_all
-            else {int(iou[i].argmax())} for i in range(NUM_GTS)]
+    best = [
+        set(np.flatnonzero(iou[i] == iou[i].max())) if assign_all else {int(iou[i].argmax())}
+        for i in range(NUM_GTS)
+    ]
     for i in np.flatnonzero(valid):
         if (gt_of == i).any():
             continue
@@ -100,8 +117,9 @@ def test_boxes_crossing_the_border_end_inside_the_input_square(cfg, case):
         h, w = crop.image.shape[:2]
         assert (crop.boxes >= 0).all() and (crop.boxes[:, 0::2] <= w).all()
         assert (crop.boxes[:, 1::2] <= h).all()
-    out = T.train_transform({"boxes": boxes, "labels": np.zeros(len(boxes), np.int32)}, image,
-                            rng, cfg)
+    out = T.train_transform(
+        {"boxes": boxes, "labels": np.zeros(len(boxes), np.int32)}, image, rng, cfg
+    )
     b, size = out["boxes"], cfg.input_size
     assert len(out["labels"]) >= 1 and len(b) == len(out["labels"])
     assert (b >= 0).all() and (b <= size).all()

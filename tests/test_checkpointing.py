@@ -1,5 +1,6 @@
 """Checkpoints under faults: truncated starting weights, steps cut mid-write, a full disk during a
 save, a restore after a config change. docs/RELIABILITY.md lists each case."""
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,6 @@ import optax
 import pytest
 
 from conftest import require
-
 from ssd_jax.config import load_config
 from ssd_jax.training.checkpointing import CheckpointRestoreError, TrainCheckpointer
 from ssd_jax.training.state import create_train_state
@@ -27,11 +27,13 @@ CONFIG = REPO / "configs" / "ssd300_coco.py"
 
 # ---- 2. Bad checkpoints ----
 
+
 @pytest.mark.parametrize("option", ["load_from", "pretrained_backbone"])
 def test_truncated_pth_as_starting_weights_is_refused_naming_the_file(tmp_path, option):
     torch = require("torch")
     from ssd_jax.porting import CheckpointFormatError
     from ssd_jax.training.init import initial_variables
+
     path = tmp_path / "start.pth"
     torch.save({"state_dict": {"features.0.weight": torch.zeros(8, 3, 3, 3)}}, path)
     path.write_bytes(path.read_bytes()[:-200])
@@ -43,8 +45,9 @@ def test_truncated_pth_as_starting_weights_is_refused_naming_the_file(tmp_path, 
 def tiny_state(step: int):
     """A TrainState of two small arrays (no model to compile) whose values encode ``step``."""
     params = {"w": np.full((2, 3), step, np.float32), "b": np.full(3, step, np.float32)}
-    state = create_train_state({"params": params, "batch_stats": {}},
-                               optax.sgd(0.1, momentum=0.9), 0)
+    state = create_train_state(
+        {"params": params, "batch_stats": {}}, optax.sgd(0.1, momentum=0.9), 0
+    )
     return state.replace(step=jnp.int32(step))
 
 
@@ -57,22 +60,22 @@ def save_steps(workdir: pathlib.Path, steps) -> TrainCheckpointer:
 
 # Files whose damage orbax notices (cutting the per-process ocdbt.process_0/ copies is not
 # noticed: the merged files at the item root are what is read).
-CUT_FILES = ["variables/d/*", "variables/_METADATA", "train_state/manifest.ocdbt",
-             "meta/metadata"]
+CUT_FILES = ["variables/d/*", "variables/_METADATA", "train_state/manifest.ocdbt", "meta/metadata"]
 
 
 def cut(step_dir: pathlib.Path, pattern: str) -> pathlib.Path:
     (path,) = [p for p in step_dir.glob(pattern) if p.is_file()][:1]
     data = path.read_bytes()
-    path.write_bytes(data[:len(data) // 2])
+    path.write_bytes(data[: len(data) // 2])
     return path
 
 
 # A restore that fails inside orbax can leave a callback for its closed asyncio loop behind.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize("pattern", CUT_FILES)
-def test_restore_falls_back_from_a_cut_step_and_the_next_save_replaces_it(tmp_path, pattern,
-                                                                          caplog):
+def test_restore_falls_back_from_a_cut_step_and_the_next_save_replaces_it(
+    tmp_path, pattern, caplog
+):
     save_steps(tmp_path, [1, 2]).close()
     cut(tmp_path / "checkpoints" / "2", pattern)
     ckpt = TrainCheckpointer(str(tmp_path), keep=5)
@@ -81,8 +84,10 @@ def test_restore_falls_back_from_a_cut_step_and_the_next_save_replaces_it(tmp_pa
         state, meta = ckpt.restore(tiny_state(0))
     assert int(state.step) == 1 and meta == {"data_state": {"position": 1}}
     np.testing.assert_array_equal(state.params["w"], np.full((2, 3), 1, np.float32))
-    assert any("step 2" in r.getMessage() and "trying the previous step" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        "step 2" in r.getMessage() and "trying the previous step" in r.getMessage()
+        for r in caplog.records
+    )
     with pytest.raises(CheckpointRestoreError, match=r"cannot restore step 2 from .*checkpoints"):
         ckpt.restore(tiny_state(0), step=2)
     ckpt.save(2, tiny_state(2), {"data_state": {"position": 2}})  # training reaches step 2 again
@@ -106,11 +111,10 @@ def test_restore_with_every_step_cut_fails_listing_each(tmp_path):
     ckpt.close()
 
 
-@pytest.mark.parametrize("pattern", [
-    "variables/d/*",
-    "variables/_METADATA", "meta/metadata"])
+@pytest.mark.parametrize("pattern", ["variables/d/*", "variables/_METADATA", "meta/metadata"])
 def test_load_variables_of_a_cut_step_falls_back_or_names_the_step(tmp_path, pattern):
     from ssd_jax.checkpoints import load_variables
+
     save_steps(tmp_path, [1, 2]).close()
     cut(tmp_path / "checkpoints" / "2", pattern)
     try:
@@ -168,12 +172,20 @@ def _tmpfs_command(mount_dir: pathlib.Path) -> list[str]:
     """A shell in its own mount namespace with a 1 MiB tmpfs at ``mount_dir``, or skip."""
     if shutil.which("unshare") is None:
         pytest.skip("unshare not available")
-    probe = subprocess.run(["unshare", "-m", "mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs",
-                            str(mount_dir)], capture_output=True, text=True)
+    probe = subprocess.run(
+        ["unshare", "-m", "mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_dir)],
+        capture_output=True,
+        text=True,
+    )
     if probe.returncode:
         pytest.skip(f"cannot mount a tmpfs here: {probe.stderr.strip()}")
-    return ["unshare", "-m", "sh", "-c",
-            f'mount -t tmpfs -o size=1m tmpfs "{mount_dir}" && exec "$0" "$@"']
+    return [
+        "unshare",
+        "-m",
+        "sh",
+        "-c",
+        f'mount -t tmpfs -o size=1m tmpfs "{mount_dir}" && exec "$0" "$@"',
+    ]
 
 
 @pytest.mark.parametrize("mode", ["tmpfs", "rlimit_fsize"])
@@ -182,16 +194,21 @@ def test_disk_full_during_a_save_raises_clearly_and_keeps_earlier_steps(tmp_path
     mount_dir.mkdir()
     prefix = _tmpfs_command(mount_dir) if mode == "tmpfs" else []
     workdir = mount_dir / "run"
-    out = subprocess.run(prefix + [sys.executable, "-c", _DISK_FULL_CHILD, str(workdir), mode,
-                                   str(REPO / "tests")],
-                         capture_output=True, text=True, timeout=120, cwd=REPO)
+    out = subprocess.run(
+        prefix + [sys.executable, "-c", _DISK_FULL_CHILD, str(workdir), mode, str(REPO / "tests")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert "error" in result, (result, out.stderr[-3000:])
     reason = "disk full" if mode == "tmpfs" else "file size limit exceeded"
     assert result["error"].startswith(
         f"{reason} while saving step 2 to {workdir / 'checkpoints'}; earlier checkpoints are "
-        "intact (latest complete step: 1)")
+        "intact (latest complete step: 1)"
+    )
     assert result["restored"] == 1 and result["meta"] == {"position": 1}
     assert result["latest"] == 1
     assert result["after_freeing"] == 2
@@ -201,10 +218,16 @@ def test_restore_after_a_config_change_is_refused_naming_the_differences(tmp_pat
     """A step saved for another model (the config changed between runs) is refused, with the
     differing entries named; restore never falls back to an older step of the old config."""
     from ssd_jax.checkpoints import CheckpointTreeMismatchError
+
     save_steps(tmp_path, [1, 2]).close()
     other = create_train_state(
-        {"params": {"w": np.zeros((3, 3), np.float32), "c": np.zeros(2, np.float32)},
-         "batch_stats": {}}, optax.sgd(0.1, momentum=0.9), 0)
+        {
+            "params": {"w": np.zeros((3, 3), np.float32), "c": np.zeros(2, np.float32)},
+            "batch_stats": {},
+        },
+        optax.sgd(0.1, momentum=0.9),
+        0,
+    )
     ckpt = TrainCheckpointer(str(tmp_path), keep=5)
     with pytest.raises(CheckpointTreeMismatchError) as e:
         ckpt.restore(other)

@@ -1,5 +1,6 @@
 """One CLI convention: every tool's user mistakes are one line on stderr, exit status 2, no
 traceback; ``--verbose`` gives the details; ``--help`` documents every flag."""
+
 from __future__ import annotations
 
 import os
@@ -13,20 +14,35 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs" / "ssdlite_shapes.py")
 SCRIPTS = {  # script → arguments that are complete apart from what the test adds
     "train.py": ["--config", CONFIG, "--workdir", "{tmp}/w"],
-    "eval.py": ["--config", CONFIG, "--checkpoint", "{ckpt}", "--ann-file", "{tmp}/a.json",
-                "--img-dir", "{tmp}"],
+    "eval.py": [
+        "--config",
+        CONFIG,
+        "--checkpoint",
+        "{ckpt}",
+        "--ann-file",
+        "{tmp}/a.json",
+        "--img-dir",
+        "{tmp}",
+    ],
     "predict.py": ["--config", CONFIG, "--checkpoint", "{ckpt}", "{tmp}", "--out", "{tmp}/o"],
     "benchmark.py": ["--config", CONFIG, "--skip-train", "--skip-input", "--iters", "1"],
     "ssd_jax/porting/__main__.py": ["{ckpt}", "{tmp}/o", "--config", CONFIG],
 }
 
 
-def run(script: str, args: list[str], tmp: pathlib.Path, ckpt: str = "{tmp}/none.pth"
-        ) -> subprocess.CompletedProcess:
+def run(
+    script: str, args: list[str], tmp: pathlib.Path, ckpt: str = "{tmp}/none.pth"
+) -> subprocess.CompletedProcess:
     args = [a.replace("{ckpt}", ckpt).replace("{tmp}", str(tmp)) for a in args]
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, str(REPO / script), *args], capture_output=True,
-                          text=True, timeout=300, cwd=tmp, env=env)
+    return subprocess.run(
+        [sys.executable, str(REPO / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp,
+        env=env,
+    )
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
@@ -63,8 +79,9 @@ def test_an_unknown_flag_is_one_line(tmp_path):
 
 
 def test_verbose_gives_the_traceback(tmp_path):
-    proc = run("train.py", SCRIPTS["train.py"] + ["--config.train.bach_size=3", "--verbose"],
-               tmp_path)
+    proc = run(
+        "train.py", SCRIPTS["train.py"] + ["--config.train.bach_size=3", "--verbose"], tmp_path
+    )
     assert proc.returncode == 2 and "Traceback" in proc.stderr
 
 
@@ -73,11 +90,13 @@ def test_help_documents_every_flag(script, tmp_path):
     proc = run(script, ["--help"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     import re
+
     flags = re.findall(r"^\s+(--[a-z][a-z0-9-]*)", proc.stdout, re.M)
     assert "--verbose" in flags and len(flags) >= 2
     assert not [f for f in flags if "_" in f], "flags are kebab-case"
     # every flag line is followed by help text (argparse prints it on the same or next line)
-    entries = [e for e in re.split(r"\n(?=\s{2}-)", proc.stdout.split("options:", 1)[1])
-               if e.strip()]
+    entries = [
+        e for e in re.split(r"\n(?=\s{2}-)", proc.stdout.split("options:", 1)[1]) if e.strip()
+    ]
     undocumented = [e.split()[0] for e in entries if len(e.split()) < 2]
     assert not undocumented, undocumented

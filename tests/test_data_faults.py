@@ -1,5 +1,6 @@
 """Bad data fed through the real loaders: odd, corrupt and missing images, broken annotations,
 boxes cut by the border, a data worker killed. docs/RELIABILITY.md lists each case."""
+
 from __future__ import annotations
 
 import logging
@@ -45,14 +46,15 @@ def _exif_rotated(path: pathlib.Path) -> None:
 def _truncated(path: pathlib.Path) -> None:
     Image.fromarray(_rgb()).save(path)
     data = path.read_bytes()
-    path.write_bytes(data[:len(data) // 2])
+    path.write_bytes(data[: len(data) // 2])
 
 
 # name → writer; "missing.jpg" is listed in the JSON but never written.
 IMAGE_FILES = {
     "plain.jpg": lambda p: Image.fromarray(_rgb()).save(p),
     "alpha.png": lambda p: Image.fromarray(
-        np.dstack([_rgb(), np.full(STORED_HW, 9, np.uint8)]), "RGBA").save(p),
+        np.dstack([_rgb(), np.full(STORED_HW, 9, np.uint8)]), "RGBA"
+    ).save(p),
     "gray.png": lambda p: Image.fromarray(_rgb()[..., 0], "L").save(p),
     "gray16.png": lambda p: Image.fromarray(_rgb()[..., 0].astype(np.uint16) * 257).save(p),
     "cmyk.jpg": lambda p: Image.fromarray(_rgb()).convert("CMYK").save(p),
@@ -79,8 +81,7 @@ def odd_images(tmp_path_factory) -> pathlib.Path:
     return root
 
 
-def test_odd_images_train_and_unreadable_ones_are_skipped_naming_the_file(odd_images, cfg,
-                                                                          caplog):
+def test_odd_images_train_and_unreadable_ones_are_skipped_naming_the_file(odd_images, cfg, caplog):
     source = CocoSource(odd_images / "ann.json", odd_images, filter_train=True)
     assert len(source) == len(IMAGE_FILES)
     with caplog.at_level(logging.WARNING, logger="ssd_jax.data.pipeline"):
@@ -115,27 +116,45 @@ def test_eval_loader_applies_exif_and_pads_unreadable_images(odd_images, cfg):
 
 
 def test_a_data_set_without_any_readable_image_raises_instead_of_spinning(tmp_path, cfg):
-    coco_json(tmp_path / "ann.json", [(1, "gone1.jpg", 40, 40), (2, "gone2.jpg", 40, 40)],
-              [ann(1, 1, [2, 2, 20, 20]), ann(2, 2, [2, 2, 20, 20])])
-    loader = make_train_loader(CocoSource(tmp_path / "ann.json", tmp_path, filter_train=True),
-                               cfg, global_batch_size=2, seed=0, num_workers=0)
+    coco_json(
+        tmp_path / "ann.json",
+        [(1, "gone1.jpg", 40, 40), (2, "gone2.jpg", 40, 40)],
+        [ann(1, 1, [2, 2, 20, 20]), ann(2, 2, [2, 2, 20, 20])],
+    )
+    loader = make_train_loader(
+        CocoSource(tmp_path / "ann.json", tmp_path, filter_train=True),
+        cfg,
+        global_batch_size=2,
+        seed=0,
+        num_workers=0,
+    )
     with pytest.raises(RuntimeError, match="no readable image in a whole epoch"):
         next(loader)
 
 
 # ---- 1. Bad annotations ----
 
+
 def test_negative_width_or_height_is_dropped_counted_and_named(tmp_path, caplog):
-    ann_file = coco_json(tmp_path / "ann.json", [(1, "a.jpg", 64, 64)], [
-        ann(1, 1, [10, 10, 20, 20]), ann(2, 1, [30, 10, -8, 20]), ann(3, 1, [10, 30, 20, -8]),
-        ann(4, 1, [10, 10, 0, 20])])
+    ann_file = coco_json(
+        tmp_path / "ann.json",
+        [(1, "a.jpg", 64, 64)],
+        [
+            ann(1, 1, [10, 10, 20, 20]),
+            ann(2, 1, [30, 10, -8, 20]),
+            ann(3, 1, [10, 30, 20, -8]),
+            ann(4, 1, [10, 10, 0, 20]),
+        ],
+    )
     with caplog.at_level(logging.WARNING, logger="ssd_jax.data.coco"):
         source = CocoSource(ann_file, tmp_path)
     assert sum(source.dropped.values()) == 3
     np.testing.assert_array_equal(source[0]["boxes"], [[10, 10, 30, 30]])
     for ann_id in (2, 3, 4):
-        assert any("ann.json" in r.getMessage() and f"annotation id {ann_id} " in r.getMessage()
-                   for r in caplog.records), ann_id
+        assert any(
+            "ann.json" in r.getMessage() and f"annotation id {ann_id} " in r.getMessage()
+            for r in caplog.records
+        ), ann_id
 
 
 def _refused_or_dropped(ann_file: pathlib.Path, img_dir: pathlib.Path, bad_ids, caplog) -> None:
@@ -152,36 +171,48 @@ def _refused_or_dropped(ann_file: pathlib.Path, img_dir: pathlib.Path, bad_ids, 
     boxes = source[0]["boxes"]
     assert np.isfinite(boxes).all() and len(boxes) == 1
     for i in bad_ids:
-        assert any(ann_file.name in r.getMessage() and f"annotation id {i} " in r.getMessage()
-                   for r in caplog.records), i
+        assert any(
+            ann_file.name in r.getMessage() and f"annotation id {i} " in r.getMessage()
+            for r in caplog.records
+        ), i
 
 
 def test_nan_coordinates_never_reach_training(tmp_path, caplog):
     nan = float("nan")
     bad = [[nan, 4, 10, 10], [4, nan, 10, 10], [4, 4, nan, 10], [4, 4, 10, nan]]
-    ann_file = coco_json(tmp_path / "ann.json", [(1, "a.jpg", 64, 64)],
-                         [ann(1, 1, [10, 10, 20, 20], area=nan)]  # NaN area alone is harmless
-                         + [ann(i + 2, 1, b) for i, b in enumerate(bad)])
+    ann_file = coco_json(
+        tmp_path / "ann.json",
+        [(1, "a.jpg", 64, 64)],
+        [ann(1, 1, [10, 10, 20, 20], area=nan)]  # NaN area alone is harmless
+        + [ann(i + 2, 1, b) for i, b in enumerate(bad)],
+    )
     assert "NaN" in ann_file.read_text()  # what json.dump writes, and json.load reads back
     _refused_or_dropped(ann_file, tmp_path, [2, 3, 4, 5], caplog)
 
 
 @pytest.mark.parametrize("value", [float("inf"), None], ids=["Infinity", "null"])
 def test_infinite_or_null_coordinates_never_reach_training(tmp_path, caplog, value):
-    ann_file = coco_json(tmp_path / "ann.json", [(1, "a.jpg", 64, 64)],
-                         [ann(1, 1, [10, 10, 20, 20]), ann(2, 1, [0, 0, value, 10], area=100)])
+    ann_file = coco_json(
+        tmp_path / "ann.json",
+        [(1, "a.jpg", 64, 64)],
+        [ann(1, 1, [10, 10, 20, 20]), ann(2, 1, [0, 0, value, 10], area=100)],
+    )
     _refused_or_dropped(ann_file, tmp_path, [2], caplog)
 
 
 @pytest.mark.parametrize("section", ["annotations", "categories"])
 def test_duplicate_annotation_or_category_ids_are_refused_naming_the_entry(tmp_path, section):
-    annotations = [ann(1, 1, [1, 1, 9, 9]), ann(2 if section == "categories" else 1, 1,
-                                                [2, 2, 9, 9])]
-    categories = [{"id": 1, "name": "a"}, {"id": 1 if section == "categories" else 2,
-                                           "name": "b"}]
+    annotations = [
+        ann(1, 1, [1, 1, 9, 9]),
+        ann(2 if section == "categories" else 1, 1, [2, 2, 9, 9]),
+    ]
+    categories = [{"id": 1, "name": "a"}, {"id": 1 if section == "categories" else 2, "name": "b"}]
     ann_file = coco_json(tmp_path / "ann.json", [(1, "a.jpg", 40, 40)], annotations, categories)
-    with pytest.raises(ValueError, match=rf"ann\.json: {section}\[1\] repeats id 1 of "
-                                         rf"{section}\[0\]"):
+    with pytest.raises(
+        ValueError,
+        match=rf"ann\.json: {section}\[1\] repeats id 1 of "
+        rf"{section}\[0\]",
+    ):
         CocoSource(ann_file, tmp_path)
 
 
@@ -190,15 +221,24 @@ def test_thousands_of_boxes_keep_the_largest_max_boxes_and_warn_once(tmp_path, c
     n, size = 3000, 64
     sides = 1.0 + 40.0 * rng.permutation(n) / n  # distinct areas
     xy = rng.uniform(0, size - sides[:, None], (n, 2))
-    coco_json(tmp_path / "ann.json", [(7, "many.png", size, size)],
-              [ann(k + 1, 7, [*map(float, xy[k]), float(sides[k]), float(sides[k])])
-               for k in range(n)])
+    coco_json(
+        tmp_path / "ann.json",
+        [(7, "many.png", size, size)],
+        [ann(k + 1, 7, [*map(float, xy[k]), float(sides[k]), float(sides[k])]) for k in range(n)],
+    )
     Image.fromarray(np.zeros((size, size, 3), np.uint8)).save(tmp_path / "many.png")
     # Geometry kept as it is (no expand, full-image crop, no flip) so that the kept boxes can be
     # named; S = the image size, so resizing does not move them either.
-    cfg = load_config(CONFIG, [f"input_size={size}", "train.max_boxes=100",
-                               "augment.expand_ratio=(1.0, 1.0)", "augment.min_crop_size=1.0",
-                               "augment.flip_prob=0.0"])
+    cfg = load_config(
+        CONFIG,
+        [
+            f"input_size={size}",
+            "train.max_boxes=100",
+            "augment.expand_ratio=(1.0, 1.0)",
+            "augment.min_crop_size=1.0",
+            "augment.flip_prob=0.0",
+        ],
+    )
     source = CocoSource(tmp_path / "ann.json", tmp_path, filter_train=True)
     assert len(source[0]["labels"]) == n
     with caplog.at_level(logging.WARNING, logger="ssd_jax.data.pipeline"):
@@ -211,19 +251,28 @@ def test_thousands_of_boxes_keep_the_largest_max_boxes_and_warn_once(tmp_path, c
         for k in range(2):
             np.testing.assert_allclose(b["boxes"][k], boxes[largest], atol=1e-3)
     warnings = [r.getMessage() for r in caplog.records if "kept the 100 largest" in r.getMessage()]
-    assert warnings == [f"image 7 has {n} boxes after augmentation; kept the 100 largest "
-                        "(cfg.train.max_boxes)"]
+    assert warnings == [
+        f"image 7 has {n} boxes after augmentation; kept the 100 largest (cfg.train.max_boxes)"
+    ]
 
 
 def test_boxes_cut_to_nothing_by_the_border_are_not_trained_on(tmp_path):
     # Intersection with the image 1e-6 px wide: kept by CocoSource (> 0 in float64), but
     # float32(63.999999) == 64.0, so the box lies on the border.
-    coco_json(tmp_path / "ann.json", [(1, "edge.png", 64, 64)],
-              [ann(1, 1, [20, 20, 20, 20]), ann(2, 1, [63.999999, 10, 30, 30])])
+    coco_json(
+        tmp_path / "ann.json",
+        [(1, "edge.png", 64, 64)],
+        [ann(1, 1, [20, 20, 20, 20]), ann(2, 1, [63.999999, 10, 30, 30])],
+    )
     Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / "edge.png")
     cfg = load_config(CONFIG, ["input_size=300", "train.max_boxes=4"])
-    loader = make_train_loader(CocoSource(tmp_path / "ann.json", tmp_path, filter_train=True),
-                               cfg, global_batch_size=8, seed=0, num_workers=0)
+    loader = make_train_loader(
+        CocoSource(tmp_path / "ann.json", tmp_path, filter_train=True),
+        cfg,
+        global_batch_size=8,
+        seed=0,
+        num_workers=0,
+    )
     batch = next(loader)
     boxes = batch["boxes"][batch["valid"]]
     assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
@@ -253,8 +302,7 @@ def test_a_killed_data_worker_stops_the_loader_with_an_error_not_a_hang(odd_imag
     source = CocoSource(odd_images / "ann.json", odd_images, filter_train=True)
     loader = make_train_loader(source, cfg, global_batch_size=4, seed=0, num_workers=2)
     next(loader)
-    workers = [pid for pid, cmd in _children().items()
-               if pid not in before and "spawn_main" in cmd]
+    workers = [pid for pid, cmd in _children().items() if pid not in before and "spawn_main" in cmd]
     assert len(workers) == 2, _children()
     os.kill(workers[0], signal.SIGKILL)
     outcome: dict = {}
@@ -275,7 +323,8 @@ def test_a_killed_data_worker_stops_the_loader_with_an_error_not_a_hang(odd_imag
         # grain 0.2.18 notices within about a second and raises.
         assert isinstance(outcome["result"], RuntimeError), outcome
         assert "Worker process was terminated unexpectedly with exit code -9" in str(
-            outcome["result"])
+            outcome["result"]
+        )
     finally:
         for pid in workers[1:]:
             if pid in _children():

@@ -1,4 +1,5 @@
 """COCO/TFDS sources and the grain train/eval loaders on tiny datasets written to tmp dirs."""
+
 from __future__ import annotations
 
 import collections
@@ -18,32 +19,45 @@ CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "ssd300_coco.
 INPUT_SIZE = 64
 
 # (id, file, height, width); image 6 is a corrupt file.
-IMAGES = [(1, "a.jpg", 64, 96), (2, "b.png", 80, 80), (3, "c.jpg", 24, 20), (4, "d.png", 88, 72),
-          (5, "e.jpg", 64, 64), (6, "f.jpg", 70, 90)]
+IMAGES = [
+    (1, "a.jpg", 64, 96),
+    (2, "b.png", 80, 80),
+    (3, "c.jpg", 24, 20),
+    (4, "d.png", 88, 72),
+    (5, "e.jpg", 64, 64),
+    (6, "f.jpg", 70, 90),
+]
 # Categories listed out of id order: labels follow sorted ids (1 → 0 "person", 3 → 1 "cat").
 CATEGORIES = [{"id": 3, "name": "cat"}, {"id": 1, "name": "person"}]
 
 
 def _ann(ann_id, image_id, bbox, category_id=1, **extra):
-    return {"id": ann_id, "image_id": image_id, "category_id": category_id, "bbox": bbox,
-            "area": bbox[2] * bbox[3], "iscrowd": 0, **extra}
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": category_id,
+        "bbox": bbox,
+        "area": bbox[2] * bbox[3],
+        "iscrowd": 0,
+        **extra,
+    }
 
 
 ANNOTATIONS = [
-    _ann(1, 1, [10, 10, 30, 20]),                        # kept, label 0
-    _ann(2, 1, [0, 0, 50, 50], iscrowd=1),               # crowd
-    _ann(3, 1, [5, 5, 0, 10]),                           # zero width: empty intersection
-    _ann(4, 1, [200, 10, 20, 20]),                       # outside the image: empty intersection
-    _ann(14, 1, [5, 5, 0.5, 10]),                        # w < 1 → degenerate
-    _ann(5, 1, [10, 10, 20, 20], category_id=99),        # unknown category
-    _ann(6, 1, [10, 10, 20, 20], ignore=1),              # ignore flag
-    _ann(7, 1, [40, 30, 50, 30], category_id=3),         # kept, label 1
-    _ann(8, 3, [2, 2, 10, 10]),                          # tiny image (20 px wide)
-    _ann(9, 4, [5, 5, 40, 40], iscrowd=1),               # image 4: only a crowd box
-    _ann(10, 5, [4, 8, 20, 30]),                         # kept
-    _ann(11, 5, [50, 40, 30, 30], category_id=3),        # kept, crosses the border, not clipped
-    _ann(12, 6, [10, 10, 40, 40]),                       # kept (its image file is corrupt)
-    _ann(13, 999, [10, 10, 40, 40]),                     # unknown image
+    _ann(1, 1, [10, 10, 30, 20]),  # kept, label 0
+    _ann(2, 1, [0, 0, 50, 50], iscrowd=1),  # crowd
+    _ann(3, 1, [5, 5, 0, 10]),  # zero width: empty intersection
+    _ann(4, 1, [200, 10, 20, 20]),  # outside the image: empty intersection
+    _ann(14, 1, [5, 5, 0.5, 10]),  # w < 1 → degenerate
+    _ann(5, 1, [10, 10, 20, 20], category_id=99),  # unknown category
+    _ann(6, 1, [10, 10, 20, 20], ignore=1),  # ignore flag
+    _ann(7, 1, [40, 30, 50, 30], category_id=3),  # kept, label 1
+    _ann(8, 3, [2, 2, 10, 10]),  # tiny image (20 px wide)
+    _ann(9, 4, [5, 5, 40, 40], iscrowd=1),  # image 4: only a crowd box
+    _ann(10, 5, [4, 8, 20, 30]),  # kept
+    _ann(11, 5, [50, 40, 30, 30], category_id=3),  # kept, crosses the border, not clipped
+    _ann(12, 6, [10, 10, 40, 40]),  # kept (its image file is corrupt)
+    _ann(13, 999, [10, 10, 40, 40]),  # unknown image
 ]
 
 
@@ -53,9 +67,17 @@ def write_dataset(root: pathlib.Path, images=IMAGES, annotations=ANNOTATIONS) ->
         cv2.imwrite(str(root / name), rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
     (root / "f.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     ann_file = root / "ann.json"
-    ann_file.write_text(json.dumps({
-        "images": [{"id": i, "file_name": n, "height": h, "width": w} for i, n, h, w in images],
-        "annotations": annotations, "categories": CATEGORIES}))
+    ann_file.write_text(
+        json.dumps(
+            {
+                "images": [
+                    {"id": i, "file_name": n, "height": h, "width": w} for i, n, h, w in images
+                ],
+                "annotations": annotations,
+                "categories": CATEGORIES,
+            }
+        )
+    )
     return ann_file
 
 
@@ -82,7 +104,8 @@ def test_coco_source_parses_as_mmdetection(dataset, caplog):
     assert source.cat_ids == [1, 3] and source.class_names == ["person", "cat"]
     assert [source[i]["image_id"] for i in range(len(source))] == [1, 2, 3, 4, 5, 6]
     assert source.dropped == collections.Counter(
-        degenerate=1, empty_intersection=2, unknown_category=1, ignore=1, unknown_image=1)
+        degenerate=1, empty_intersection=2, unknown_category=1, ignore=1, unknown_image=1
+    )
     # crowd boxes are mmdetection's ignored instances: kept apart, counted, not warned about
     assert source.crowd == 2
     np.testing.assert_array_equal(source[0]["crowd_boxes"], [[0, 0, 50, 50]])
@@ -97,8 +120,9 @@ def test_coco_source_parses_as_mmdetection(dataset, caplog):
     np.testing.assert_array_equal(source[4]["boxes"], [[4, 8, 24, 38], [50, 40, 80, 70]])
     assert source[3]["boxes"].shape == (0, 4) and source[3]["labels"].shape == (0,)
     messages = [r.getMessage() for r in caplog.records]
-    assert any("ann.json" in m and "annotation id 4 " in m and "empty_intersection" in m
-               for m in messages)
+    assert any(
+        "ann.json" in m and "annotation id 4 " in m and "empty_intersection" in m for m in messages
+    )
     assert sum("dropped" in m for m in messages) == sum(source.dropped.values()) == 6
 
 
@@ -144,8 +168,7 @@ def assert_batches_equal(a, b):
 
 def test_train_batches_layout_and_corrupt_image_skipped(train_source, cfg, caplog):
     with caplog.at_level(logging.WARNING):
-        loader = make_train_loader(train_source, cfg, global_batch_size=4, seed=3,
-                                   num_workers=0)
+        loader = make_train_loader(train_source, cfg, global_batch_size=4, seed=3, num_workers=0)
         batches = take(loader, 3)
     batch = batches[0]
     assert batch["image"].shape == (4, INPUT_SIZE, INPUT_SIZE, 3)
@@ -167,21 +190,25 @@ def test_train_batches_layout_and_corrupt_image_skipped(train_source, cfg, caplo
 
 
 def test_train_batches_do_not_depend_on_worker_count(train_source, cfg):
-    serial = take(make_train_loader(train_source, cfg, global_batch_size=4, seed=5,
-                                    num_workers=0), 3)
-    parallel = take(make_train_loader(train_source, cfg, global_batch_size=4, seed=5,
-                                      num_workers=2), 3)
+    serial = take(
+        make_train_loader(train_source, cfg, global_batch_size=4, seed=5, num_workers=0), 3
+    )
+    parallel = take(
+        make_train_loader(train_source, cfg, global_batch_size=4, seed=5, num_workers=2), 3
+    )
     assert_batches_equal(serial, parallel)
-    other_seed = take(make_train_loader(train_source, cfg, global_batch_size=4, seed=6,
-                                        num_workers=0), 3)
+    other_seed = take(
+        make_train_loader(train_source, cfg, global_batch_size=4, seed=6, num_workers=0), 3
+    )
     assert any(not np.array_equal(a["image"], b["image"]) for a, b in zip(serial, other_seed))
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_train_state_restores_the_next_batches(train_source, cfg, num_workers):
     def loader_():
-        return make_train_loader(train_source, cfg, global_batch_size=4, seed=7,
-                                 num_workers=num_workers)
+        return make_train_loader(
+            train_source, cfg, global_batch_size=4, seed=7, num_workers=num_workers
+        )
 
     loader = loader_()
     take(loader, 2)
@@ -196,8 +223,15 @@ def test_train_state_restores_the_next_batches(train_source, cfg, num_workers):
 def test_train_processes_read_disjoint_shards(train_source, cfg):
     ids = []
     for p in range(2):
-        loader = make_train_loader(train_source, cfg, global_batch_size=4, process_index=p,
-                                   process_count=2, seed=0, num_workers=0)
+        loader = make_train_loader(
+            train_source,
+            cfg,
+            global_batch_size=4,
+            process_index=p,
+            process_count=2,
+            seed=0,
+            num_workers=0,
+        )
         batches = take(loader, 2)
         assert batches[0]["image"].shape[0] == 2
         ids.append({int(i) for b in batches for i in b["image_id"]})
@@ -224,8 +258,10 @@ def test_eval_loader_in_order_with_padding(dataset, cfg):
 
 def test_eval_loader_splits_processes_evenly(dataset, cfg):
     source = CocoSource(dataset / "ann.json", dataset)
-    per_process = [list(make_eval_loader(source, cfg, batch_size=2, process_index=p,
-                                         process_count=4)) for p in range(4)]
+    per_process = [
+        list(make_eval_loader(source, cfg, batch_size=2, process_index=p, process_count=4))
+        for p in range(4)
+    ]
     assert {len(batches) for batches in per_process} == {1}
     ids = [b["image_id"][b["valid_image"]].tolist() for batches in per_process for b in batches]
     assert ids == [[1, 2], [3, 4], [5], []]  # 6 (corrupt) would be the second of process 2

@@ -1,4 +1,5 @@
 """Property tests of the SSD train augmentations (ssd_jax.data.transforms)."""
+
 from __future__ import annotations
 
 import pathlib
@@ -57,7 +58,7 @@ def test_expand_keeps_every_box_and_places_the_image(case):
         shift = out_boxes[0, :2] - boxes[0, :2]
         left, top = int(round(shift[0])), int(round(shift[1]))
         np.testing.assert_allclose(out_boxes, boxes + [left, top, left, top], atol=1e-4)
-        np.testing.assert_array_equal(out[top:top + h, left:left + w], image)
+        np.testing.assert_array_equal(out[top : top + h, left : left + w], image)
 
 
 def test_expand_fills_the_canvas_with_the_truncated_mean_and_respects_prob():
@@ -76,15 +77,17 @@ def test_expand_fills_the_canvas_with_the_truncated_mean_and_respects_prob():
 @given(image_and_boxes())
 def test_crop_keeps_exactly_the_boxes_with_centres_inside(case):
     image, boxes, rng = case
-    crop = T.min_iou_random_crop(image, boxes, rng, min_ious=(0.1, 0.3, 0.5, 0.7, 0.9),
-                                 min_crop_size=0.3)
+    crop = T.min_iou_random_crop(
+        image, boxes, rng, min_ious=(0.1, 0.3, 0.5, 0.7, 0.9), min_crop_size=0.3
+    )
     x1, y1, x2, y2 = crop.patch
     h, w = image.shape[:2]
     assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h
     np.testing.assert_array_equal(crop.image, image[y1:y2, x1:x2])
     centres = (boxes[:, :2] + boxes[:, 2:]) / 2
-    inside = ((centres[:, 0] > x1) & (centres[:, 0] < x2)
-              & (centres[:, 1] > y1) & (centres[:, 1] < y2))
+    inside = (
+        (centres[:, 0] > x1) & (centres[:, 0] < x2) & (centres[:, 1] > y1) & (centres[:, 1] < y2)
+    )
     np.testing.assert_array_equal(crop.keep, inside)
     if len(boxes):
         assert crop.keep.any()
@@ -117,12 +120,17 @@ def test_crop_modes_are_keep_then_min_ious_then_any():
     kept = T.min_iou_random_crop(image, boxes, _FixedModeRng(0, 0), min_ious=(0.9,))
     assert kept.image is image and kept.patch == (0, 0, 80, 80)
     for seed in range(10):
-        crop = T.min_iou_random_crop(image, boxes, _FixedModeRng(1, seed), min_ious=(0.9,),
-                                     min_crop_size=0.3)
+        crop = T.min_iou_random_crop(
+            image, boxes, _FixedModeRng(1, seed), min_ious=(0.9,), min_crop_size=0.3
+        )
         assert T._iou_with_patch(crop.patch, boxes)[0] >= 0.9
-    ious = [T._iou_with_patch(T.min_iou_random_crop(image, boxes, _FixedModeRng(2, seed),
-                                                    min_ious=(0.9,)).patch, boxes)[0]
-            for seed in range(10)]
+    ious = [
+        T._iou_with_patch(
+            T.min_iou_random_crop(image, boxes, _FixedModeRng(2, seed), min_ious=(0.9,)).patch,
+            boxes,
+        )[0]
+        for seed in range(10)
+    ]
     assert min(ious) < 0.9  # mode 0: any overlap
 
 
@@ -140,8 +148,9 @@ def test_resize_scales_boxes_into_the_square(case, size):
     out, out_boxes = T.resize(image, boxes, size)
     assert out.shape == (size, size, 3) and out.dtype == np.uint8
     h, w = image.shape[:2]
-    np.testing.assert_allclose(out_boxes, boxes * [size / w, size / h, size / w, size / h],
-                               rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(
+        out_boxes, boxes * [size / w, size / h, size / w, size / h], rtol=1e-5, atol=1e-4
+    )
     assert_inside(out_boxes, out)
 
 
@@ -176,8 +185,7 @@ def test_photometric_distortion_keeps_gray_gray_and_stays_in_range():
 def test_photometric_distortion_changes_colour_images_on_average():
     rng = np.random.default_rng(0)
     image = np.random.default_rng(1).integers(0, 256, (8, 8, 3), dtype=np.uint8)
-    changed = [np.abs(T.photometric_distortion(image, rng) - image).max() > 1
-               for _ in range(400)]
+    changed = [np.abs(T.photometric_distortion(image, rng) - image).max() > 1 for _ in range(400)]
     # unchanged only when every step is off (1/64) or only the identity permutation is drawn
     assert 0.95 <= np.mean(changed) <= 0.995
 
@@ -191,8 +199,19 @@ def test_photometric_distortion_equals_mmdetection(k):
     make_photometric_reference.py): float32 out, saturation clipped to [0, 1] when the factor
     is above 1, hue wrapped, nothing else clipped (values below 0 and above 255 stay)."""
     mode, b, c, sat_on, hue_on, delta, alpha, sat, hue = PHOTOMETRIC["cases"][k]
-    params = T.PhotometricParams(int(mode), bool(b), bool(c), bool(sat_on), bool(hue_on), False,
-                                 delta, alpha, sat, hue, np.arange(3))
+    params = T.PhotometricParams(
+        int(mode),
+        bool(b),
+        bool(c),
+        bool(sat_on),
+        bool(hue_on),
+        False,
+        delta,
+        alpha,
+        sat,
+        hue,
+        np.arange(3),
+    )
     ours = T.apply_photometric(PHOTOMETRIC["image_rgb"], params)
     theirs = PHOTOMETRIC[f"out_{k}"]
     assert ours.dtype == np.float32 == theirs.dtype
@@ -204,8 +223,9 @@ def test_photometric_draws_in_mmdetections_order():
     p = T.draw_photometric(np.random.default_rng(3))
     rng = np.random.default_rng(3)
     flags = rng.integers(2, size=6)
-    assert (p.mode, p.brightness_on, p.contrast_on, p.saturation_on, p.hue_on, p.swap_on) == \
-        tuple([int(flags[0])] + [bool(f) for f in flags[1:]])
+    assert (p.mode, p.brightness_on, p.contrast_on, p.saturation_on, p.hue_on, p.swap_on) == tuple(
+        [int(flags[0])] + [bool(f) for f in flags[1:]]
+    )
     assert p.delta == rng.uniform(-32, 32) and p.alpha == rng.uniform(0.5, 1.5)
     assert p.saturation == rng.uniform(0.5, 1.5) and p.hue == rng.uniform(-18, 18)
     np.testing.assert_array_equal(p.order, rng.permutation(3))
@@ -237,12 +257,19 @@ def test_train_transform_boxes_stay_inside_the_square(cfg, case):
 @given(case=image_and_boxes(min_side=16))
 def test_train_transform_without_crop_and_photometric_is_resize_and_flip(cfg, case):
     image, boxes, rng = case
-    light = load_config(CONFIG, ["augment.expand_ratio=(1.0, 1.0)", "augment.min_iou_crop=False",
-                                 "augment.photometric=False"])
+    light = load_config(
+        CONFIG,
+        [
+            "augment.expand_ratio=(1.0, 1.0)",
+            "augment.min_iou_crop=False",
+            "augment.photometric=False",
+        ],
+    )
     labels = np.arange(len(boxes), dtype=np.int32)
     seed = int(rng.integers(2**31))
-    out = T.train_transform({"boxes": boxes, "labels": labels}, image,
-                            np.random.default_rng(seed), light)
+    out = T.train_transform(
+        {"boxes": boxes, "labels": labels}, image, np.random.default_rng(seed), light
+    )
     np.testing.assert_array_equal(out["labels"], labels)  # nothing dropped
     resized, resized_boxes = T.resize(image, boxes, light.input_size)
     flipped, flipped_boxes = T.flip_horizontal(resized, resized_boxes)
@@ -270,8 +297,11 @@ def test_ignored_boxes_take_part_in_the_crop_and_never_reach_the_loss(cfg, kind,
     if kind == "crowd":
         record = {"boxes": gt, "labels": np.array([2], np.int32), "crowd_boxes": ignored}
     else:
-        record = {"boxes": np.concatenate([ignored, gt]), "labels": np.array([7, 2], np.int32),
-                  "difficult": np.array([True, False])}
+        record = {
+            "boxes": np.concatenate([ignored, gt]),
+            "labels": np.array([7, 2], np.int32),
+            "difficult": np.array([True, False]),
+        }
     image = np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)
     for seed in range(20):
         out = T.train_transform(record, image, np.random.default_rng(seed), cfg)

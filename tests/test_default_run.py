@@ -3,6 +3,7 @@
 32 train + 8 val images, 1 training step, into a temporary workdir; pip is skipped when .venv
 already exists. Checks that every file the README promises is left in the workdir.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,13 +21,24 @@ TIMEOUT_S = 600  # about 2 minutes on an idle 2-core machine, mostly XLA compila
 def default_run(tmp_path_factory) -> tuple[pathlib.Path, str]:
     tmp = tmp_path_factory.mktemp("default_run")
     workdir, data = tmp / "runs" / "shapes", tmp / "data" / "shapes"
-    env = dict(os.environ, RUN_DEFAULT_STEPS="1", RUN_DEFAULT_NUM_TRAIN="32",
-               RUN_DEFAULT_NUM_VAL="8", RUN_DEFAULT_WORKDIR=str(workdir),
-               RUN_DEFAULT_DATA=str(data))
+    env = dict(
+        os.environ,
+        RUN_DEFAULT_STEPS="1",
+        RUN_DEFAULT_NUM_TRAIN="32",
+        RUN_DEFAULT_NUM_VAL="8",
+        RUN_DEFAULT_WORKDIR=str(workdir),
+        RUN_DEFAULT_DATA=str(data),
+    )
     if (REPO / ".venv" / "bin" / "python").exists():
         env["RUN_DEFAULT_SKIP_INSTALL"] = "1"
-    proc = subprocess.run(["bash", str(REPO / "run_default.sh")], cwd=tmp, env=env,
-                          capture_output=True, text=True, timeout=TIMEOUT_S)
+    proc = subprocess.run(
+        ["bash", str(REPO / "run_default.sh")],
+        cwd=tmp,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"run_default.sh failed ({proc.returncode}):\n{output[-6000:]}"
     return workdir, output

@@ -1,5 +1,6 @@
 """``ssd-jax-eval`` (eval.py) and ``ssd_jax.evaluation``: the evaluation path against
 mmdetection's detections, end to end on small data sets (COCO format, mmdetection .pth, VOC)."""
+
 from __future__ import annotations
 
 import json
@@ -13,18 +14,21 @@ from flax import traverse_util
 from PIL import Image
 
 from conftest import REPO, fixture_dir, load_reference
-
 from ssd_jax.cli.evaluate import evaluate
 from ssd_jax.coco_classes import COCO_CATEGORY_IDS as COCO_CAT_IDS
 from ssd_jax.coco_classes import COCO_CLASSES
 from ssd_jax.evaluation.coco import coco_evaluate, detections_to_coco_results, metric_names
 from ssd_jax.porting import CheckpointMismatchError
+
 MMDET_MAX_DETS = (100, 300, 1000)
 METRIC_NAMES = metric_names(MMDET_MAX_DETS)
 
+
 def read_outputs(out: pathlib.Path) -> tuple[dict, list[dict]]:
-    return (json.loads((out / "metrics.json").read_text()),
-            json.loads((out / "results.bbox.json").read_text()))
+    return (
+        json.loads((out / "metrics.json").read_text()),
+        json.loads((out / "results.bbox.json").read_text()),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -33,11 +37,18 @@ def read_outputs(out: pathlib.Path) -> tuple[dict, list[dict]]:
 # (image, index of a reference detection (-1: none), xyxy offset in px, label): ground truth
 # boxes shifted off mmdetection's detections by a few pixels (IoU between 0.5 and 0.95, so
 # AP depends on the IoU threshold), plus objects nothing was detected on.
-GT_PLAN = [(0, 0, (8, -6, 5, 10), None), (0, 2, (-3, 4, -12, 2), None),
-           (0, 6, (20, 15, -10, -25), None), (0, 8, (1, 1, -1, -1), None),
-           (0, -1, (30, 40, 90, 110), 66), (0, -1, (300, 20, 330, 52), 0),
-           (1, 0, (-5, 3, 6, -4), None), (1, 1, (15, -10, 5, 20), None),
-           (1, 7, (2, 2, -2, -2), None), (1, -1, (10, 300, 70, 355), 44)]
+GT_PLAN = [
+    (0, 0, (8, -6, 5, 10), None),
+    (0, 2, (-3, 4, -12, 2), None),
+    (0, 6, (20, 15, -10, -25), None),
+    (0, 8, (1, 1, -1, -1), None),
+    (0, -1, (30, 40, 90, 110), 66),
+    (0, -1, (300, 20, 330, 52), 0),
+    (1, 0, (-5, 3, 6, -4), None),
+    (1, 1, (15, -10, 5, 20), None),
+    (1, 7, (2, 2, -2, -2), None),
+    (1, -1, (10, 300, 70, 355), 44),
+]
 
 
 def write_reference_dataset(root: pathlib.Path, ref: dict[str, np.ndarray]) -> tuple[str, str]:
@@ -48,8 +59,14 @@ def write_reference_dataset(root: pathlib.Path, ref: dict[str, np.ndarray]) -> t
     for i in (0, 1):
         image = ref[f"image_{i}"]
         Image.fromarray(image).save(img_dir / f"{i}.png")
-        images.append({"id": i + 1, "file_name": f"{i}.png", "height": int(image.shape[0]),
-                       "width": int(image.shape[1])})
+        images.append(
+            {
+                "id": i + 1,
+                "file_name": f"{i}.png",
+                "height": int(image.shape[0]),
+                "width": int(image.shape[1]),
+            }
+        )
     annotations = []
     for image, det_index, offset, label in GT_PLAN:
         if det_index >= 0:
@@ -58,20 +75,34 @@ def write_reference_dataset(root: pathlib.Path, ref: dict[str, np.ndarray]) -> t
         else:
             box = np.array(offset, np.float32)
         x1, y1, x2, y2 = (float(v) for v in box)
-        annotations.append({"id": len(annotations) + 1, "image_id": image + 1,
-                            "category_id": COCO_CAT_IDS[label], "bbox": [x1, y1, x2 - x1, y2 - y1],
-                            "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+        annotations.append(
+            {
+                "id": len(annotations) + 1,
+                "image_id": image + 1,
+                "category_id": COCO_CAT_IDS[label],
+                "bbox": [x1, y1, x2 - x1, y2 - y1],
+                "area": (x2 - x1) * (y2 - y1),
+                "iscrowd": 0,
+            }
+        )
     categories = [{"id": c, "name": n} for c, n in zip(COCO_CAT_IDS, COCO_CLASSES)]
     ann_file = root / "instances.json"
-    ann_file.write_text(json.dumps({"images": images, "annotations": annotations,
-                                    "categories": categories}))
+    ann_file.write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": categories})
+    )
     return str(ann_file), str(img_dir)
 
 
 def mmdet_metrics(ref: dict[str, np.ndarray], ann_file: str) -> dict:
     """mmdetection's detections through our results path (CocoMetric's max_dets)."""
-    dets = [{"boxes": ref[f"det_bboxes_{i}"], "scores": ref[f"det_scores_{i}"],
-             "labels": ref[f"det_labels_{i}"]} for i in (0, 1)]
+    dets = [
+        {
+            "boxes": ref[f"det_bboxes_{i}"],
+            "scores": ref[f"det_scores_{i}"],
+            "labels": ref[f"det_labels_{i}"],
+        }
+        for i in (0, 1)
+    ]
     results = detections_to_coco_results([1, 2], dets, COCO_CAT_IDS)
     return coco_evaluate(ann_file, results, class_names=COCO_CLASSES, max_dets=MMDET_MAX_DETS)
 
@@ -81,8 +112,9 @@ def assert_same_metrics(ours: dict, theirs: dict, tol: float = 1e-6) -> None:
         assert ours[name] == pytest.approx(theirs[name], abs=tol), name
     for name, ap in theirs["per_class_AP"].items():
         got = ours["per_class_AP"][name]
-        assert (math.isnan(ap) and (got is None or math.isnan(got))) or \
-            got == pytest.approx(ap, abs=tol), name
+        assert (math.isnan(ap) and (got is None or math.isnan(got))) or got == pytest.approx(
+            ap, abs=tol
+        ), name
 
 
 def test_eval_script_matches_mmdetection_on_fixture(tmp_path):
@@ -94,11 +126,18 @@ def test_eval_script_matches_mmdetection_on_fixture(tmp_path):
     assert 0 < expected["bbox_mAP_75"] < expected["bbox_mAP_50"] < 1
 
     out = tmp_path / "out"
-    metrics = evaluate([
-        f"--config={REPO / 'configs' / 'ssd300_coco.py'}",
-        f"--checkpoint={fixture_dir('ssd300_coco') / 'checkpoint.pth.xz'}",
-        f"--ann-file={ann_file}", f"--img-dir={img_dir}", f"--out={out}",
-        "--batch-size=2", "--num-workers=0", "--no-progress"])
+    metrics = evaluate(
+        [
+            f"--config={REPO / 'configs' / 'ssd300_coco.py'}",
+            f"--checkpoint={fixture_dir('ssd300_coco') / 'checkpoint.pth.xz'}",
+            f"--ann-file={ann_file}",
+            f"--img-dir={img_dir}",
+            f"--out={out}",
+            "--batch-size=2",
+            "--num-workers=0",
+            "--no-progress",
+        ]
+    )
     assert_same_metrics(metrics, expected)
     written, results = read_outputs(out)
     assert list(written)[:12] == list(METRIC_NAMES)
@@ -111,6 +150,7 @@ def test_eval_script_matches_mmdetection_on_fixture(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # End to end on the synthetic shapes data with a random-init orbax checkpoint.
 
+
 def random_variables(config, seed: int = 0) -> dict:
     """Random variables of the config's model (normal weights, unit BN variances), without
     compiling its initialisers (slow on CPU)."""
@@ -118,10 +158,11 @@ def random_variables(config, seed: int = 0) -> dict:
 
     rng = np.random.default_rng(seed)
     zeros = zero_variables(config)
-    params = jax.tree.map(lambda z: rng.normal(0, 0.05, z.shape).astype(z.dtype),
-                          zeros["params"])
-    stats = {path: (np.ones_like(z) if path[-1] == "var" else z)
-             for path, z in traverse_util.flatten_dict(zeros["batch_stats"]).items()}
+    params = jax.tree.map(lambda z: rng.normal(0, 0.05, z.shape).astype(z.dtype), zeros["params"])
+    stats = {
+        path: (np.ones_like(z) if path[-1] == "var" else z)
+        for path, z in traverse_util.flatten_dict(zeros["batch_stats"]).items()
+    }
     return {"params": params, "batch_stats": traverse_util.unflatten_dict(stats)}
 
 
@@ -135,22 +176,35 @@ def shapes_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("shapes")
     paths = synthetic.write_shapes_dataset(root / "data", num_train=4, num_val=4, image_size=96)
     config = load_config(REPO / "configs" / "ssdlite_shapes.py")
-    ckpt = save_variables(root / "ckpt", random_variables(config),
-                          {"config": config.name, "class_names": list(config.class_names)})
+    ckpt = save_variables(
+        root / "ckpt",
+        random_variables(config),
+        {"config": config.name, "class_names": list(config.class_names)},
+    )
     return {**paths, "dir": root, "ckpt": ckpt}
 
 
 def shapes_argv(run: dict, *extra: str) -> list[str]:
-    return [f"--config={REPO / 'configs' / 'ssdlite_shapes.py'}",
-            f"--checkpoint={run['ckpt']}", "--num-workers=0", "--no-progress",
-            "--config.test.batch_size=4", *extra]
+    return [
+        f"--config={REPO / 'configs' / 'ssdlite_shapes.py'}",
+        f"--checkpoint={run['ckpt']}",
+        "--num-workers=0",
+        "--no-progress",
+        "--config.test.batch_size=4",
+        *extra,
+    ]
 
 
 def test_eval_script_end_to_end_orbax(shapes_run, capsys):
     out = shapes_run["dir"] / "out"
-    metrics = evaluate(shapes_argv(
-        shapes_run, f"--ann-file={shapes_run['val_annotations']}",
-        f"--img-dir={shapes_run['val_images']}", f"--out={out}"))
+    metrics = evaluate(
+        shapes_argv(
+            shapes_run,
+            f"--ann-file={shapes_run['val_annotations']}",
+            f"--img-dir={shapes_run['val_images']}",
+            f"--out={out}",
+        )
+    )
     written, results = read_outputs(out)
     assert list(written)[:12] == list(METRIC_NAMES) and len(written) == 13
     assert set(written["per_class_AP"]) == {"ellipse", "rectangle", "triangle", "star"}
@@ -167,11 +221,16 @@ def test_eval_refuses_to_replace_earlier_outputs(shapes_run, tmp_path):
     """An --out that already holds metrics.json / results.bbox.json is refused before anything
     runs, unless --overwrite."""
     from ssd_jax.errors import OutputExistsError
+
     out = tmp_path / "out"
     out.mkdir()
     (out / "metrics.json").write_text("{} ")
-    argv = shapes_argv(shapes_run, f"--ann-file={shapes_run['val_annotations']}",
-                       f"--img-dir={shapes_run['val_images']}", f"--out={out}")
+    argv = shapes_argv(
+        shapes_run,
+        f"--ann-file={shapes_run['val_annotations']}",
+        f"--img-dir={shapes_run['val_images']}",
+        f"--out={out}",
+    )
     with pytest.raises(OutputExistsError, match="metrics.json exists"):
         evaluate(argv)
     assert (out / "metrics.json").read_text() == "{} "
@@ -185,22 +244,35 @@ def test_eval_script_refuses_other_class_count(shapes_run, tmp_path):
     coco["annotations"] = [a for a in coco["annotations"] if a["category_id"] <= 3]
     ann_file = tmp_path / "three_classes.json"
     ann_file.write_text(json.dumps(coco))
-    with pytest.raises(CheckpointMismatchError,
-                       match="it is a ssdlite_shapes trained for 4 classes, the config .* has 3"):
-        evaluate(shapes_argv(shapes_run, f"--ann-file={ann_file}",
-                                      f"--img-dir={shapes_run['val_images']}",
-                                      f"--out={tmp_path / 'out'}"))
+    with pytest.raises(
+        CheckpointMismatchError,
+        match="it is a ssdlite_shapes trained for 4 classes, the config .* has 3",
+    ):
+        evaluate(
+            shapes_argv(
+                shapes_run,
+                f"--ann-file={ann_file}",
+                f"--img-dir={shapes_run['val_images']}",
+                f"--out={tmp_path / 'out'}",
+            )
+        )
 
 
 def test_eval_script_refuses_pth_of_other_classes(shapes_run, tmp_path):
     # The 80-class mmdetection checkpoint on the 4-class shapes data.
-    with pytest.raises(CheckpointMismatchError,
-                       match="it is a ssd300_coco trained for 80 classes, the config .* has 4"):
-        evaluate([
-            f"--config={REPO / 'configs' / 'ssd300_coco.py'}",
-            f"--checkpoint={fixture_dir('ssd300_coco') / 'checkpoint.pth.xz'}",
-            f"--ann-file={shapes_run['val_annotations']}",
-            f"--img-dir={shapes_run['val_images']}", f"--out={tmp_path / 'out'}"])
+    with pytest.raises(
+        CheckpointMismatchError,
+        match="it is a ssd300_coco trained for 80 classes, the config .* has 4",
+    ):
+        evaluate(
+            [
+                f"--config={REPO / 'configs' / 'ssd300_coco.py'}",
+                f"--checkpoint={fixture_dir('ssd300_coco') / 'checkpoint.pth.xz'}",
+                f"--ann-file={shapes_run['val_annotations']}",
+                f"--img-dir={shapes_run['val_images']}",
+                f"--out={tmp_path / 'out'}",
+            ]
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,15 +291,16 @@ def write_voc_tree(root: pathlib.Path) -> pathlib.Path:
     for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
         (year / sub).mkdir(parents=True, exist_ok=True)
     for name, (w, h, grey, objects) in VOC_IMAGES.items():
-        Image.new("RGB", (w, h), (grey,) * 3).save(year / "JPEGImages" / f"{name}.jpg",
-                                                   quality=100)
+        Image.new("RGB", (w, h), (grey,) * 3).save(year / "JPEGImages" / f"{name}.jpg", quality=100)
         xml = "".join(
             f"<object><name>{c}</name><difficult>{d}</difficult><bndbox><xmin>{x1}</xmin>"
             f"<ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>"
-            for c, x1, y1, x2, y2, d in objects)
+            for c, x1, y1, x2, y2, d in objects
+        )
         (year / "Annotations" / f"{name}.xml").write_text(
             f"<annotation><size><width>{w}</width><height>{h}</height><depth>3</depth></size>"
-            f"{xml}</annotation>")
+            f"{xml}</annotation>"
+        )
     (year / "ImageSets" / "Main" / "test.txt").write_text("\n".join(VOC_IMAGES) + "\n")
     return root
 
@@ -256,9 +329,12 @@ def oracle_p_detect(voc_root: pathlib.Path, max_dets: int = 4):
 
     def p_detect(variables, images, scale_factors):
         d, b = images.shape[:2]
-        out = Detections(np.zeros((d, b, max_dets, 4), np.float32),
-                         np.zeros((d, b, max_dets), np.float32),
-                         np.full((d, b, max_dets), -1, np.int32), np.zeros((d, b), np.int32))
+        out = Detections(
+            np.zeros((d, b, max_dets, 4), np.float32),
+            np.zeros((d, b, max_dets), np.float32),
+            np.full((d, b, max_dets), -1, np.int32),
+            np.zeros((d, b), np.int32),
+        )
         for i in range(d):
             for j in range(b):
                 grey = int(round(float(np.mean(images[i, j])) / 40)) * 40
@@ -282,8 +358,15 @@ def test_evaluate_voc_maps_string_ids_and_difficult(tmp_path, mode):
 
     root = write_voc_tree(tmp_path)
     config = load_config(REPO / "configs" / "ssdlite_shapes.py")
-    metrics, dets = evaluate_voc(oracle_p_detect(root), DUMMY_VARIABLES, VocSource(root, "test"),
-                                 config, batch_size=3, progress=False, mode=mode)
+    metrics, dets = evaluate_voc(
+        oracle_p_detect(root),
+        DUMMY_VARIABLES,
+        VocSource(root, "test"),
+        config,
+        batch_size=3,
+        progress=False,
+        mode=mode,
+    )
     assert metrics["mAP"] == pytest.approx(0.75)
     assert metrics["per_class_AP"]["dog"] == pytest.approx(1.0)
     assert metrics["per_class_AP"]["cat"] == pytest.approx(0.5)
@@ -302,9 +385,14 @@ def test_evaluate_coco_on_voc_records(tmp_path):
 
     root = write_voc_tree(tmp_path)
     config = load_config(REPO / "configs" / "ssdlite_shapes.py")
-    metrics, results = evaluate_coco(oracle_p_detect(root), DUMMY_VARIABLES,
-                                     VocSource(root, "test"), config, batch_size=2,
-                                     progress=False)
+    metrics, results = evaluate_coco(
+        oracle_p_detect(root),
+        DUMMY_VARIABLES,
+        VocSource(root, "test"),
+        config,
+        batch_size=2,
+        progress=False,
+    )
     assert metrics["per_class_AP"]["dog"] == pytest.approx(1.0)
     assert metrics["per_class_AP"]["cat"] == pytest.approx(0.5)
     assert math.isnan(metrics["per_class_AP"]["person"])
@@ -323,10 +411,19 @@ def test_eval_script_voc_end_to_end(tmp_path):
     config.class_names, config.model.num_classes = VOC_CLASSES, len(VOC_CLASSES)
     ckpt = save_variables(tmp_path / "ckpt", random_variables(config), {"config": "voc20"})
     out = tmp_path / "out"
-    metrics = evaluate([
-        f"--config={REPO / 'configs' / 'ssdlite_shapes.py'}", f"--checkpoint={ckpt}",
-        "--data=voc", f"--voc-root={root}", "--voc-mode=11points", f"--out={out}",
-        "--batch-size=2", "--num-workers=0", "--no-progress"])
+    metrics = evaluate(
+        [
+            f"--config={REPO / 'configs' / 'ssdlite_shapes.py'}",
+            f"--checkpoint={ckpt}",
+            "--data=voc",
+            f"--voc-root={root}",
+            "--voc-mode=11points",
+            f"--out={out}",
+            "--batch-size=2",
+            "--num-workers=0",
+            "--no-progress",
+        ]
+    )
     written, results = read_outputs(out)
     assert written["mode"] == "11points" and 0 <= written["mAP"] <= 1
     assert written["mAP"] == pytest.approx(metrics["mAP"])

@@ -1,4 +1,5 @@
 """COCO and VOC metrics against hand-computed cases; the VOC reader; the synthetic data set."""
+
 from __future__ import annotations
 
 import json
@@ -13,26 +14,47 @@ from pycocotools.coco import COCO
 
 from ssd_jax.data import synthetic
 from ssd_jax.data.voc import VOC_CLASSES, VocSource
-from ssd_jax.evaluation import (coco_evaluate, detections_to_coco_results, format_metrics_table,
-                                voc_map, write_results_json)
+from ssd_jax.evaluation import (
+    coco_evaluate,
+    detections_to_coco_results,
+    format_metrics_table,
+    voc_map,
+    write_results_json,
+)
 from ssd_jax.evaluation.voc import average_precision, box_iou_voc
 
 # ---------------------------------------------------------------------------------------------
 # COCO
 
 # (image id, category id, [x, y, w, h]); sizes cover COCO's small (< 32²), medium and large.
-GT_BOXES = [(1, 3, [10, 10, 30, 40]), (1, 7, [50, 50, 40, 30]), (2, 7, [5, 5, 60, 60]),
-            (3, 3, [20, 30, 10, 10]), (3, 3, [0, 0, 90, 90])]
+GT_BOXES = [
+    (1, 3, [10, 10, 30, 40]),
+    (1, 7, [50, 50, 40, 30]),
+    (2, 7, [5, 5, 60, 60]),
+    (3, 3, [20, 30, 10, 10]),
+    (3, 3, [0, 0, 90, 90]),
+]
 NAMES = {3: "cat", 7: "dog"}
 
 
 def write_gt(tmp_path: pathlib.Path, cat_order: tuple[int, ...] = (3, 7)) -> str:
-    coco = {"images": [{"id": i, "file_name": f"{i}.jpg", "height": 100, "width": 100}
-                       for i in (1, 2, 3)],
-            "categories": [{"id": c, "name": NAMES[c]} for c in cat_order],
-            "annotations": [{"id": k + 1, "image_id": i, "category_id": c, "bbox": b,
-                             "area": b[2] * b[3], "iscrowd": 0}
-                            for k, (i, c, b) in enumerate(GT_BOXES)]}
+    coco = {
+        "images": [
+            {"id": i, "file_name": f"{i}.jpg", "height": 100, "width": 100} for i in (1, 2, 3)
+        ],
+        "categories": [{"id": c, "name": NAMES[c]} for c in cat_order],
+        "annotations": [
+            {
+                "id": k + 1,
+                "image_id": i,
+                "category_id": c,
+                "bbox": b,
+                "area": b[2] * b[3],
+                "iscrowd": 0,
+            }
+            for k, (i, c, b) in enumerate(GT_BOXES)
+        ],
+    }
     path = tmp_path / "instances.json"
     path.write_text(json.dumps(coco))
     return str(path)
@@ -43,19 +65,33 @@ def perfect_detections(cat_ids: list[int], only_cat: int | None = None) -> list[
     dets = []
     for image_id in (1, 2, 3):
         rows = [(b, c) for i, c, b in GT_BOXES if i == image_id and only_cat in (None, c)]
-        dets.append({"boxes": np.array([[x, y, x + w, y + h] for (x, y, w, h), _ in rows],
-                                       np.float32).reshape(-1, 4),
-                     "scores": np.linspace(0.9, 0.5, len(rows)),
-                     "labels": np.array([cat_ids.index(c) for _, c in rows], np.int64)})
+        dets.append(
+            {
+                "boxes": np.array(
+                    [[x, y, x + w, y + h] for (x, y, w, h), _ in rows], np.float32
+                ).reshape(-1, 4),
+                "scores": np.linspace(0.9, 0.5, len(rows)),
+                "labels": np.array([cat_ids.index(c) for _, c in rows], np.int64),
+            }
+        )
     return dets
 
 
 def test_xyxy_to_coco_xywh_and_category_mapping():
-    dets = [{"boxes": np.array([[10.5, 20, 30, 60]]), "scores": np.array([0.8]),
-             "labels": np.array([1])}]
+    dets = [
+        {
+            "boxes": np.array([[10.5, 20, 30, 60]]),
+            "scores": np.array([0.8]),
+            "labels": np.array([1]),
+        }
+    ]
     (result,) = detections_to_coco_results([42], dets, [3, 7])
-    assert result == {"image_id": 42, "category_id": 7, "bbox": [10.5, 20.0, 19.5, 40.0],
-                      "score": pytest.approx(0.8)}
+    assert result == {
+        "image_id": 42,
+        "category_id": 7,
+        "bbox": [10.5, 20.0, 19.5, 40.0],
+        "score": pytest.approx(0.8),
+    }
 
 
 @pytest.mark.parametrize("cat_order", [(3, 7), (7, 3)])
@@ -69,17 +105,29 @@ def test_perfect_detections_give_map_one(tmp_path, cat_order):
     assert metrics["bbox_mAP_50"] == pytest.approx(1.0)
     assert metrics["AR@100"] == pytest.approx(1.0)
     assert metrics["per_class_AP"] == {"cat": pytest.approx(1.0), "dog": pytest.approx(1.0)}
-    assert list(metrics)[:12] == ["bbox_mAP", "bbox_mAP_50", "bbox_mAP_75", "bbox_mAP_s",
-                                  "bbox_mAP_m", "bbox_mAP_l", "AR@1", "AR@10", "AR@100",
-                                  "AR_s@100", "AR_m@100", "AR_l@100"]
+    assert list(metrics)[:12] == [
+        "bbox_mAP",
+        "bbox_mAP_50",
+        "bbox_mAP_75",
+        "bbox_mAP_s",
+        "bbox_mAP_m",
+        "bbox_mAP_l",
+        "AR@1",
+        "AR@10",
+        "AR@100",
+        "AR_s@100",
+        "AR_m@100",
+        "AR_l@100",
+    ]
 
 
 @pytest.mark.parametrize("cat_order", [(3, 7), (7, 3)])
 def test_label_maps_to_category_in_order(tmp_path, cat_order):
     gt = COCO(write_gt(tmp_path, cat_order))
     cat_ids = gt.getCatIds()
-    dog_only = detections_to_coco_results([1, 2, 3], perfect_detections(cat_ids, only_cat=7),
-                                          cat_ids)
+    dog_only = detections_to_coco_results(
+        [1, 2, 3], perfect_detections(cat_ids, only_cat=7), cat_ids
+    )
     assert {r["category_id"] for r in dog_only} == {7}
     metrics = coco_evaluate(gt, dog_only)
     assert metrics["per_class_AP"]["dog"] == pytest.approx(1.0)
@@ -104,16 +152,18 @@ def test_per_class_ap_is_nan_without_ground_truth(tmp_path):
     path = tmp_path / "with_bird.json"
     path.write_text(json.dumps(coco))
     gt = COCO(str(path))
-    results = detections_to_coco_results([1, 2, 3], perfect_detections(gt.getCatIds()),
-                                          gt.getCatIds())
+    results = detections_to_coco_results(
+        [1, 2, 3], perfect_detections(gt.getCatIds()), gt.getCatIds()
+    )
     per_class = coco_evaluate(gt, results)["per_class_AP"]
     assert math.isnan(per_class["bird"]) and per_class["dog"] == pytest.approx(1.0)
 
 
 def test_results_json_round_trip_and_table(tmp_path):
     gt = COCO(write_gt(tmp_path))
-    results = detections_to_coco_results([1, 2, 3], perfect_detections(gt.getCatIds()),
-                                         gt.getCatIds())
+    results = detections_to_coco_results(
+        [1, 2, 3], perfect_detections(gt.getCatIds()), gt.getCatIds()
+    )
     path = tmp_path / "out" / "results.bbox.json"
     write_results_json(path, results)
     assert json.loads(path.read_text()) == results
@@ -125,6 +175,7 @@ def test_results_json_round_trip_and_table(tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # VOC
+
 
 def det(boxes, scores, labels=None) -> dict:
     boxes = np.array(boxes, np.float32).reshape(-1, 4)
@@ -144,8 +195,12 @@ A, B, C = [0, 0, 19, 19], [40, 40, 69, 59], [80, 0, 99, 29]
 
 @pytest.mark.parametrize("mode", ["area", "11points"])
 def test_voc_perfect_detector(mode):
-    result = voc_map([det([A, B], [0.9, 0.8]), det([C], [0.7], [1])],
-                     [ann([A, B]), ann([C], [1])], num_classes=2, mode=mode)
+    result = voc_map(
+        [det([A, B], [0.9, 0.8]), det([C], [0.7], [1])],
+        [ann([A, B]), ann([C], [1])],
+        num_classes=2,
+        mode=mode,
+    )
     assert result["mAP"] == pytest.approx(1.0)
     np.testing.assert_allclose(result["per_class_AP"], [1.0, 1.0])
     np.testing.assert_array_equal(result["num_gts"], [2, 1])
@@ -174,8 +229,8 @@ def test_voc_duplicate_is_false_positive():
 def test_voc_duplicate_does_not_fall_back_to_another_gt():
     # mmdetection / VOC devkit: a detection goes to its highest-IoU gt; if that gt is taken the
     # detection is a FP even when it also overlaps a free gt by ≥ 0.5.
-    g1, g2 = [0, 0, 99, 99], [0, 0, 99, 79]        # IoU(g1, g2) = 0.8
-    d_first, d_second = [0, 0, 99, 99], [0, 0, 99, 94]   # both closest to g1
+    g1, g2 = [0, 0, 99, 99], [0, 0, 99, 79]  # IoU(g1, g2) = 0.8
+    d_first, d_second = [0, 0, 99, 99], [0, 0, 99, 94]  # both closest to g1
     result = voc_map([det([d_first, d_second], [0.9, 0.8])], [ann([g1, g2])], 1)
     assert result["per_class_recall"][0] == pytest.approx(0.5)
 
@@ -256,8 +311,9 @@ def test_voc_source(tmp_path):
     # int(float(v)) - 1 on all four coordinates; "unicorn" skipped; missing <difficult> → 0.
     np.testing.assert_array_equal(r["boxes"], [[0, 1, 19, 29], [9, 4, 48, 39], [2, 3, 5, 7]])
     assert r["boxes"].dtype == np.float32 and r["labels"].dtype == np.int32
-    np.testing.assert_array_equal(r["labels"], [VOC_CLASSES.index(n)
-                                                for n in ("dog", "person", "cat")])
+    np.testing.assert_array_equal(
+        r["labels"], [VOC_CLASSES.index(n) for n in ("dog", "person", "cat")]
+    )
     np.testing.assert_array_equal(r["difficult"], [False, True, False])
     empty = source[1]  # no <size>: read from the 30×20 JPEG
     assert (empty["height"], empty["width"]) == (20, 30) and empty["boxes"].shape == (0, 4)
@@ -265,8 +321,13 @@ def test_voc_source(tmp_path):
     assert len(VocSource(tmp_path / "VOCdevkit")) == 2  # root may be VOCdevkit itself
 
 
-@pytest.mark.parametrize("xml", ["<annotation><object>", "<annotation><object><name>dog</name>"
-                                 "<bndbox><xmin>1</xmin></bndbox></object></annotation>"])
+@pytest.mark.parametrize(
+    "xml",
+    [
+        "<annotation><object>",
+        "<annotation><object><name>dog</name><bndbox><xmin>1</xmin></bndbox></object></annotation>",
+    ],
+)
 def test_voc_source_malformed_xml(tmp_path, xml):
     write_voc(tmp_path, {"000001": VOC_XML, "000007": xml})
     with pytest.raises(ValueError, match="000007.xml"):
@@ -282,31 +343,41 @@ def test_voc_source_missing_split(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Synthetic shapes
 
+
 def tree_bytes(root: pathlib.Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory) -> dict[str, str]:
-    return synthetic.write_shapes_dataset(tmp_path_factory.mktemp("shapes"), num_train=40,
-                                          num_val=6, image_size=96, seed=0)
+    return synthetic.write_shapes_dataset(
+        tmp_path_factory.mktemp("shapes"), num_train=40, num_val=6, image_size=96, seed=0
+    )
 
 
 def test_synthetic_is_deterministic(shapes, tmp_path):
-    again = synthetic.write_shapes_dataset(tmp_path / "again", num_train=40, num_val=6,
-                                           image_size=96, seed=0)
+    again = synthetic.write_shapes_dataset(
+        tmp_path / "again", num_train=40, num_val=6, image_size=96, seed=0
+    )
     first = tree_bytes(pathlib.Path(shapes["root"]))
     assert len(first) == 40 + 6 + 2 and first == tree_bytes(pathlib.Path(again["root"]))
     # The train split does not depend on the val count; another seed differs.
-    other = synthetic.write_shapes_dataset(tmp_path / "other", num_train=40, num_val=1,
-                                           image_size=96, seed=0)
-    assert (pathlib.Path(other["train_annotations"]).read_bytes()
-            == pathlib.Path(shapes["train_annotations"]).read_bytes())
-    reseeded = synthetic.write_shapes_dataset(tmp_path / "seed1", num_train=2, num_val=0,
-                                              image_size=96, seed=1)
-    assert (pathlib.Path(reseeded["train_images"], "000000.jpg").read_bytes()
-            != first["train/000000.jpg"])
+    other = synthetic.write_shapes_dataset(
+        tmp_path / "other", num_train=40, num_val=1, image_size=96, seed=0
+    )
+    assert (
+        pathlib.Path(other["train_annotations"]).read_bytes()
+        == pathlib.Path(shapes["train_annotations"]).read_bytes()
+    )
+    reseeded = synthetic.write_shapes_dataset(
+        tmp_path / "seed1", num_train=2, num_val=0, image_size=96, seed=1
+    )
+    assert (
+        pathlib.Path(reseeded["train_images"], "000000.jpg").read_bytes()
+        != first["train/000000.jpg"]
+    )
 
 
 @pytest.mark.parametrize("split", ["train", "val"])
@@ -343,7 +414,18 @@ def test_synthetic_mask_is_the_polygon():
 
 
 def test_synthetic_cli(tmp_path, capsys):
-    synthetic.main([str(tmp_path / "cli"), "--num-train", "2", "--num-val", "1",
-                    "--image-size", "64", "--seed", "5"])
+    synthetic.main(
+        [
+            str(tmp_path / "cli"),
+            "--num-train",
+            "2",
+            "--num-val",
+            "1",
+            "--image-size",
+            "64",
+            "--seed",
+            "5",
+        ]
+    )
     assert "writing 2 train + 1 val images" in capsys.readouterr().out
     assert len(list((tmp_path / "cli" / "train").glob("*.jpg"))) == 2

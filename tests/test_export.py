@@ -5,6 +5,7 @@ OpenVINO; ``jax.export`` artifacts run by JAX. Tolerances are the fixtures READM
 optional packages come from requirements-export.txt; under SSD_JAX_REQUIRE_FIXTURES=1 a
 missing one fails instead of skipping. Each model is exported once per session (per worker).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -12,9 +13,9 @@ import pathlib
 
 import numpy as np
 import pytest
+from test_parity import assert_close_rel, assert_detections_match, nchw_to_nhwc
 
 from conftest import FIXTURE_CONFIGS, REQUIRE_FIXTURES, fixture_dir, load_detector, load_reference
-from test_parity import assert_close_rel, assert_detections_match, nchw_to_nhwc
 
 RUNTIME_FORMAT = {"onnxruntime": "onnx", "openvino": "onnx", "jax": "jax"}
 RUNTIME_PACKAGES = {"onnxruntime": ("onnxruntime",), "openvino": ("openvino", "onnx"), "jax": ()}
@@ -27,8 +28,10 @@ def require(*modules: str) -> None:
         try:
             importlib.import_module(module)
         except ImportError as e:
-            msg = (f"{module} is not installed ({e}); pip install -r requirements-export.txt and "
-                   "--no-deps -r requirements-export-nodeps.txt")
+            msg = (
+                f"{module} is not installed ({e}); pip install -r requirements-export.txt and "
+                "--no-deps -r requirements-export-nodeps.txt"
+            )
             if REQUIRE_FIXTURES:
                 pytest.fail(msg)
             pytest.skip(msg)
@@ -49,6 +52,7 @@ def exported_file(export_dir: pathlib.Path, name: str, fmt: str, raw: bool) -> p
     if key not in _EXPORTED:
         require(*EXPORT_PACKAGES[fmt])
         from ssd_jax.export import export
+
         path = export_dir / f"{name}_{'raw' if raw else 'detect'}{SUFFIX[fmt]}"
         written = export(load_detector(name), path, fmt, raw=raw)
         assert pathlib.Path(written["model"]) == path and path.is_file()
@@ -62,6 +66,7 @@ def loaded_model(export_dir: pathlib.Path, name: str, runtime: str, raw: bool):
         require(*RUNTIME_PACKAGES[runtime])
         path = exported_file(export_dir, name, RUNTIME_FORMAT[runtime], raw)
         from ssd_jax.export import runtime as rt
+
         _LOADED[key] = rt.load(path, runtime)
     return _LOADED[key]
 
@@ -73,10 +78,12 @@ def uint8_inputs(name: str) -> np.ndarray:
     input's pixels are integers on the 0–255 scale.
     """
     from ssd_jax.config import load_config
+
     ref = load_reference(name)
     cfg = load_config(FIXTURE_CONFIGS[name]).model
-    x = (nchw_to_nhwc(ref["inputs_nchw"]) * np.asarray(cfg.std, np.float32)
-         + np.asarray(cfg.mean, np.float32))
+    x = nchw_to_nhwc(ref["inputs_nchw"]) * np.asarray(cfg.std, np.float32) + np.asarray(
+        cfg.mean, np.float32
+    )
     assert np.abs(x - np.round(x)).max() < 1e-3
     return np.round(x).astype(np.uint8)
 
@@ -91,10 +98,16 @@ def assert_raw_outputs_match(out: dict, name: str, num_classes: int, what: str) 
         box_ref = nchw_to_nhwc(ref[f"bbox_preds_l{k}"])
         n, h, w, c = cls_ref.shape
         count = h * w * c // (num_classes + 1)
-        assert_close_rel(out["cls_logits"][:, start:start + count].reshape(cls_ref.shape),
-                         cls_ref, f"{what} cls level {k}")
-        assert_close_rel(out["bbox_deltas"][:, start:start + count].reshape(box_ref.shape),
-                         box_ref, f"{what} reg level {k}")
+        assert_close_rel(
+            out["cls_logits"][:, start : start + count].reshape(cls_ref.shape),
+            cls_ref,
+            f"{what} cls level {k}",
+        )
+        assert_close_rel(
+            out["bbox_deltas"][:, start : start + count].reshape(box_ref.shape),
+            box_ref,
+            f"{what} reg level {k}",
+        )
         start += count
     assert out["cls_logits"].shape[1] == out["bbox_deltas"].shape[1] == start
 
@@ -103,13 +116,15 @@ def assert_raw_outputs_match(out: dict, name: str, num_classes: int, what: str) 
 def test_raw_outputs(export_dir, fixture_name, runtime):
     model = loaded_model(export_dir, fixture_name, runtime, raw=True)
     assert model.kind == "raw"
-    assert_raw_outputs_match(model(images=uint8_inputs(fixture_name)), fixture_name,
-                             len(model.class_names), runtime)
+    assert_raw_outputs_match(
+        model(images=uint8_inputs(fixture_name)), fixture_name, len(model.class_names), runtime
+    )
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "jax"])
 def test_raw_export_writes_anchors(export_dir, fixture_name, fmt):
     from ssd_jax.export.onnx_export import anchors_path
+
     anchors = np.load(anchors_path(exported_file(export_dir, fixture_name, fmt, raw=True)))
     ref = load_reference(fixture_name)
     expected = np.concatenate([ref[k] for k in sorted(k for k in ref if k.startswith("anchors_l"))])
@@ -120,20 +135,23 @@ def test_raw_export_writes_anchors(export_dir, fixture_name, fmt):
 @pytest.mark.parametrize("runtime", list(RUNTIME_FORMAT))
 def test_detections_from_raw_images(export_dir, fixture_name, runtime):
     from ssd_jax.export.runtime import predict
+
     model = loaded_model(export_dir, fixture_name, runtime, raw=False)
     ref = load_reference(fixture_name)
     max_per_img = load_detector(fixture_name).config.test.max_per_img
     results = predict(model, [ref["image_0"], ref["image_1"]])
     for i, res in enumerate(results):
         assert np.all(np.diff(res["scores"]) <= 0), "not sorted by score"
-        assert_detections_match(res, ref[f"det_bboxes_{i}"], ref[f"det_scores_{i}"],
-                                ref[f"det_labels_{i}"], max_per_img)
+        assert_detections_match(
+            res, ref[f"det_bboxes_{i}"], ref[f"det_scores_{i}"], ref[f"det_labels_{i}"], max_per_img
+        )
 
 
 @pytest.mark.parametrize("runtime", list(RUNTIME_FORMAT))
 def test_dynamic_batch(export_dir, runtime):
     """Batches of 1 and 3 (the export saw none of these sizes) give each image's detections."""
     from ssd_jax.export.runtime import predict
+
     name = "ssdlite_mobilenetv2_320_coco"  # the fast one
     model = loaded_model(export_dir, name, runtime, raw=False)
     ref = load_reference(name)
@@ -142,8 +160,9 @@ def test_dynamic_batch(export_dir, runtime):
         results = predict(model, batch)
         assert len(results) == len(which)
         for res, i in zip(results, which):
-            assert_detections_match(res, ref[f"det_bboxes_{i}"], ref[f"det_scores_{i}"],
-                                    ref[f"det_labels_{i}"], 200)
+            assert_detections_match(
+                res, ref[f"det_bboxes_{i}"], ref[f"det_scores_{i}"], ref[f"det_labels_{i}"], 200
+            )
 
 
 def _nms_problem(seed: int = 0, batch: int = 3, k: int = 300, classes: int = 3):
@@ -170,42 +189,51 @@ def test_onnx_nms_is_greedy_class_aware_nms(tmp_path, runtime):
     from onnx import TensorProto, helper
 
     from ssd_jax import postprocess
-    from ssd_jax.export import onnx_nms, runtime as rt
+    from ssd_jax.export import onnx_nms
+    from ssd_jax.export import runtime as rt
 
     boxes, scores, labels = _nms_problem()
     classes, max_out, iou = 3, 40, 0.45
-    class_scores = np.where(labels[:, None, :] == np.arange(classes)[None, :, None],
-                            scores[:, None, :], -1.0).astype(np.float32)
+    class_scores = np.where(
+        labels[:, None, :] == np.arange(classes)[None, :, None], scores[:, None, :], -1.0
+    ).astype(np.float32)
     k = boxes.shape[1]
-    dtypes = {"cand_boxes": (TensorProto.FLOAT, ["B", k, 4]),
-              "cand_scores": (TensorProto.FLOAT, ["B", k]),
-              "cand_labels": (TensorProto.INT32, ["B", k]),
-              "cand_class_scores": (TensorProto.FLOAT, ["B", classes, k])}
+    dtypes = {
+        "cand_boxes": (TensorProto.FLOAT, ["B", k, 4]),
+        "cand_scores": (TensorProto.FLOAT, ["B", k]),
+        "cand_labels": (TensorProto.INT32, ["B", k]),
+        "cand_class_scores": (TensorProto.FLOAT, ["B", classes, k]),
+    }
     graph = helper.make_graph(
         [helper.make_node("Identity", ["in_" + n], [n]) for n in onnx_nms.CANDIDATE_OUTPUTS],
-        "nms", [helper.make_tensor_value_info("in_" + n, *dtypes[n])
-                for n in onnx_nms.CANDIDATE_OUTPUTS],
-        [helper.make_tensor_value_info(n, *dtypes[n]) for n in onnx_nms.CANDIDATE_OUTPUTS])
+        "nms",
+        [helper.make_tensor_value_info("in_" + n, *dtypes[n]) for n in onnx_nms.CANDIDATE_OUTPUTS],
+        [helper.make_tensor_value_info(n, *dtypes[n]) for n in onnx_nms.CANDIDATE_OUTPUTS],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
     onnx_nms.append_nms(model, num_candidates=k, nms_iou=iou, max_per_img=max_out)
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, tmp_path / "nms.onnx")
     out = rt.load(tmp_path / "nms.onnx", runtime)(
-        in_cand_boxes=boxes, in_cand_scores=scores, in_cand_labels=labels,
-        in_cand_class_scores=class_scores)
+        in_cand_boxes=boxes,
+        in_cand_scores=scores,
+        in_cand_labels=labels,
+        in_cand_class_scores=class_scores,
+    )
 
-    keep, count = jax.vmap(lambda b, s, l: postprocess.batched_nms(
-        b, s, l, s > 0, iou, max_out))(boxes, scores, labels)
+    keep, count = jax.vmap(lambda b, s, l: postprocess.batched_nms(b, s, l, s > 0, iou, max_out))(
+        boxes, scores, labels
+    )
     keep, count = np.asarray(keep), np.asarray(count)
     assert count.tolist()[:2] == [max_out, max_out] and count[2] == 0  # the cap and the empty case
     np.testing.assert_array_equal(out["num_valid"], count)
     for b in range(len(count)):
-        idx = keep[b, :count[b]]
-        np.testing.assert_array_equal(out["labels"][b, :count[b]], labels[b, idx])
-        np.testing.assert_allclose(out["scores"][b, :count[b]], scores[b, idx], rtol=0, atol=0)
-        np.testing.assert_allclose(out["boxes"][b, :count[b]], boxes[b, idx], rtol=0, atol=0)
-        assert np.all(out["labels"][b, count[b]:] == -1)
-        assert np.all(out["scores"][b, count[b]:] == 0)
+        idx = keep[b, : count[b]]
+        np.testing.assert_array_equal(out["labels"][b, : count[b]], labels[b, idx])
+        np.testing.assert_allclose(out["scores"][b, : count[b]], scores[b, idx], rtol=0, atol=0)
+        np.testing.assert_allclose(out["boxes"][b, : count[b]], boxes[b, idx], rtol=0, atol=0)
+        assert np.all(out["labels"][b, count[b] :] == -1)
+        assert np.all(out["scores"][b, count[b] :] == 0)
 
 
 def test_cli(tmp_path):
@@ -217,9 +245,25 @@ def test_cli(tmp_path):
 
     name = "ssdlite_mobilenetv2_320_coco"
     out = tmp_path / "lite_raw.jaxexport"
-    assert main(["--config", str(FIXTURE_CONFIGS[name]), "--checkpoint",
-                 str(fixture_dir(name) / "checkpoint.pth.xz"), "--format", "jax", "--raw",
-                 "--out", str(out), "--platforms", "cpu", "--config.test.score_thr=0.3"]) == 0
+    assert (
+        main(
+            [
+                "--config",
+                str(FIXTURE_CONFIGS[name]),
+                "--checkpoint",
+                str(fixture_dir(name) / "checkpoint.pth.xz"),
+                "--format",
+                "jax",
+                "--raw",
+                "--out",
+                str(out),
+                "--platforms",
+                "cpu",
+                "--config.test.score_thr=0.3",
+            ]
+        )
+        == 0
+    )
     model = rt.load(out)
     assert model.kind == "raw" and model.settings["score_thr"] == 0.3
     assert model.exported.platforms == ("cpu",)
@@ -227,6 +271,19 @@ def test_cli(tmp_path):
     assert_raw_outputs_match(raw, name, len(model.class_names), "cli")
     assert np.load(anchors_path(out)).shape == (raw["cls_logits"].shape[1], 4)
     before = out.read_bytes()
-    assert main(["--config", name, "--checkpoint", str(fixture_dir(name) / "checkpoint.pth.xz"),
-                 "--format", "jax", "--out", str(out)]) == 2
+    assert (
+        main(
+            [
+                "--config",
+                name,
+                "--checkpoint",
+                str(fixture_dir(name) / "checkpoint.pth.xz"),
+                "--format",
+                "jax",
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     assert out.read_bytes() == before

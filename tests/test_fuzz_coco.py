@@ -8,6 +8,7 @@ kept as a finite box or dropped and counted in ``dropped`` ("a corrupt image or 
 and counted") — or raise ``CocoFormatError`` naming the file; nothing else, and never hang
 (``bounded``). Hypothesis runs derandomized on a fixed budget; the module prints the count.
 """
+
 from __future__ import annotations
 
 import collections
@@ -30,8 +31,13 @@ from ssd_jax.data.coco import CocoFormatError, CocoSource
 
 def fuzz(max_examples: int) -> settings:
     """Derandomized (same cases every run), no example database, 5 s deadline per case."""
-    return settings(max_examples=max_examples, derandomize=True, database=None, deadline=5000,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    return settings(
+        max_examples=max_examples,
+        derandomize=True,
+        database=None,
+        deadline=5000,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
 
 
 SECONDS = 10  # hard limit per load; the files are a few KiB
@@ -47,6 +53,7 @@ class Hang(BaseException):
 def bounded(seconds: float = SECONDS):
     """Fail the block if it runs past ``seconds`` (SIGALRM); if C code never returns to Python
     to notice, faulthandler kills the run at 3x, printing every thread's stack."""
+
     def alarm(signum, frame):
         raise Hang(f"still running after {seconds} s")
 
@@ -98,8 +105,9 @@ def outcome(ann_file, filter_train: bool = False) -> CocoSource | CocoFormatErro
     if not filter_train:
         annotations = json.loads(ann_file.read_text())["annotations"]
         kept = sum(len(r["labels"]) for r in records)
-        assert kept + source.crowd + sum(source.dropped.values()) == len(annotations), \
+        assert kept + source.crowd + sum(source.dropped.values()) == len(annotations), (
             source.dropped
+        )
     CASES[current_test(), "loaded"] += 1
     return source
 
@@ -135,43 +143,87 @@ def write(workdir, data, name: str = "ann.json"):
 
 
 def ann(ann_id, image_id, bbox, category_id=1, **extra) -> dict:
-    return {"id": ann_id, "image_id": image_id, "category_id": category_id, "bbox": bbox,
-            "area": float(bbox[2] * bbox[3]), "iscrowd": 0, **extra}
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": category_id,
+        "bbox": bbox,
+        "area": float(bbox[2] * bbox[3]),
+        "iscrowd": 0,
+        **extra,
+    }
 
 
 BASE = {
     "info": {"description": "fuzz"},
-    "images": [{"id": 1, "file_name": "a.jpg", "height": 64, "width": 48},
-               {"id": 2, "file_name": "b.jpg", "height": 40, "width": 40},
-               {"id": 5, "file_name": "c.jpg", "height": 20, "width": 30}],
-    "annotations": [ann(1, 1, [1, 2, 10, 12]), ann(2, 2, [5, 5, 20, 20], 3),
-                    ann(3, 1, [0, 0, 5, 5], 3, iscrowd=1), ann(4, 5, [2.5, 3.5, 6, 7]),
-                    ann(7, 2, [30, 30, 20, 20], 1, ignore=0)],
+    "images": [
+        {"id": 1, "file_name": "a.jpg", "height": 64, "width": 48},
+        {"id": 2, "file_name": "b.jpg", "height": 40, "width": 40},
+        {"id": 5, "file_name": "c.jpg", "height": 20, "width": 30},
+    ],
+    "annotations": [
+        ann(1, 1, [1, 2, 10, 12]),
+        ann(2, 2, [5, 5, 20, 20], 3),
+        ann(3, 1, [0, 0, 5, 5], 3, iscrowd=1),
+        ann(4, 5, [2.5, 3.5, 6, 7]),
+        ann(7, 2, [30, 30, 20, 20], 1, ignore=0),
+    ],
     "categories": [{"id": 1, "name": "cat"}, {"id": 3, "name": "dog"}],
 }
 SECTIONS = ["images", "annotations", "categories"]
-FIELDS = {"images": ["id", "file_name", "height", "width"],
-          "annotations": ["id", "image_id", "category_id", "bbox", "area", "iscrowd", "ignore"],
-          "categories": ["id", "name"]}
+FIELDS = {
+    "images": ["id", "file_name", "height", "width"],
+    "annotations": ["id", "image_id", "category_id", "bbox", "area", "iscrowd", "ignore"],
+    "categories": ["id", "name"],
+}
 VALUE = st.one_of(
-    st.integers(-3, 8).map(str), st.text(max_size=3), st.none(), st.booleans(),
-    st.integers(-5, 10), st.floats(), st.sampled_from([float("nan"), float("inf"), -1e300]),
-    st.integers(2**63 - 1, 10**30), st.lists(st.integers(0, 9), max_size=5),
-    st.dictionaries(st.sampled_from(["id", "x"]), st.integers(0, 3), max_size=2))
+    st.integers(-3, 8).map(str),
+    st.text(max_size=3),
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 10),
+    st.floats(),
+    st.sampled_from([float("nan"), float("inf"), -1e300]),
+    st.integers(2**63 - 1, 10**30),
+    st.lists(st.integers(0, 9), max_size=5),
+    st.dictionaries(st.sampled_from(["id", "x"]), st.integers(0, 3), max_size=2),
+)
 EDIT = st.one_of(
-    st.tuples(st.just("delete_field"), st.sampled_from(SECTIONS), st.integers(0, 9),
-              st.sampled_from(sorted({f for fs in FIELDS.values() for f in fs}))),
+    st.tuples(
+        st.just("delete_field"),
+        st.sampled_from(SECTIONS),
+        st.integers(0, 9),
+        st.sampled_from(sorted({f for fs in FIELDS.values() for f in fs})),
+    ),
     st.tuples(st.just("delete_section"), st.sampled_from(SECTIONS)),
-    st.tuples(st.just("retype"), st.sampled_from(SECTIONS), st.integers(0, 9),
-              st.sampled_from(sorted({f for fs in FIELDS.values() for f in fs})), VALUE),
-    st.tuples(st.just("bbox_number"), st.integers(0, 9), st.integers(0, 3),
-              st.one_of(st.floats(), st.integers(-100, 100), VALUE)),
+    st.tuples(
+        st.just("retype"),
+        st.sampled_from(SECTIONS),
+        st.integers(0, 9),
+        st.sampled_from(sorted({f for fs in FIELDS.values() for f in fs})),
+        VALUE,
+    ),
+    st.tuples(
+        st.just("bbox_number"),
+        st.integers(0, 9),
+        st.integers(0, 3),
+        st.one_of(st.floats(), st.integers(-100, 100), VALUE),
+    ),
     st.tuples(st.just("duplicate"), st.sampled_from(SECTIONS), st.integers(0, 9)),
-    st.tuples(st.just("dangling"), st.integers(0, 9), st.sampled_from(["image_id", "category_id"]),
-              st.integers(-2, 99)),
+    st.tuples(
+        st.just("dangling"),
+        st.integers(0, 9),
+        st.sampled_from(["image_id", "category_id"]),
+        st.integers(-2, 99),
+    ),
     st.tuples(st.just("wrap_entry"), st.sampled_from(SECTIONS), st.integers(0, 9)),
-    st.tuples(st.just("wrap_section"), st.sampled_from(SECTIONS),
-              st.sampled_from(["object", "list_of_lists", "value"]), VALUE))
+    st.tuples(
+        st.just("wrap_section"),
+        st.sampled_from(SECTIONS),
+        st.sampled_from(["object", "list_of_lists", "value"]),
+        VALUE,
+    ),
+)
 
 
 def apply(data: dict, edit: tuple) -> None:
@@ -183,8 +235,7 @@ def apply(data: dict, edit: tuple) -> None:
     if action == "wrap_section":
         section, how, value = args
         entries = data.get(section)
-        data[section] = {"object": {"0": entries}, "list_of_lists": [entries],
-                         "value": value}[how]
+        data[section] = {"object": {"0": entries}, "list_of_lists": [entries], "value": value}[how]
         return
     if action in ("bbox_number", "dangling"):
         section, (index, *rest) = "annotations", args
@@ -226,16 +277,19 @@ def test_damaged_annotation_files_load_or_are_refused(workdir, edits, filter_tra
 
 
 @fuzz(150)
-@given(text=st.text(alphabet='{}[]":,0123456789.-eE nulltruefalseNaInfiy\\', max_size=200),
-       fraction=st.floats(0, 1))
+@given(
+    text=st.text(alphabet='{}[]":,0123456789.-eE nulltruefalseNaInfiy\\', max_size=200),
+    fraction=st.floats(0, 1),
+)
 def test_random_and_cut_json_text(workdir, text, fraction):
     """Random JSON-ish text, and the base file cut short and followed by it."""
     outcome(write(workdir, text))
     base = json.dumps(BASE)
-    outcome(write(workdir, base[:int(fraction * len(base))] + text))
+    outcome(write(workdir, base[: int(fraction * len(base))] + text))
 
 
 # ---- what each kind of damage gives (and what fuzzing found) ----
+
 
 def with_edit(section: str, index: int, key: str, value) -> dict:
     data = copy.deepcopy(BASE)
@@ -243,15 +297,28 @@ def with_edit(section: str, index: int, key: str, value) -> dict:
     return data
 
 
-@pytest.mark.parametrize("section,key,value", [
-    ("images", "height", "64"), ("images", "width", -48), ("images", "height", float("nan")),
-    ("images", "width", float("inf")), ("images", "height", 10**30), ("images", "id", "1"),
-    ("images", "file_name", 7), ("annotations", "image_id", [1]), ("annotations", "id", None),
-    ("annotations", "category_id", {"id": 1}), ("annotations", "area", "120"),
-    ("annotations", "iscrowd", "0"), ("annotations", "bbox", [1, 2, 10]),
-    ("annotations", "bbox", ["1", 2, 10, 12]), ("annotations", "bbox", [10**400, 2, 10, 12]),
-    ("categories", "id", 1.0), ("categories", "name", None),
-])
+@pytest.mark.parametrize(
+    "section,key,value",
+    [
+        ("images", "height", "64"),
+        ("images", "width", -48),
+        ("images", "height", float("nan")),
+        ("images", "width", float("inf")),
+        ("images", "height", 10**30),
+        ("images", "id", "1"),
+        ("images", "file_name", 7),
+        ("annotations", "image_id", [1]),
+        ("annotations", "id", None),
+        ("annotations", "category_id", {"id": 1}),
+        ("annotations", "area", "120"),
+        ("annotations", "iscrowd", "0"),
+        ("annotations", "bbox", [1, 2, 10]),
+        ("annotations", "bbox", ["1", 2, 10, 12]),
+        ("annotations", "bbox", [10**400, 2, 10, 12]),
+        ("categories", "id", 1.0),
+        ("categories", "name", None),
+    ],
+)
 def test_values_of_the_wrong_type_are_refused_naming_the_entry(workdir, section, key, value):
     """Found by fuzzing: each of these raised TypeError, OverflowError or a ValueError without
     the file name (from numpy, pycocotools or os.path.join), or was silently misread."""
@@ -260,12 +327,17 @@ def test_values_of_the_wrong_type_are_refused_naming_the_entry(workdir, section,
     assert f"{section}[1] (id " in str(result) and f" {key} is not " in str(result)
 
 
-@pytest.mark.parametrize("bbox,reason", [
-    ([30, 10, -8, 20], "empty_intersection"), ([float("nan"), 4, 10, 10], "non_finite"),
-    ([0, 0, float("inf"), 10], "non_finite"), ([-float("inf"), 0, 5, 5], "non_finite"),
-    ([-1e300, 0, 2e300, 10], "non_finite"),  # finite in float64, ±inf as the float32 boxes
-    ([2, 2, 0.5, 9], "degenerate"),
-])
+@pytest.mark.parametrize(
+    "bbox,reason",
+    [
+        ([30, 10, -8, 20], "empty_intersection"),
+        ([float("nan"), 4, 10, 10], "non_finite"),
+        ([0, 0, float("inf"), 10], "non_finite"),
+        ([-float("inf"), 0, 5, 5], "non_finite"),
+        ([-1e300, 0, 2e300, 10], "non_finite"),  # finite in float64, ±inf as the float32 boxes
+        ([2, 2, 0.5, 9], "degenerate"),
+    ],
+)
 def test_bad_boxes_are_dropped_and_counted(workdir, bbox, reason):
     result = outcome(write(workdir, with_edit("annotations", 1, "bbox", bbox)))
     assert isinstance(result, CocoSource)
@@ -281,13 +353,18 @@ def test_references_to_nothing_are_dropped_and_counted(workdir):
     assert result.crowd == 1
 
 
-@pytest.mark.parametrize("damage,message", [
-    (lambda d: d.pop("categories"), "missing or non-list 'categories'"),
-    (lambda d: d.update(images={"0": d["images"]}), "missing or non-list 'images'"),
-    (lambda d: d["annotations"].append(copy.deepcopy(d["annotations"][0])),
-     "annotations[5] repeats id 1 of annotations[0]"),
-    (lambda d: d["images"].__setitem__(0, [d["images"][0]]), "images[0] lacks"),
-])
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (lambda d: d.pop("categories"), "missing or non-list 'categories'"),
+        (lambda d: d.update(images={"0": d["images"]}), "missing or non-list 'images'"),
+        (
+            lambda d: d["annotations"].append(copy.deepcopy(d["annotations"][0])),
+            "annotations[5] repeats id 1 of annotations[0]",
+        ),
+        (lambda d: d["images"].__setitem__(0, [d["images"][0]]), "images[0] lacks"),
+    ],
+)
 def test_structural_damage_is_refused_naming_the_problem(workdir, damage, message):
     data = copy.deepcopy(BASE)
     damage(data)

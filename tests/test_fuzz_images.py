@@ -11,6 +11,7 @@ Pillow's ``Image.MAX_IMAGE_PIXELS`` is lowered to 2**20 while fuzzing (``pixel_l
 that a corrupt header claiming a huge image is refused by the same check as at the default
 limit, without decoding ~89 million pixels (seconds each) at the default.
 """
+
 from __future__ import annotations
 
 import collections
@@ -35,8 +36,13 @@ from ssd_jax.image_io import IMAGE_EXTENSIONS, ImageReadError, read_image_rgb
 
 def fuzz(max_examples: int) -> settings:
     """Derandomized (same cases every run), no example database, 5 s deadline per case."""
-    return settings(max_examples=max_examples, derandomize=True, database=None, deadline=5000,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    return settings(
+        max_examples=max_examples,
+        derandomize=True,
+        database=None,
+        deadline=5000,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
 
 
 SECONDS = 10  # hard limit per read; the files are under 2 KiB and at most 2**20 pixels
@@ -53,6 +59,7 @@ class Hang(BaseException):
 def bounded(seconds: float = SECONDS):
     """Fail the block if it runs past ``seconds`` (SIGALRM); if C code never returns to Python
     to notice, faulthandler kills the run at 3x, printing every thread's stack."""
+
     def alarm(signum, frame):
         raise Hang(f"still running after {seconds} s")
 
@@ -96,6 +103,7 @@ def outcome(path) -> np.ndarray | ImageReadError:
 
 # ---- small valid files ----
 
+
 def encode(fmt: str, array: np.ndarray, mode: str | None = None, **options) -> bytes:
     image = Image.fromarray(array)
     buffer = io.BytesIO()
@@ -104,15 +112,19 @@ def encode(fmt: str, array: np.ndarray, mode: str | None = None, **options) -> b
 
 
 RGB = np.random.default_rng(0).integers(0, 256, (12, 10, 3), np.uint8)
-GRAY16 = (RGB[..., 0].astype(np.uint16) * 257)
+GRAY16 = RGB[..., 0].astype(np.uint16) * 257
 # name -> (extension, bytes): one per IMAGE_EXTENSIONS entry at least, several modes.
 VALID = {
-    "png_rgb": (".png", encode("PNG", RGB)), "png_rgba": (".png", encode("PNG", RGB, "RGBA")),
-    "png_palette": (".png", encode("PNG", RGB, "P")), "png_gray16": (".png", encode("PNG", GRAY16)),
-    "jpg": (".jpg", encode("JPEG", RGB)), "jpeg_gray": (".jpeg", encode("JPEG", RGB, "L")),
+    "png_rgb": (".png", encode("PNG", RGB)),
+    "png_rgba": (".png", encode("PNG", RGB, "RGBA")),
+    "png_palette": (".png", encode("PNG", RGB, "P")),
+    "png_gray16": (".png", encode("PNG", GRAY16)),
+    "jpg": (".jpg", encode("JPEG", RGB)),
+    "jpeg_gray": (".jpeg", encode("JPEG", RGB, "L")),
     "jpg_cmyk": (".jpg", encode("JPEG", RGB, "CMYK")),
     "jpg_progressive": (".jpg", encode("JPEG", RGB, progressive=True)),
-    "bmp": (".bmp", encode("BMP", RGB)), "webp": (".webp", encode("WEBP", RGB)),
+    "bmp": (".bmp", encode("BMP", RGB)),
+    "webp": (".webp", encode("WEBP", RGB)),
     "webp_lossless": (".webp", encode("WEBP", RGB, lossless=True)),
     "tif": (".tif", encode("TIFF", RGB)),
     "tiff_lzw": (".tiff", encode("TIFF", RGB, compression="tiff_lzw")),
@@ -120,12 +132,25 @@ VALID = {
 assert {ext for ext, _ in VALID.values()} == set(IMAGE_EXTENSIONS)
 # Formats Pillow also recognises by their content, whatever the file is called.
 _OTHER = ["GIF", "ICO", "DDS", "PPM", "PCX", "SGI", "TGA", "QOI"]
-_OTHER += [fmt for fmt, feature in [("JPEG2000", "jpg_2000"), ("AVIF", "avif")]
-           if features.check(feature)]
+_OTHER += [
+    fmt for fmt, feature in [("JPEG2000", "jpg_2000"), ("AVIF", "avif")] if features.check(feature)
+]
 OTHER = {fmt.lower(): (".jpg", encode(fmt, RGB)) for fmt in _OTHER}
 ALL = {**VALID, **OTHER}
-MAGIC = [b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff\xe0", b"\xff\xd8\xff", b"BM", b"RIFF\0\0\0\0WEBPVP8 ",
-         b"II*\0", b"MM\0*", b"GIF89a", b"DDS |", b"\0\0\0\x0cjP  \r\n\x87\n", b"P6\n", b""]
+MAGIC = [
+    b"\x89PNG\r\n\x1a\n",
+    b"\xff\xd8\xff\xe0",
+    b"\xff\xd8\xff",
+    b"BM",
+    b"RIFF\0\0\0\0WEBPVP8 ",
+    b"II*\0",
+    b"MM\0*",
+    b"GIF89a",
+    b"DDS |",
+    b"\0\0\0\x0cjP  \r\n\x87\n",
+    b"P6\n",
+    b"",
+]
 
 
 @pytest.fixture(scope="module")
@@ -144,14 +169,16 @@ def pixel_limit():
 @pytest.fixture(scope="module")
 def decoded(workdir):
     """read_image_rgb of each intact file."""
-    return {name: read_image_rgb(write(workdir, ext, data, "ok")) for name, (ext, data) in
-            ALL.items()}
+    return {
+        name: read_image_rgb(write(workdir, ext, data, "ok")) for name, (ext, data) in ALL.items()
+    }
 
 
 @pytest.fixture(scope="module", autouse=True)
 def harness(request):
     """Point the watchdog at the terminal (pytest's captured output is lost when faulthandler
-    ends the process); at the end, print how many cases read_image_rgb was given, by test/outcome."""
+    ends the process); at the end, print how many cases read_image_rgb was given, by
+    test/outcome."""
     capture = request.config.pluginmanager.get_plugin("capturemanager")
     with capture.global_and_fixture_disabled():
         WATCHDOG["file"] = os.fdopen(os.dup(2), "w")
@@ -175,9 +202,13 @@ def write(workdir, ext: str, data: bytes, stem: str = "case"):
 
 # ---- fuzzing ----
 
+
 @fuzz(400)
-@given(ext=st.sampled_from(IMAGE_EXTENSIONS + tuple(e.upper() for e in IMAGE_EXTENSIONS)),
-       magic=st.sampled_from(MAGIC), body=st.binary(max_size=600))
+@given(
+    ext=st.sampled_from(IMAGE_EXTENSIONS + tuple(e.upper() for e in IMAGE_EXTENSIONS)),
+    magic=st.sampled_from(MAGIC),
+    body=st.binary(max_size=600),
+)
 def test_random_bytes_under_image_extensions(workdir, ext, magic, body):
     outcome(write(workdir, ext, magic + body))
 
@@ -187,23 +218,30 @@ def test_random_bytes_under_image_extensions(workdir, ext, magic, body):
 def test_cut_files_are_refused_or_decode_to_the_same_pixels(workdir, decoded, name, fraction):
     """A file cut short is refused, or (a cut only in trailing metadata) decodes as before."""
     ext, data = ALL[name]
-    result = outcome(write(workdir, ext, data[:int(fraction * len(data))]))
+    result = outcome(write(workdir, ext, data[: int(fraction * len(data))]))
     if isinstance(result, np.ndarray):
         np.testing.assert_array_equal(result, decoded[name])
 
 
 @fuzz(400)
-@given(name=st.sampled_from(sorted(ALL)), keep=st.integers(1, 80),
-       garbage=st.binary(min_size=1, max_size=800))
+@given(
+    name=st.sampled_from(sorted(ALL)),
+    keep=st.integers(1, 80),
+    garbage=st.binary(min_size=1, max_size=800),
+)
 def test_valid_header_then_garbage(workdir, name, keep, garbage):
     ext, data = ALL[name]
     outcome(write(workdir, ext, data[:keep] + garbage))
 
 
 @fuzz(500)
-@given(name=st.sampled_from(sorted(ALL)), flips=st.lists(
-    st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 7)), min_size=1, max_size=6),
-    in_header=st.booleans())
+@given(
+    name=st.sampled_from(sorted(ALL)),
+    flips=st.lists(
+        st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 7)), min_size=1, max_size=6
+    ),
+    in_header=st.booleans(),
+)
 def test_bit_flips(workdir, name, flips, in_header):
     """Flips anywhere, or in the first 64 bytes (image size, mode, chunk lengths)."""
     ext, data = ALL[name]
@@ -215,6 +253,7 @@ def test_bit_flips(workdir, name, flips, in_header):
 
 
 # ---- what the fuzzing found ----
+
 
 def test_a_tiny_file_claiming_a_huge_image_is_refused_before_decoding(workdir, pixel_limit):
     """A 500-byte TIFF whose ImageLength says 13,565,964 rows (found by fuzzing): it used to

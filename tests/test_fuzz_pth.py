@@ -40,8 +40,13 @@ torch = require("torch")  # CI (SSD_JAX_REQUIRE_FIXTURES) fails without it
 
 def fuzz(max_examples: int) -> settings:
     """Derandomized (same cases every run), no example database, 5 s deadline per case."""
-    return settings(max_examples=max_examples, derandomize=True, database=None, deadline=5000,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    return settings(
+        max_examples=max_examples,
+        derandomize=True,
+        database=None,
+        deadline=5000,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
 
 
 SECONDS = 10  # hard limit per read; these files are a few KiB and read in milliseconds
@@ -57,6 +62,7 @@ class Hang(BaseException):
 def bounded(seconds: float = SECONDS):
     """Fail the block if it runs past ``seconds`` (SIGALRM); if C code never returns to Python
     to notice, faulthandler kills the run at 3x, printing every thread's stack."""
+
     def alarm(signum, frame):
         raise Hang(f"still running after {seconds} s")
 
@@ -98,14 +104,24 @@ def outcome(path):
 def same(ours, expected) -> bool:
     """Equal values: dicts (same type and key order), lists, tuples, arrays (and dtypes)."""
     if isinstance(expected, np.ndarray):
-        return (isinstance(ours, np.ndarray) and ours.dtype == expected.dtype
-                and ours.shape == expected.shape and np.array_equal(ours, expected))
+        return (
+            isinstance(ours, np.ndarray)
+            and ours.dtype == expected.dtype
+            and ours.shape == expected.shape
+            and np.array_equal(ours, expected)
+        )
     if isinstance(expected, dict):
-        return (type(ours) is type(expected) and list(ours) == list(expected)
-                and all(same(ours[k], expected[k]) for k in expected))
+        return (
+            type(ours) is type(expected)
+            and list(ours) == list(expected)
+            and all(same(ours[k], expected[k]) for k in expected)
+        )
     if isinstance(expected, (list, tuple)):
-        return (type(ours) is type(expected) and len(ours) == len(expected)
-                and all(map(same, ours, expected)))
+        return (
+            type(ours) is type(expected)
+            and len(ours) == len(expected)
+            and all(map(same, ours, expected))
+        )
     return type(ours) is type(expected) and ours == expected
 
 
@@ -120,16 +136,25 @@ def assert_refused(result) -> None:
 
 # ---- small valid checkpoints, written once by torch ----
 
+
 def make_checkpoint() -> dict:
     """Tensors of several dtypes, strided and offset views of one storage, and metadata."""
     torch.manual_seed(0)
     base = torch.arange(12, dtype=torch.float32).reshape(3, 4)
     state_dict = OrderedDict(
-        weight=torch.randn(2, 3), half=torch.randn(3).half(), index=torch.arange(4),
-        mask=torch.tensor([True, False]), bf16=torch.tensor([1.5, -2.0], dtype=torch.bfloat16),
-        transposed=base.t(), sliced=base.view(-1)[2:7], num_batches_tracked=torch.tensor(5))
-    return {"meta": {"epoch": 3, "classes": ("a", "b"), "lr": [0.1, 0.01], "none": None},
-            "state_dict": state_dict}
+        weight=torch.randn(2, 3),
+        half=torch.randn(3).half(),
+        index=torch.arange(4),
+        mask=torch.tensor([True, False]),
+        bf16=torch.tensor([1.5, -2.0], dtype=torch.bfloat16),
+        transposed=base.t(),
+        sliced=base.view(-1)[2:7],
+        num_batches_tracked=torch.tensor(5),
+    )
+    return {
+        "meta": {"epoch": 3, "classes": ("a", "b"), "lr": [0.1, 0.01], "none": None},
+        "state_dict": state_dict,
+    }
 
 
 def torch_save(fmt: str) -> bytes:
@@ -157,8 +182,13 @@ def legacy_sections(data: bytes) -> list[tuple[int, int]]:
 
 def legacy_storages(data: bytes) -> dict[str, int]:
     """Storage key -> byte size, in the order the legacy file's object pickle first uses them."""
-    itemsize = {"FloatStorage": 4, "HalfStorage": 2, "BFloat16Storage": 2, "LongStorage": 8,
-                "BoolStorage": 1}
+    itemsize = {
+        "FloatStorage": 4,
+        "HalfStorage": 2,
+        "BFloat16Storage": 2,
+        "LongStorage": 8,
+        "BoolStorage": 1,
+    }
     nbytes = {}
 
     class Recorder(pickle.Unpickler):  # reads our own file; builds no tensors
@@ -182,9 +212,10 @@ def canonical_legacy(data: bytes) -> bytes:
     spans, nbytes = legacy_sections(data), legacy_storages(data)
     records, pos = {}, spans[4][1]
     for key in pickle.loads(data[slice(*spans[4])]):
-        records[key] = data[pos:pos + 8 + nbytes[key]]
+        records[key] = data[pos : pos + 8 + nbytes[key]]
         pos += 8 + nbytes[key]
     assert pos == len(data)
+
     def ops(value) -> bytes:  # the opcodes that push value (for a str: BINUNICODE)
         return pickletools.optimize(pickle.dumps(value, protocol=2))[2:-1]
 
@@ -192,7 +223,7 @@ def canonical_legacy(data: bytes) -> bytes:
     for i, key in enumerate(nbytes):
         obj = obj.replace(ops(key), ops(str(i)))
     keys = b"\x80\x02" + ops([str(i) for i in range(len(nbytes))]) + b"."
-    return data[:spans[3][0]] + obj + keys + b"".join(records[k] for k in nbytes)
+    return data[: spans[3][0]] + obj + keys + b"".join(records[k] for k in nbytes)
 
 
 VALID = {"zip": torch_save("zip"), "legacy": canonical_legacy(torch_save("legacy"))}
@@ -288,6 +319,7 @@ def write(workdir, data: bytes, xz: bool = False, name: str = "case.pth"):
 
 # ---- truncation at every structural boundary ----
 
+
 def zip_boundaries(data: bytes) -> list[int]:
     """Start of each local header, each entry's data and each central directory record, the
     end of each entry's data, and the end-of-central-directory record."""
@@ -298,7 +330,7 @@ def zip_boundaries(data: bytes) -> list[int]:
             start = info.header_offset + 30 + name_len + extra_len
             cuts += [info.header_offset, start, start + info.compress_size]
         pos = zf.start_dir
-    while data[pos:pos + 4] == b"PK\x01\x02":
+    while data[pos : pos + 4] == b"PK\x01\x02":
         cuts.append(pos)
         pos += 46 + sum(struct.unpack_from("<HHH", data, pos + 28))
     return sorted(set(cuts + [pos]))
@@ -343,18 +375,26 @@ def test_legacy_cut_at_every_structural_boundary_is_refused(workdir, expected):
 def test_xz_stream_cut_anywhere_is_refused(workdir, fmt, fraction):
     packed = lzma.compress(VALID[fmt])
     path = workdir / "cut.pth.xz"
-    path.write_bytes(packed[:int(fraction * len(packed))])
+    path.write_bytes(packed[: int(fraction * len(packed))])
     assert_refused(outcome(path))
 
 
 # ---- bit flips ----
 
+
 @fuzz(300)
-@given(fmt=st.sampled_from(sorted(VALID)), xz=st.booleans(), in_entry=st.booleans(),
-       flips=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 7)),
-                      min_size=1, max_size=4), data=st.data())
+@given(
+    fmt=st.sampled_from(sorted(VALID)),
+    xz=st.booleans(),
+    in_entry=st.booleans(),
+    flips=st.lists(
+        st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 7)), min_size=1, max_size=4
+    ),
+    data=st.data(),
+)
 def test_bit_flips_load_or_are_refused(workdir, fmt, xz, in_entry, flips, data):
     """Flips anywhere in the file, or (zip) inside one entry re-zipped with a valid CRC."""
+
     def flipped(raw: bytes) -> bytes:
         out = bytearray(raw)
         for fraction, bit in flips:
@@ -376,11 +416,19 @@ NAMES = [name for name, _ in ENTRIES]
 
 
 @fuzz(200)
-@given(edits=st.lists(st.tuples(
-    st.sampled_from(["rename", "duplicate", "drop", "move_first", "swap_payload"]),
-    st.sampled_from(NAMES), st.sampled_from(NAMES + [f"{ROOT}/data/99", "other/data.pkl",
-                                                     f"{ROOT}/constants.pkl", "data.pkl"])),
-    min_size=1, max_size=3))
+@given(
+    edits=st.lists(
+        st.tuples(
+            st.sampled_from(["rename", "duplicate", "drop", "move_first", "swap_payload"]),
+            st.sampled_from(NAMES),
+            st.sampled_from(
+                NAMES + [f"{ROOT}/data/99", "other/data.pkl", f"{ROOT}/constants.pkl", "data.pkl"]
+            ),
+        ),
+        min_size=1,
+        max_size=3,
+    )
+)
 def test_zip_entries_renamed_duplicated_or_dropped(workdir, expected, edits):
     entries = list(ENTRIES)
     for action, name, other in edits:
@@ -406,8 +454,7 @@ def test_zip_entries_renamed_duplicated_or_dropped(workdir, expected, edits):
         assert_refused(result)
 
 
-@pytest.mark.parametrize("method", [zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA,
-                                    99])
+@pytest.mark.parametrize("method", [zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA, 99])
 def test_zip_entry_claiming_compression_is_refused(workdir, method):
     """data.pkl's header says compressed (method 8, 12, 14 or unknown) but the bytes are not:
     bz2's OSError used to escape (found by fuzzing)."""
@@ -422,9 +469,12 @@ def test_zip_entry_claiming_compression_is_refused(workdir, method):
 
 # ---- storages of the wrong size ----
 
+
 @fuzz(150)
-@given(record=st.sampled_from([n for n in NAMES if "/data/" in n and "/.data/" not in n]),
-       size=st.integers(0, 80))
+@given(
+    record=st.sampled_from([n for n in NAMES if "/data/" in n and "/.data/" not in n]),
+    size=st.integers(0, 80),
+)
 def test_zip_storage_record_of_another_size(workdir, expected, record, size):
     """Shorter than its declared size: refused. Longer: the extra bytes are ignored."""
     payload = dict(ENTRIES)[record]
@@ -437,11 +487,12 @@ def test_zip_storage_record_of_another_size(workdir, expected, record, size):
         assert_loads_as(result, expected["zip"])
 
 
-
-
 @fuzz(150)
-@given(pos=st.sampled_from(LEGACY_COUNTS),
-       count=st.integers(-2**63, 2**63 - 1) | st.integers(-2, 40), extra=st.binary(max_size=16))
+@given(
+    pos=st.sampled_from(LEGACY_COUNTS),
+    count=st.integers(-(2**63), 2**63 - 1) | st.integers(-2, 40),
+    extra=st.binary(max_size=16),
+)
 def test_legacy_storage_count_of_another_size(workdir, expected, pos, count, extra):
     """A storage's element count unlike the one its pickle declares is refused; bytes after
     the last storage are ignored."""
@@ -456,13 +507,19 @@ def test_legacy_storage_count_of_another_size(workdir, expected, pos, count, ext
 
 
 @fuzz(300)
-@given(numel=st.integers(-3, 12), record_len=st.integers(0, 12), offset=st.integers(-1, 12),
-       shape=st.lists(st.integers(0, 4), max_size=3), data=st.data())
+@given(
+    numel=st.integers(-3, 12),
+    record_len=st.integers(0, 12),
+    offset=st.integers(-1, 12),
+    shape=st.lists(st.integers(0, 4), max_size=3),
+    data=st.data(),
+)
 def test_tensor_geometry_against_storage_size(workdir, numel, record_len, offset, shape, data):
     """A hand-pickled float32 tensor: it loads, equal to the strided view of the record's
     bytes, exactly when the record holds ``numel`` elements and the view stays inside them."""
-    stride = data.draw(st.lists(st.integers(-1, 5), min_size=len(shape), max_size=len(shape)),
-                       label="stride")
+    stride = data.draw(
+        st.lists(st.integers(-1, 5), min_size=len(shape), max_size=len(shape)), label="stride"
+    )
     record = np.arange(record_len, dtype="<f4")
 
     class StorageRef:
@@ -472,8 +529,10 @@ def test_tensor_geometry_against_storage_size(workdir, numel, record_len, offset
 
     class Tensor:
         def __reduce__(self):
-            return (torch._utils._rebuild_tensor_v2,
-                    (ref, offset, tuple(shape), tuple(stride), False, OrderedDict()))
+            return (
+                torch._utils._rebuild_tensor_v2,
+                (ref, offset, tuple(shape), tuple(stride), False, OrderedDict()),
+            )
 
     class Writer(pickle.Pickler):
         def persistent_id(self, obj):
@@ -481,23 +540,33 @@ def test_tensor_geometry_against_storage_size(workdir, numel, record_len, offset
 
     pkl = io.BytesIO()
     Writer(pkl, protocol=2).dump({"w": Tensor()})
-    result = outcome(write(workdir, make_zip([("archive/data.pkl", pkl.getvalue()),
-                                              ("archive/data/0", record.tobytes())])))
+    result = outcome(
+        write(
+            workdir,
+            make_zip([("archive/data.pkl", pkl.getvalue()), ("archive/data/0", record.tobytes())]),
+        )
+    )
     empty = 0 in shape
     last = offset + sum((n - 1) * s for n, s in zip(shape, stride))
-    fits = (0 <= numel <= record_len and offset >= 0 and min(stride, default=0) >= 0
-            and (empty or last < numel))
+    fits = (
+        0 <= numel <= record_len
+        and offset >= 0
+        and min(stride, default=0) >= 0
+        and (empty or last < numel)
+    )
     if not fits:
         assert_refused(result)
         return
     want = np.zeros(shape, np.float32)
     if not empty:
         want[...] = np.lib.stride_tricks.as_strided(
-            record[offset:], shape, [4 * s for s in stride], writeable=False)
+            record[offset:], shape, [4 * s for s in stride], writeable=False
+        )
     assert_loads_as(result, {"w": want})
 
 
 # ---- pickle opcodes: mutated, random, dangerous ----
+
 
 def _arg_bytes(arg) -> st.SearchStrategy[bytes]:
     """Bytes for one opcode argument: mostly well formed (small numbers, short data, a
@@ -507,32 +576,53 @@ def _arg_bytes(arg) -> st.SearchStrategy[bytes]:
     small = st.integers(0, 6)
     if arg.n > 0:  # fixed width: uint1, uint2, int4, uint4, uint8, float8
         return small.map(lambda v: v.to_bytes(arg.n, "little")) | st.binary(
-            min_size=arg.n, max_size=arg.n)
+            min_size=arg.n, max_size=arg.n
+        )
     if arg.n == pickletools.UP_TO_NEWLINE:
         if arg.name == "stringnl_noescape_pair":
             return st.sampled_from(GLOBAL_NAMES).map(lambda mn: f"{mn[0]}\n{mn[1]}\n".encode())
         lines = [b"0", b"1", b"-3", b"99999999999", b"1.5", b"'a'", b"a", b"nan", b"", b"\xff"]
         return (st.sampled_from(lines) | st.binary(max_size=6)).map(lambda b: b + b"\n")
-    width = {pickletools.TAKEN_FROM_ARGUMENT1: 1, pickletools.TAKEN_FROM_ARGUMENT4: 4,
-             pickletools.TAKEN_FROM_ARGUMENT4U: 4, pickletools.TAKEN_FROM_ARGUMENT8U: 8}[arg.n]
+    width = {
+        pickletools.TAKEN_FROM_ARGUMENT1: 1,
+        pickletools.TAKEN_FROM_ARGUMENT4: 4,
+        pickletools.TAKEN_FROM_ARGUMENT4U: 4,
+        pickletools.TAKEN_FROM_ARGUMENT8U: 8,
+    }[arg.n]
     payload = st.sampled_from([b"storage", b"cpu", b"0", b"a"]) | st.binary(max_size=8)
     length = st.none() | st.integers(0, 2 ** (8 * width) - 1)
     return st.tuples(payload, length).map(
-        lambda pl: (len(pl[0]) if pl[1] is None else pl[1]).to_bytes(width, "little") + pl[0])
+        lambda pl: (len(pl[0]) if pl[1] is None else pl[1]).to_bytes(width, "little") + pl[0]
+    )
 
 
 # Globals the reader allows, and ones that would run code.
 GLOBAL_NAMES = [
-    ("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_parameter"),
-    ("torch", "FloatStorage"), ("torch", "LongStorage"), ("collections", "OrderedDict"),
-    ("torch", "Size"), ("builtins", "set"), ("__builtin__", "set"), ("_codecs", "encode"),
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy", "ndarray"), ("numpy", "dtype"),
-    ("numpy.core.multiarray", "scalar"), ("mmengine.config.config", "ConfigDict"),
-    ("os", "system"), ("posix", "system"), ("builtins", "eval"), ("__builtin__", "exec"),
-    ("subprocess", "Popen"), ("builtins", "getattr"), ("copy_reg", "_reconstructor"),
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_parameter"),
+    ("torch", "FloatStorage"),
+    ("torch", "LongStorage"),
+    ("collections", "OrderedDict"),
+    ("torch", "Size"),
+    ("builtins", "set"),
+    ("__builtin__", "set"),
+    ("_codecs", "encode"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "scalar"),
+    ("mmengine.config.config", "ConfigDict"),
+    ("os", "system"),
+    ("posix", "system"),
+    ("builtins", "eval"),
+    ("__builtin__", "exec"),
+    ("subprocess", "Popen"),
+    ("builtins", "getattr"),
+    ("copy_reg", "_reconstructor"),
 ]
 OPCODE = st.sampled_from(pickletools.opcodes).flatmap(
-    lambda op: _arg_bytes(op.arg).map(lambda a: op.code.encode("latin-1") + a))
+    lambda op: _arg_bytes(op.arg).map(lambda a: op.code.encode("latin-1") + a)
+)
 
 
 def place(pkl: bytes, where: str) -> bytes:
@@ -558,32 +648,56 @@ def constant_ops(value) -> bytes:
     return pickletools.optimize(pickle.dumps(value, protocol=2))[2:-1]
 
 
-STORAGE_PID = (b"(" + constant_ops("storage") + b"ctorch\nFloatStorage\n" + constant_ops("0")
-               + constant_ops("cpu") + b"K\x02tQ")  # persistent id of 2 floats in record 0
-CONSTANT = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=4),
-                    st.binary(max_size=6), st.sampled_from(["storage", "cpu", "0"]),
-                    st.integers(-1, 3)).map(constant_ops)
+STORAGE_PID = (
+    b"("
+    + constant_ops("storage")
+    + b"ctorch\nFloatStorage\n"
+    + constant_ops("0")
+    + constant_ops("cpu")
+    + b"K\x02tQ"
+)  # persistent id of 2 floats in record 0
+CONSTANT = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),
+    st.text(max_size=4),
+    st.binary(max_size=6),
+    st.sampled_from(["storage", "cpu", "0"]),
+    st.integers(-1, 3),
+).map(constant_ops)
 LEAF = st.one_of(
-    CONSTANT, CONSTANT,  # twice as likely as each of the others
+    CONSTANT,
+    CONSTANT,  # twice as likely as each of the others
     st.sampled_from(GLOBAL_NAMES).map(lambda mn: f"c{mn[0]}\n{mn[1]}\n".encode()),
     st.integers(0, 3).map(lambda k: b"h" + bytes([k])),  # BINGET, maybe of nothing
-    st.just(STORAGE_PID))
+    st.just(STORAGE_PID),
+)
 
 
 def _combine(children: st.SearchStrategy[bytes]) -> st.SearchStrategy[bytes]:
     """Opcodes pushing one value built from values that ``children`` push."""
     items = st.lists(children, max_size=4).map(b"".join)
     return st.one_of(
-        items.map(lambda b: b"(" + b + b"t"),                                   # tuple
-        items.map(lambda b: b"](" + b + b"e"),                                  # list
+        items.map(lambda b: b"(" + b + b"t"),  # tuple
+        items.map(lambda b: b"](" + b + b"e"),  # list
         st.lists(st.tuples(children, children), max_size=3).map(
-            lambda kv: b"}(" + b"".join(k + v for k, v in kv) + b"u"),          # dict
-        st.tuples(st.sampled_from(GLOBAL_NAMES), items).map(                    # call
-            lambda c: f"c{c[0][0]}\n{c[0][1]}\n".encode() + b"(" + c[1] + b"tR"),
-        items.map(lambda b: b"ctorch._utils\n_rebuild_tensor_v2\n(" + STORAGE_PID + b  # tensor
-                  + b"tR"),
-        st.tuples(children, children).map(lambda c: c[0] + c[1] + b"b"),       # BUILD
-        st.tuples(children, st.integers(0, 3)).map(lambda c: c[0] + b"q" + bytes([c[1]])))
+            lambda kv: b"}(" + b"".join(k + v for k, v in kv) + b"u"
+        ),  # dict
+        st.tuples(st.sampled_from(GLOBAL_NAMES), items).map(  # call
+            lambda c: f"c{c[0][0]}\n{c[0][1]}\n".encode() + b"(" + c[1] + b"tR"
+        ),
+        items.map(
+            lambda b: (
+                b"ctorch._utils\n_rebuild_tensor_v2\n("
+                + STORAGE_PID
+                + b  # tensor
+                + b"tR"
+            )
+        ),
+        st.tuples(children, children).map(lambda c: c[0] + c[1] + b"b"),  # BUILD
+        st.tuples(children, st.integers(0, 3)).map(lambda c: c[0] + b"q" + bytes([c[1]])),
+    )
 
 
 VALUE = st.recursive(LEAF, _combine, max_leaves=24)
@@ -605,9 +719,19 @@ def op_slices(pkl: bytes) -> list[bytes]:
 
 
 @fuzz(400)
-@given(fmt=st.sampled_from(["zip", "legacy"]), edits=st.lists(st.tuples(
-    st.sampled_from(["delete", "duplicate", "swap", "replace", "insert", "flip"]),
-    st.floats(0, 1, exclude_max=True), OPCODE, st.integers(0, 7)), min_size=1, max_size=3))
+@given(
+    fmt=st.sampled_from(["zip", "legacy"]),
+    edits=st.lists(
+        st.tuples(
+            st.sampled_from(["delete", "duplicate", "swap", "replace", "insert", "flip"]),
+            st.floats(0, 1, exclude_max=True),
+            OPCODE,
+            st.integers(0, 7),
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+)
 def test_mutated_checkpoint_pickles_load_or_are_refused(workdir, fmt, edits):
     """The real object pickle with opcodes deleted, repeated, swapped, replaced, inserted or
     with a bit of their argument flipped."""
@@ -639,14 +763,33 @@ def unicode_op(text: str) -> bytes:
     return b"X" + struct.pack("<I", len(raw)) + raw  # BINUNICODE
 
 
-DANGEROUS = [("os", "system"), ("posix", "system"), ("os", "popen"), ("os", "execv"),
-             ("subprocess", "Popen"), ("subprocess", "run"), ("subprocess", "check_output"),
-             ("builtins", "eval"), ("builtins", "exec"), ("__builtin__", "eval"),
-             ("builtins", "open"), ("builtins", "__import__"), ("builtins", "getattr"),
-             ("importlib", "import_module"), ("pickle", "loads"), ("shutil", "rmtree"),
-             ("runpy", "_run_code"), ("torch", "load"), ("numpy", "load"),
-             ("functools", "partial"), ("operator", "attrgetter"), ("types", "FunctionType"),
-             ("copyreg", "_reconstructor"), ("nt", "system"), ("webbrowser", "open")]
+DANGEROUS = [
+    ("os", "system"),
+    ("posix", "system"),
+    ("os", "popen"),
+    ("os", "execv"),
+    ("subprocess", "Popen"),
+    ("subprocess", "run"),
+    ("subprocess", "check_output"),
+    ("builtins", "eval"),
+    ("builtins", "exec"),
+    ("__builtin__", "eval"),
+    ("builtins", "open"),
+    ("builtins", "__import__"),
+    ("builtins", "getattr"),
+    ("importlib", "import_module"),
+    ("pickle", "loads"),
+    ("shutil", "rmtree"),
+    ("runpy", "_run_code"),
+    ("torch", "load"),
+    ("numpy", "load"),
+    ("functools", "partial"),
+    ("operator", "attrgetter"),
+    ("types", "FunctionType"),
+    ("copyreg", "_reconstructor"),
+    ("nt", "system"),
+    ("webbrowser", "open"),
+]
 
 
 def dangerous_fragment(module: str, name: str, ref: str, call: str, arg: bytes) -> bytes:
@@ -662,30 +805,51 @@ def dangerous_fragment(module: str, name: str, ref: str, call: str, arg: bytes) 
         "OBJ": b"(" + callable_ + arg + b"o",
         "NEWOBJ": callable_ + b"(" + arg + b"t\x81",
         "NEWOBJ_EX": callable_ + b"(" + arg + b"t}\x92",
-        "BUILD": b"\x8c\x0bcollections\x8c\x0bOrderedDict\x93)R" + b"N}" + unicode_op("x")
-                 + callable_ + b"s\x86b",  # an allowed object given state holding the callable
+        "BUILD": b"\x8c\x0bcollections\x8c\x0bOrderedDict\x93)R"
+        + b"N}"
+        + unicode_op("x")
+        + callable_
+        + b"s\x86b",  # an allowed object given state holding the callable
     }[call]
 
 
 @fuzz(400)
-@given(target=st.sampled_from(DANGEROUS), ref=st.sampled_from(["GLOBAL", "STACK_GLOBAL"]),
-       call=st.sampled_from(["REDUCE", "OBJ", "NEWOBJ", "NEWOBJ_EX", "INST", "BUILD"]),
-       nest=st.sampled_from(["top", "dict", "list", "tuple"]),
-       where=st.sampled_from(["plain", "zip", "legacy"]), xz=st.booleans())
-def test_pickles_naming_dangerous_callables_run_nothing(workdir, target, ref, call, nest,
-                                                         where, xz):
+@given(
+    target=st.sampled_from(DANGEROUS),
+    ref=st.sampled_from(["GLOBAL", "STACK_GLOBAL"]),
+    call=st.sampled_from(["REDUCE", "OBJ", "NEWOBJ", "NEWOBJ_EX", "INST", "BUILD"]),
+    nest=st.sampled_from(["top", "dict", "list", "tuple"]),
+    where=st.sampled_from(["plain", "zip", "legacy"]),
+    xz=st.booleans(),
+)
+def test_pickles_naming_dangerous_callables_run_nothing(
+    workdir, target, ref, call, nest, where, xz
+):
     sentinel = workdir / "pwned"
     canary = workdir / "canary"
     canary.mkdir(exist_ok=True)
-    arg = unicode_op({"shutil": str(canary)}.get(target[0], f"touch {sentinel}")
-                     if target[0] in ("os", "posix", "nt", "subprocess", "shutil")
-                     else f"open({str(sentinel)!r}, 'w').close()")
+    arg = unicode_op(
+        {"shutil": str(canary)}.get(target[0], f"touch {sentinel}")
+        if target[0] in ("os", "posix", "nt", "subprocess", "shutil")
+        else f"open({str(sentinel)!r}, 'w').close()"
+    )
     fragment = dangerous_fragment(*target, ref, call, arg)
-    wrap = {"top": fragment, "dict": b"}" + unicode_op("k") + fragment + b"s",
-            "list": b"]" + fragment + b"a", "tuple": b"(" + fragment + b"K\x01t"}[nest]
-    patches = [mock.patch(f"{m}.{n}") for m, n in [("os", "system"), ("os", "popen"),
-                                                   ("os", "execv"), ("subprocess", "Popen"),
-                                                   ("shutil", "rmtree")]]
+    wrap = {
+        "top": fragment,
+        "dict": b"}" + unicode_op("k") + fragment + b"s",
+        "list": b"]" + fragment + b"a",
+        "tuple": b"(" + fragment + b"K\x01t",
+    }[nest]
+    patches = [
+        mock.patch(f"{m}.{n}")
+        for m, n in [
+            ("os", "system"),
+            ("os", "popen"),
+            ("os", "execv"),
+            ("subprocess", "Popen"),
+            ("shutil", "rmtree"),
+        ]
+    ]
     with contextlib.ExitStack() as stack:
         mocks = [stack.enter_context(p) for p in patches]
         result = outcome(write(workdir, place(b"\x80\x02" + wrap + b".", where), xz=xz))
@@ -699,9 +863,14 @@ def test_exponential_or_deep_pickles_are_refused_quickly(workdir):
     """60 tuples each holding the previous twice (2**60 values, which the unpickler would
     hash for ever as a dict key), and tuples nested 100,000 deep (hashing them overflowed the
     C stack: a crash): refused before unpickling."""
-    laughs = b"\x80\x02})q\x000" + b"".join(
-        b"h" + bytes([k]) + b"h" + bytes([k]) + b"\x86q" + bytes([k + 1]) + b"0"
-        for k in range(60)) + b"h<K\x01s."
+    laughs = (
+        b"\x80\x02})q\x000"
+        + b"".join(
+            b"h" + bytes([k]) + b"h" + bytes([k]) + b"\x86q" + bytes([k + 1]) + b"0"
+            for k in range(60)
+        )
+        + b"h<K\x01s."
+    )
     deep = b"\x80\x02})" + b"\x85" * 100_000 + b"K\x01s."
     for pkl, message in [(laughs, "shared references"), (deep, "nested")]:
         for where in ("plain", "zip", "legacy"):

@@ -1,4 +1,5 @@
 """Reading image files (``ssd_jax.image_io``): modes, EXIF, errors that name the file."""
+
 from __future__ import annotations
 
 import pathlib
@@ -54,14 +55,17 @@ def test_exif_orientation_is_applied(tmp_path):
 def _truncated_jpeg(path: pathlib.Path) -> None:
     Image.fromarray(_random_rgb(32, 32)).save(path.with_suffix(".full.jpg"))
     data = path.with_suffix(".full.jpg").read_bytes()
-    path.write_bytes(data[:len(data) // 2])
+    path.write_bytes(data[: len(data) // 2])
 
 
-@pytest.mark.parametrize("name, make", [
-    ("empty.png", lambda p: p.write_bytes(b"")),
-    ("truncated.jpg", _truncated_jpeg),
-    ("notes.jpg", lambda p: p.write_text("not an image\n")),
-])
+@pytest.mark.parametrize(
+    "name, make",
+    [
+        ("empty.png", lambda p: p.write_bytes(b"")),
+        ("truncated.jpg", _truncated_jpeg),
+        ("notes.jpg", lambda p: p.write_text("not an image\n")),
+    ],
+)
 def test_unreadable_files_raise_naming_the_file(tmp_path, name, make):
     make(tmp_path / name)
     with pytest.raises(ImageReadError, match=name):
@@ -79,6 +83,9 @@ def test_list_images_expands_directories(tmp_path):
     extra = tmp_path / "extra.raw"
     extra.write_bytes(b"x")
     assert list_images([str(tmp_path), str(extra)]) == [
-        str(tmp_path / "a.jpg"), str(tmp_path / "b.PNG"), str(extra)]
+        str(tmp_path / "a.jpg"),
+        str(tmp_path / "b.PNG"),
+        str(extra),
+    ]
     with pytest.raises(FileNotFoundError, match="gone"):
         list_images([str(tmp_path), str(tmp_path / "gone")])

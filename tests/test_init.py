@@ -17,6 +17,7 @@ With ``Z = 5`` a correct initialiser fails a check with probability < 1e-6 per c
 are fixed, so the outcome is deterministic. ``test_checks_reject_wrong_initialisers`` shows that
 the same checks reject flax's default ``lecun_normal`` and fans taken from the wrong axes.
 """
+
 from __future__ import annotations
 
 import functools
@@ -43,8 +44,8 @@ from ssd_jax.training.init import initial_variables
 
 REF_DIR = pathlib.Path(__file__).parent / "data" / "init_reference"
 MODELS = ("ssd300_coco", "ssd512_coco", "ssdlite_mobilenetv2_320_coco")
-Z = 5.0            # standard errors allowed
-P_FAIL = 1e-6      # for the uniform's support-reached check (one-sided tail probability)
+Z = 5.0  # standard errors allowed
+P_FAIL = 1e-6  # for the uniform's support-reached check (one-sided tail probability)
 MIN_N_KURTOSIS = 200  # the kurtosis' normal approximation needs a sample of this size
 SEED = 0
 
@@ -65,8 +66,11 @@ def fresh_variables(name: str) -> dict[tuple[str, ...], np.ndarray]:
     x = jax.ShapeDtypeStruct((1, config.input_size, config.input_size, 3), jnp.float32)
     key = jax.random.PRNGKey(SEED)
     start = time.perf_counter()
-    compiled = jax.jit(model.init).lower(key, x).compile(
-        {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True})
+    compiled = (
+        jax.jit(model.init)
+        .lower(key, x)
+        .compile({"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True})
+    )
     variables = jax.device_get(compiled(key, jnp.zeros(x.shape, x.dtype)))
     print(f"{name}: init {time.perf_counter() - start:.1f} s")
     return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(variables).items()}
@@ -83,6 +87,7 @@ def flax_keys(ref: dict) -> dict[tuple[str, ...], dict]:
 
 
 # ---- the distribution each rule names -------------------------------------------------------
+
 
 def _phi(x: float) -> float:
     return math.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
@@ -104,36 +109,62 @@ def distribution(rule: dict, fan_in: int | None, fan_out: int | None) -> dict:
         return {"constant": float(rule["val"])}
     if kind == "xavier_uniform":
         bound = rule["gain"] * math.sqrt(6.0 / (fan_in + fan_out))
-        return {"mean": 0.0, "std": bound / math.sqrt(3), "kurtosis": -1.2, "lo": -bound,
-                "hi": bound, "uniform": True}
+        return {
+            "mean": 0.0,
+            "std": bound / math.sqrt(3),
+            "kurtosis": -1.2,
+            "lo": -bound,
+            "hi": bound,
+            "uniform": True,
+        }
     if kind == "kaiming_normal":
         gain = {"relu": math.sqrt(2.0)}[rule["nonlinearity"]]
         fan = fan_in if rule["mode"] == "fan_in" else fan_out
-        return {"mean": 0.0, "std": gain / math.sqrt(fan), "kurtosis": 0.0, "lo": -math.inf,
-                "hi": math.inf}
+        return {
+            "mean": 0.0,
+            "std": gain / math.sqrt(fan),
+            "kurtosis": 0.0,
+            "lo": -math.inf,
+            "hi": math.inf,
+        }
     if kind == "normal":
-        return {"mean": rule["mean"], "std": rule["std"], "kurtosis": 0.0, "lo": -math.inf,
-                "hi": math.inf}
+        return {
+            "mean": rule["mean"],
+            "std": rule["std"],
+            "kurtosis": 0.0,
+            "lo": -math.inf,
+            "hi": math.inf,
+        }
     if kind == "trunc_normal":
         mu, sigma = rule["mean"], rule["std"]
         alpha, beta = (rule["a"] - mu) / sigma, (rule["b"] - mu) / sigma
         mass = _cdf(beta) - _cdf(alpha)
         shift = (_phi(alpha) - _phi(beta)) / mass
-        var = sigma ** 2 * (1 + (alpha * _phi(alpha) - beta * _phi(beta)) / mass - shift ** 2)
+        var = sigma**2 * (1 + (alpha * _phi(alpha) - beta * _phi(beta)) / mass - shift**2)
         # Cut-offs beyond 6 std leave a normal; nearer ones change the kurtosis (not checked).
         kurtosis = 0.0 if min(-alpha, beta) > 6 else None
-        return {"mean": mu + sigma * shift, "std": math.sqrt(var), "kurtosis": kurtosis,
-                "lo": rule["a"], "hi": rule["b"]}
+        return {
+            "mean": mu + sigma * shift,
+            "std": math.sqrt(var),
+            "kurtosis": kurtosis,
+            "lo": rule["a"],
+            "hi": rule["b"],
+        }
     raise ValueError(f"unknown rule {rule}")
 
 
 def sample_stats(values: np.ndarray) -> dict:
     v = values.astype(np.float64).ravel()
     centred = v - v.mean()
-    m2 = float(np.mean(centred ** 2))
-    return {"mean": float(v.mean()), "std": math.sqrt(m2), "min": float(v.min()),
-            "max": float(v.max()), "zero_fraction": float(np.mean(v == 0)),
-            "kurtosis": float(np.mean(centred ** 4) / m2 ** 2 - 3) if m2 > 0 else None}
+    m2 = float(np.mean(centred**2))
+    return {
+        "mean": float(v.mean()),
+        "std": math.sqrt(m2),
+        "min": float(v.min()),
+        "max": float(v.max()),
+        "zero_fraction": float(np.mean(v == 0)),
+        "kurtosis": float(np.mean(centred**4) / m2**2 - 3) if m2 > 0 else None,
+    }
 
 
 def std_error_of_std(dist: dict, n: int) -> float:
@@ -158,14 +189,18 @@ def violations(stats: dict, n: int, dist: dict) -> list[str]:
         out.append(f"std {stats['std']:.5g} vs {sigma:.5g} (SE {se:.2g})")
     slack = 1e-6 * max(abs(dist["lo"]), abs(dist["hi"])) if math.isfinite(dist["lo"]) else 0.0
     if stats["min"] < dist["lo"] - slack or stats["max"] > dist["hi"] + slack:
-        out.append(f"values [{stats['min']:.4g}, {stats['max']:.4g}] outside "
-                   f"[{dist['lo']:.4g}, {dist['hi']:.4g}]")
+        out.append(
+            f"values [{stats['min']:.4g}, {stats['max']:.4g}] outside "
+            f"[{dist['lo']:.4g}, {dist['hi']:.4g}]"
+        )
     if dist.get("uniform"):
         # P(max < hi - t·width) = (1 - t)^n ≤ P_FAIL for t = ln(1/P_FAIL)/n.
         reach = math.log(1 / P_FAIL) / n * (dist["hi"] - dist["lo"])
         if stats["max"] < dist["hi"] - reach or stats["min"] > dist["lo"] + reach:
-            out.append(f"values [{stats['min']:.4g}, {stats['max']:.4g}] do not fill "
-                       f"[{dist['lo']:.4g}, {dist['hi']:.4g}]")
+            out.append(
+                f"values [{stats['min']:.4g}, {stats['max']:.4g}] do not fill "
+                f"[{dist['lo']:.4g}, {dist['hi']:.4g}]"
+            )
     if stats.get("kurtosis") is not None and dist["kurtosis"] is not None and n >= MIN_N_KURTOSIS:
         # SE of the sample excess kurtosis of a normal sample, sqrt(24/n); lighter-tailed
         # distributions (the uniform) have a smaller one, so this is conservative for them.
@@ -190,6 +225,7 @@ def disagreements(ours: dict, theirs: dict, n: int, dist: dict) -> list[str]:
 
 # ---- tests -----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", MODELS)
 def test_every_tensor_is_initialised_as_mmdetection_does(name):
     ref = reference(name)
@@ -197,7 +233,8 @@ def test_every_tensor_is_initialised_as_mmdetection_does(name):
     mapped = flax_keys(ref)
     assert sorted(mapped) == sorted(ours), (
         f"not in ours: {sorted(set(mapped) - set(ours))}; "
-        f"not in mmdetection: {sorted(set(ours) - set(mapped))}")
+        f"not in mmdetection: {sorted(set(ours) - set(mapped))}"
+    )
     problems = []
     for path, entry in mapped.items():
         shape = entry["shape"]  # torch's; OIHW → HWIO
@@ -207,21 +244,27 @@ def test_every_tensor_is_initialised_as_mmdetection_does(name):
         n = value.size
         dist = distribution(entry["rule"], entry["fan_in"], entry["fan_out"])
         stats = sample_stats(value)
-        for who, found in (("ours", violations(stats, n, dist)),
-                           ("mmdetection's", violations(entry, n, dist)),
-                           ("ours vs mmdetection", disagreements(stats, entry, n, dist))):
+        for who, found in (
+            ("ours", violations(stats, n, dist)),
+            ("mmdetection's", violations(entry, n, dist)),
+            ("ours vs mmdetection", disagreements(stats, entry, n, dist)),
+        ):
             problems += [f"{entry['key']} ({entry['rule']['type']}), {who}: {p}" for p in found]
     assert not problems, "\n".join(problems)
 
 
 def test_the_references_hold_the_rules_mmdetection_documents():
     """What mmdetection 3.3.0 applies, per model and layer (read from its init_weights)."""
-    def rules(name, where):
-        return {json.dumps(e["rule"], sort_keys=True) for e in reference(name)["params"]
-                if where(e)}
 
-    kaiming = json.dumps({"type": "kaiming_normal", "a": 0, "mode": "fan_out",
-                          "nonlinearity": "relu"}, sort_keys=True)
+    def rules(name, where):
+        return {
+            json.dumps(e["rule"], sort_keys=True) for e in reference(name)["params"] if where(e)
+        }
+
+    kaiming = json.dumps(
+        {"type": "kaiming_normal", "a": 0, "mode": "fan_out", "nonlinearity": "relu"},
+        sort_keys=True,
+    )
     xavier = json.dumps({"type": "xavier_uniform", "gain": 1}, sort_keys=True)
     zero = json.dumps({"type": "constant", "val": 0.0}, sort_keys=True)
     kernel = lambda e: len(e["shape"]) == 4  # noqa: E731
@@ -231,19 +274,24 @@ def test_the_references_hold_the_rules_mmdetection_documents():
         assert rules(name, lambda e: kernel(e) and not e["key"].startswith("backbone.")) == {xavier}
         assert rules(name, lambda e: e["key"].endswith(".bias")) == {zero}
         assert rules(name, lambda e: e["key"] == "neck.l2_norm.weight") == {
-            json.dumps({"type": "constant", "val": 20.0})}
+            json.dumps({"type": "constant", "val": 20.0})
+        }
     lite = "ssdlite_mobilenetv2_320_coco"
-    trunc = json.dumps({"type": "trunc_normal", "mean": 0, "std": 0.03, "a": -2, "b": 2},
-                       sort_keys=True)
+    trunc = json.dumps(
+        {"type": "trunc_normal", "mean": 0, "std": 0.03, "a": -2, "b": 2}, sort_keys=True
+    )
     stem = ("backbone.conv1.", "backbone.conv2.")
     assert rules(lite, lambda e: kernel(e) and e["key"].startswith(stem)) == {kaiming}
-    assert rules(lite, lambda e: kernel(e) and e["key"].startswith(("backbone.layer", "neck."))) \
-        == {trunc}
+    assert rules(
+        lite, lambda e: kernel(e) and e["key"].startswith(("backbone.layer", "neck."))
+    ) == {trunc}
     assert rules(lite, lambda e: kernel(e) and e["key"].startswith("bbox_head.")) == {
-        json.dumps({"type": "normal", "mean": 0, "std": 0.001}, sort_keys=True)}
+        json.dumps({"type": "normal", "mean": 0, "std": 0.001}, sort_keys=True)
+    }
     assert rules(lite, lambda e: e["key"].endswith(".bias")) == {zero}
     assert rules(lite, lambda e: ".bn." in e["key"] and e["key"].endswith(".weight")) == {
-        json.dumps({"type": "constant", "val": 1.0})}
+        json.dumps({"type": "constant", "val": 1.0})
+    }
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -285,18 +333,22 @@ def test_checks_reject_wrong_initialisers(name):
         shape = (kh, kw, i, o)
         dist = distribution(e["rule"], e["fan_in"], e["fan_out"])
         n = math.prod(shape)
-        if n > 2 ** 20:
+        if n > 2**20:
             continue  # time: a larger sample only makes the checks stricter
         lecun = _lecun_normal(shape, rng)
         assert violations(sample_stats(lecun), n, dist), f"{e['key']}: lecun_normal passes"
-        wrong_dist = distribution(e["rule"], shape[1] * shape[2] * shape[3],
-                                  shape[0] * shape[2] * shape[3])
+        wrong_dist = distribution(
+            e["rule"], shape[1] * shape[2] * shape[3], shape[0] * shape[2] * shape[3]
+        )
         if abs(wrong_dist["std"] / dist["std"] - 1) > 0.05:  # e.g. not (3, 3, 3, 64): kh == I
             wrong = _rule_with_torch_axes_on_hwio(e, shape, rng)
             assert violations(sample_stats(wrong), n, dist), f"{e['key']}: wrong fans pass"
         # and a right sample passes (the checks are not merely strict)
-        right = (rng.uniform(dist["lo"], dist["hi"], shape) if dist.get("uniform")
-                 else rng.normal(dist["mean"], dist["std"], shape))
+        right = (
+            rng.uniform(dist["lo"], dist["hi"], shape)
+            if dist.get("uniform")
+            else rng.normal(dist["mean"], dist["std"], shape)
+        )
         assert not violations(sample_stats(right), n, dist), e["key"]
 
 
@@ -309,19 +361,28 @@ def test_conv_init_specs():
     assert abs(k.std() / math.sqrt(2 / 1152) - 1) < Z * math.sqrt(1 / (2 * k.size))
     k = np.asarray(conv_init({"type": "Kaiming", "mode": "fan_in"}).kernel(key, shape, jnp.float32))
     assert abs(k.std() / math.sqrt(2 / 576) - 1) < Z * math.sqrt(1 / (2 * k.size))
-    k = np.asarray(conv_init({"type": "TruncNormal", "std": 1.0, "a": -0.5, "b": 0.5})
-                   .kernel(key, shape, jnp.float32))
+    k = np.asarray(
+        conv_init({"type": "TruncNormal", "std": 1.0, "a": -0.5, "b": 0.5}).kernel(
+            key, shape, jnp.float32
+        )
+    )
     assert k.min() >= -0.5 and k.max() <= 0.5 and k.max() > 0.49  # absolute cut-offs
     b = conv_init({"type": "Normal", "std": 0.01, "bias": 0.5}).bias(key, (4,), jnp.float32)
     np.testing.assert_array_equal(np.asarray(b), 0.5)
     with jax.enable_x64(True):  # fp64 precision: float64 parameters
-        for spec in ({"type": "Xavier", "distribution": "uniform"}, {"type": "Kaiming"},
-                     {"type": "TruncNormal", "std": 0.03}):
+        for spec in (
+            {"type": "Xavier", "distribution": "uniform"},
+            {"type": "Kaiming"},
+            {"type": "TruncNormal", "std": 0.03},
+        ):
             init = conv_init(spec)
             assert init.kernel(key, shape, jnp.float64).dtype == jnp.float64, spec
             assert init.bias(key, (4,), jnp.float64).dtype == jnp.float64, spec
-    for bad in ({"type": "Pretrained"}, {"type": "Kaiming", "layer": "BatchNorm2d"},
-                {"type": "Xavier", "distribution": "cauchy"}):
+    for bad in (
+        {"type": "Pretrained"},
+        {"type": "Kaiming", "layer": "BatchNorm2d"},
+        {"type": "Xavier", "distribution": "cauchy"},
+    ):
         with pytest.raises(ValueError):
             conv_init(bad)
     c = load_config(REPO / "configs" / "ssd300_coco.py")

@@ -1,5 +1,8 @@
 """Configs, SSD512 (no fixture: golden values), ceil-mode pooling, NMS and box-coding properties."""
+
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -10,12 +13,12 @@ from hypothesis import strategies as st
 
 from conftest import REPO
 from ssd_jax import box_coder
+from ssd_jax.box_ops import pairwise_iou
 from ssd_jax.config import load_config
-from ssd_jax.models.assembly import anchor_generator, featmap_sizes
 from ssd_jax.models import build_model
+from ssd_jax.models.assembly import anchor_generator, featmap_sizes
 from ssd_jax.models.layers import DepthwiseConv, PointwiseConv, conv, max_pool_ceil
 from ssd_jax.postprocess import batched_nms
-from ssd_jax.box_ops import pairwise_iou
 
 
 def test_ssd512_anchors_and_feature_maps():
@@ -45,15 +48,19 @@ def test_ceil_mode_pool_sizes():
 
 
 def test_config_overrides_and_typos():
-    c = load_config(REPO / "configs" / "ssd300_coco.py", ["--config.train.batch_size=32",
-                                                          "test.score_thr=0.05"])
+    c = load_config(
+        REPO / "configs" / "ssd300_coco.py", ["--config.train.batch_size=32", "test.score_thr=0.05"]
+    )
     assert c.train.batch_size == 32 and c.test.score_thr == 0.05
     with pytest.raises(KeyError, match="did you mean train[.]batch_size"):
         load_config(REPO / "configs" / "ssd300_coco.py", ["train.bach_size=3"])
 
 
-boxes_strategy = st.lists(st.tuples(st.floats(0, 90), st.floats(0, 90), st.floats(2, 40),
-                                    st.floats(2, 40)), min_size=1, max_size=25)
+boxes_strategy = st.lists(
+    st.tuples(st.floats(0, 90), st.floats(0, 90), st.floats(2, 40), st.floats(2, 40)),
+    min_size=1,
+    max_size=25,
+)
 
 
 @settings(max_examples=30, deadline=None)
@@ -64,20 +71,23 @@ def test_nms_properties(raw, data):
     scores = np.array(data.draw(st.lists(st.floats(0.05, 1), min_size=n, max_size=n)), np.float32)
     labels = np.array(data.draw(st.lists(st.integers(0, 2), min_size=n, max_size=n)), np.int32)
     keep, count = jax.jit(batched_nms, static_argnums=(4, 5))(
-        b, scores, labels, np.ones(n, bool), 0.45, 10)
+        b, scores, labels, np.ones(n, bool), 0.45, 10
+    )
     keep = np.asarray(keep)[: int(count)]
     assert len(set(keep.tolist())) == len(keep) and np.all(keep >= 0)  # a subset of the input
-    assert np.all(np.diff(scores[keep]) <= 0)                            # by descending score
+    assert np.all(np.diff(scores[keep]) <= 0)  # by descending score
     iou = np.asarray(pairwise_iou(b[keep], b[keep]))
     same = labels[keep][:, None] == labels[keep][None, :]
     np.fill_diagonal(same, False)
-    assert not np.any(iou[same] > 0.45 + 1e-6)                           # no kept pair overlaps
+    assert not np.any(iou[same] > 0.45 + 1e-6)  # no kept pair overlaps
     if n <= 10:  # every box is kept or suppressed by a kept, higher-scoring one of its class
         kept = set(keep.tolist())
         for i in set(range(n)) - kept:
-            ious = np.asarray(pairwise_iou(b[i:i + 1], b[list(kept)]))[0] if kept else np.zeros(0)
-            assert any(iou_ > 0.45 and labels[k] == labels[i] and scores[k] >= scores[i]
-                       for iou_, k in zip(ious, kept))
+            ious = np.asarray(pairwise_iou(b[i : i + 1], b[list(kept)]))[0] if kept else np.zeros(0)
+            assert any(
+                iou_ > 0.45 and labels[k] == labels[i] and scores[k] >= scores[i]
+                for iou_, k in zip(ious, kept)
+            )
 
 
 @settings(max_examples=50, deadline=None)
@@ -108,6 +118,7 @@ def test_fast_convolutions_equal_lax_convolution(kind):
     """PointwiseConv / DepthwiseConv (the CPU-fast forms) give nn.Conv's values and gradients
     with the same parameters."""
     import flax.linen as nn
+
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(2, 7, 9, 6)).astype(np.float32))
     if kind == "pointwise":
@@ -118,10 +129,12 @@ def test_fast_convolutions_equal_lax_convolution(kind):
         fast = DepthwiseConv(3, s, 1)
         ref = nn.Conv(6, (3, 3), strides=(s, s), padding=((1, 1), (1, 1)), feature_group_count=6)
     params = fast.init(jax.random.PRNGKey(0), x)
-    params = jax.tree.map(lambda p: p + jnp.asarray(rng.normal(size=p.shape).astype(np.float32)),
-                          params)
-    assert jax.tree.map(jnp.shape, ref.init(jax.random.PRNGKey(0), x)) == \
-        jax.tree.map(jnp.shape, params)
+    params = jax.tree.map(
+        lambda p: p + jnp.asarray(rng.normal(size=p.shape).astype(np.float32)), params
+    )
+    assert jax.tree.map(jnp.shape, ref.init(jax.random.PRNGKey(0), x)) == jax.tree.map(
+        jnp.shape, params
+    )
 
     def loss(module, p, x):
         return jnp.sum(jnp.sin(module.apply(p, x)))
@@ -138,22 +151,31 @@ def test_row_product_conv_equals_the_convolution(dilation):
     equals the float32 convolution of the same bf16-rounded input and weights, up to the final
     rounding to bf16; with few channels it falls back to the convolution itself."""
     from ssd_jax.models.layers import RowProductConv
+
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.normal(size=(2, 13, 11, 16)).astype(np.float32)).astype(jnp.bfloat16)
     for min_channels in (0, 256):  # the product form, then the fallback
-        module = RowProductConv(8, 3, padding=dilation, dilation=dilation, min_channels=min_channels)
+        module = RowProductConv(
+            8, 3, padding=dilation, dilation=dilation, min_channels=min_channels
+        )
         params = module.init(jax.random.PRNGKey(0), x)
         params = jax.tree.map(
-            lambda p: jnp.asarray(rng.normal(size=p.shape).astype(np.float32)), params)
+            lambda p: jnp.asarray(rng.normal(size=p.shape).astype(np.float32)), params
+        )
         got = np.asarray(module.apply(params, x), np.float32)
         kernel = params["params"]["kernel"].astype(jnp.bfloat16).astype(jnp.float32)
         want = jax.lax.conv_general_dilated(
-            x.astype(jnp.float32), kernel, (1, 1), ((dilation, dilation),) * 2,
-            rhs_dilation=(dilation, dilation), dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            precision=jax.lax.Precision.HIGHEST)
+            x.astype(jnp.float32),
+            kernel,
+            (1, 1),
+            ((dilation, dilation),) * 2,
+            rhs_dilation=(dilation, dilation),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            precision=jax.lax.Precision.HIGHEST,
+        )
         want = np.asarray(want + params["params"]["bias"].astype(jnp.bfloat16).astype(jnp.float32))
         assert got.shape == want.shape == (2, 13, 11, 8)
-        assert np.abs(got - want).max() <= 2 ** -8 * np.abs(want).max(), min_channels
+        assert np.abs(got - want).max() <= 2**-8 * np.abs(want).max(), min_channels
 
 
 def test_float32_products_at_full_precision():
@@ -166,10 +188,11 @@ def test_float32_products_at_full_precision():
         c = config.copy_and_resolve_references()
         c.precision = precision
         from ssd_jax.models.assembly import init_variables, model_for
+
         model = model_for(c)
-        variables = jax.eval_shape(lambda: init_variables(model, c.input_size))
+        variables = jax.eval_shape(functools.partial(init_variables, model, c.input_size))
         x = jax.ShapeDtypeStruct((1, c.input_size, c.input_size, 3), jnp.float32)
-        texts[precision] = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(
-            variables, x).as_text()
+        forward = jax.jit(functools.partial(model.apply, train=False))
+        texts[precision] = forward.lower(variables, x).as_text()
     assert texts["fp32"].count("HIGHEST") >= 10
     assert "HIGHEST" not in texts["bf16"]

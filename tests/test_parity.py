@@ -1,4 +1,5 @@
 """Parity with mmdetection 3.3.0 on the reference fixtures (tolerances of fixtures/README.md)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -63,9 +64,15 @@ def assert_detections_match(ours: dict, boxes, scores, labels, max_per_img: int)
     iou = box_iou(boxes, ours["boxes"])
     used = np.zeros(len(ours["scores"]), bool)
     for i in range(len(scores)):
-        ok = ((ours["labels"] == labels[i]) & (iou[i] >= 0.99)
-              & (np.abs(ours["scores"] - scores[i]) <= 1e-4) & ~used)
-        assert ok.any(), f"reference detection {i} (label {labels[i]}, score {scores[i]:.5f}) unmatched"
+        ok = (
+            (ours["labels"] == labels[i])
+            & (iou[i] >= 0.99)
+            & (np.abs(ours["scores"] - scores[i]) <= 1e-4)
+            & ~used
+        )
+        assert ok.any(), (
+            f"reference detection {i} (label {labels[i]}, score {scores[i]:.5f}) unmatched"
+        )
         used[np.flatnonzero(ok)[0]] = True
     extra = ours["scores"][~used]
     if len(extra):
@@ -78,5 +85,10 @@ def test_detections_from_raw_images(detector, reference):
     max_per_img = detector.config.test.max_per_img
     for i, res in enumerate(results):
         assert np.all(np.diff(res["scores"]) <= 0), "not sorted by score"
-        assert_detections_match(res, reference[f"det_bboxes_{i}"], reference[f"det_scores_{i}"],
-                                reference[f"det_labels_{i}"], max_per_img)
+        assert_detections_match(
+            res,
+            reference[f"det_bboxes_{i}"],
+            reference[f"det_scores_{i}"],
+            reference[f"det_labels_{i}"],
+            max_per_img,
+        )

@@ -1,6 +1,7 @@
 """mmdetection's per-GPU training semantics: BatchNorm statistics and the loss's avg_factor per
 group of ``train.per_gpu_batch`` images, gradients averaged over groups, whatever the device
 count; and what an image without a positive anchor contributes."""
+
 from __future__ import annotations
 
 import json
@@ -23,10 +24,20 @@ NO_POSITIVE = json.loads((REPO / "tests" / "data" / "no_positive_reference.json"
 
 @pytest.fixture(scope="module")
 def per_gpu_report() -> dict:
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-               PYTHONPATH=str(REPO), JAX_ENABLE_X64="1")
-    out = subprocess.run([sys.executable, str(REPO / "tests" / "per_gpu_check.py")], env=env,
-                         capture_output=True, text=True, timeout=900, cwd=REPO)
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        PYTHONPATH=str(REPO),
+        JAX_ENABLE_X64="1",
+    )
+    out = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "per_gpu_check.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=REPO,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -37,7 +48,7 @@ def test_train_step_equals_per_group_reference(per_gpu_report, per_gpu, devices)
     1 device: two groups on it; on 2: a group per device; P=4 on 2: one group spanning both)."""
     assert per_gpu_report["devices"] == 2
     row = per_gpu_report[f"per_gpu_{per_gpu}"][f"d{devices}"]
-    assert row["moved"] > 1e-3            # the step moved the parameters
+    assert row["moved"] > 1e-3  # the step moved the parameters
     assert row["params"] <= 1e-10, row
     assert row["batch_stats"] <= 1e-10, row
     assert row["loss"] <= 1e-12, row
@@ -45,15 +56,20 @@ def test_train_step_equals_per_group_reference(per_gpu_report, per_gpu, devices)
 
 
 def test_grouping_changes_the_step(per_gpu_report):
-    assert per_gpu_report["per_gpu_2_vs_4"] > 1e-6      # P is not a no-op
-    assert per_gpu_report["per_gpu_0_vs_4"] <= 1e-10    # 0 = one group of the whole batch
+    assert per_gpu_report["per_gpu_2_vs_4"] > 1e-6  # P is not a no-op
+    assert per_gpu_report["per_gpu_0_vs_4"] <= 1e-10  # 0 = one group of the whole batch
     losses = per_gpu_report["per_gpu_2"]["group_losses"]
     assert losses[0] != losses[1]
 
 
 def test_nonfinite_step_is_skipped(per_gpu_report):
-    assert per_gpu_report["nonfinite"] == {"finite": False, "in_row": 1, "total": 1, "step": 1,
-                                           "opt_state_kept": True}
+    assert per_gpu_report["nonfinite"] == {
+        "finite": False,
+        "in_row": 1,
+        "total": 1,
+        "step": 1,
+        "opt_state_kept": True,
+    }
 
 
 @pytest.mark.parametrize("case", ["image1_empty", "both_empty"])
@@ -80,9 +96,15 @@ def test_avg_factor_counts_each_image_at_least_once():
     np.testing.assert_array_equal(objective.group_positives(np.zeros(2, int), 2), [2, 2])
 
 
-@pytest.mark.parametrize("per_gpu, local, devices, expect", [
-    (0, 4, 2, (0, None)), (2, 4, 2, (2, None)), (4, 2, 2, (0, ((0, 1),))),
-    (4, 1, 8, (0, ((0, 1, 2, 3), (4, 5, 6, 7))))])
+@pytest.mark.parametrize(
+    "per_gpu, local, devices, expect",
+    [
+        (0, 4, 2, (0, None)),
+        (2, 4, 2, (2, None)),
+        (4, 2, 2, (0, ((0, 1),))),
+        (4, 1, 8, (0, ((0, 1, 2, 3), (4, 5, 6, 7)))),
+    ],
+)
 def test_grouping(per_gpu, local, devices, expect):
     g = objective.grouping(per_gpu, local, devices, "batch")
     assert (g.group_size, g.axis_index_groups) == expect

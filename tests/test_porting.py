@@ -1,4 +1,5 @@
 """mmdetection checkpoint import: orbax round trip, strict refusal, unsafe pickles, old layouts."""
+
 from __future__ import annotations
 
 import os
@@ -11,8 +12,12 @@ from flax import traverse_util
 from conftest import FIXTURE_CONFIGS, fixture_dir, load_detector, load_reference, require
 from ssd_jax import Detector
 from ssd_jax.config import load_config
-from ssd_jax.porting import (CheckpointMismatchError, UnsafeCheckpointError,
-                             load_checkpoint_variables, read_state_dict)
+from ssd_jax.porting import (
+    CheckpointMismatchError,
+    UnsafeCheckpointError,
+    load_checkpoint_variables,
+    read_state_dict,
+)
 from ssd_jax.porting.__main__ import main as porting_main
 
 torch = require("torch")  # CI (SSD_JAX_REQUIRE_FIXTURES) fails without it
@@ -24,8 +29,10 @@ def ssd300_state_dict() -> dict[str, np.ndarray]:
 
 
 def save_pth(path, state_dict: dict, legacy: bool = False) -> str:
-    obj = {"meta": {"mmdet_version": "2.13.0"},
-           "state_dict": {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state_dict.items()}}
+    obj = {
+        "meta": {"mmdet_version": "2.13.0"},
+        "state_dict": {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state_dict.items()},
+    }
     torch.save(obj, path, _use_new_zipfile_serialization=not legacy)
     return str(path)
 
@@ -39,8 +46,17 @@ def assert_same_variables(a: dict, b: dict) -> None:
 
 def test_pth_to_orbax_round_trip(tmp_path):
     out = tmp_path / "orbax"
-    assert porting_main([str(fixture_dir(SSD300) / "checkpoint.pth.xz"), str(out),
-                         "--config", str(FIXTURE_CONFIGS[SSD300])]) == 0
+    assert (
+        porting_main(
+            [
+                str(fixture_dir(SSD300) / "checkpoint.pth.xz"),
+                str(out),
+                "--config",
+                str(FIXTURE_CONFIGS[SSD300]),
+            ]
+        )
+        == 0
+    )
     det = Detector.from_checkpoint(FIXTURE_CONFIGS[SSD300], out)
     assert_same_variables(det.variables, load_detector(SSD300).variables)
     ref = load_reference(SSD300)
@@ -52,6 +68,7 @@ def test_pth_to_orbax_round_trip(tmp_path):
 def expected_shapes(config_path) -> dict:
     """The config's variable tree (zeros; nothing compiled)."""
     from ssd_jax.models.assembly import zero_variables
+
     return zero_variables(load_config(config_path))
 
 
@@ -72,7 +89,9 @@ def test_other_class_count_is_refused_naming_keys(tmp_path):
 def test_vgg_checkpoint_for_ssdlite_is_refused(tmp_path):
     path = save_pth(tmp_path / "vgg.pth", ssd300_state_dict())
     with pytest.raises(CheckpointMismatchError) as e:
-        load_checkpoint_variables(path, expected_shapes(FIXTURE_CONFIGS["ssdlite_mobilenetv2_320_coco"]))
+        load_checkpoint_variables(
+            path, expected_shapes(FIXTURE_CONFIGS["ssdlite_mobilenetv2_320_coco"])
+        )
     msg = str(e.value)
     assert re.search(r"missing \(\d+\)", msg) and "backbone.conv1.conv.weight" in msg
     assert re.search(r"unexpected \(\d+\)", msg) and "backbone.features.0.weight" in msg
@@ -84,8 +103,9 @@ def test_a_mismatch_says_in_its_first_line_which_config_fits(tmp_path):
     path = save_pth(tmp_path / "vgg.pth", ssd300_state_dict())
     ssdlite = load_config(FIXTURE_CONFIGS["ssdlite_mobilenetv2_320_coco"])
     with pytest.raises(CheckpointMismatchError) as e:
-        load_checkpoint_variables(path, expected_shapes(FIXTURE_CONFIGS["ssdlite_mobilenetv2_320_coco"]),
-                                  config=ssdlite)
+        load_checkpoint_variables(
+            path, expected_shapes(FIXTURE_CONFIGS["ssdlite_mobilenetv2_320_coco"]), config=ssdlite
+        )
     first = str(e.value).splitlines()[0]
     assert "vgg.pth" in first and "it fits config ssd300_coco with 80 classes" in first
     sd = ssd300_state_dict()
@@ -102,8 +122,12 @@ def test_import_refuses_a_non_empty_output_folder(tmp_path):
     out = tmp_path / "orbax"
     out.mkdir()
     (out / "keep.txt").write_text("user data")
-    args = [str(fixture_dir(SSD300) / "checkpoint.pth.xz"), str(out), "--config",
-            str(FIXTURE_CONFIGS[SSD300])]
+    args = [
+        str(fixture_dir(SSD300) / "checkpoint.pth.xz"),
+        str(out),
+        "--config",
+        str(FIXTURE_CONFIGS[SSD300]),
+    ]
     assert porting_main(args) == 2
     assert (out / "keep.txt").read_text() == "user data"
 
@@ -120,8 +144,11 @@ class _RunsCode:
 def test_pickle_that_would_run_code_is_refused(tmp_path, legacy):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pth"
-    torch.save({"state_dict": {"w": torch.zeros(2)}, "meta": {"x": _RunsCode(marker)}}, path,
-               _use_new_zipfile_serialization=not legacy)
+    torch.save(
+        {"state_dict": {"w": torch.zeros(2)}, "meta": {"x": _RunsCode(marker)}},
+        path,
+        _use_new_zipfile_serialization=not legacy,
+    )
     with pytest.raises(UnsafeCheckpointError, match=r"evil\.pth.*system"):
         load_checkpoint_variables(path, expected_shapes(FIXTURE_CONFIGS[SSD300]))
     assert not marker.exists()

@@ -1,5 +1,6 @@
 """``ssd-jax-predict`` (predict.py) end to end on a random-init SSDLite: results with the data
 set's ids, drawn images, and never replacing an input or an earlier output."""
+
 from __future__ import annotations
 
 import hashlib
@@ -33,14 +34,26 @@ def checkpoint(tmp_path_factory) -> pathlib.Path:
 
     config = load_config(CONFIG)
     directory = tmp_path_factory.mktemp("ckpt") / "shapes"
-    save_variables(directory, Detector(config).variables,
-                   meta={"class_names": list(config.class_names), "category_ids": [3, 5, 7, 9]})
+    save_variables(
+        directory,
+        Detector(config).variables,
+        meta={"class_names": list(config.class_names), "category_ids": [3, 5, 7, 9]},
+    )
     return directory
 
 
 def predict(checkpoint, *args: str) -> int:
-    return main(["--config", str(CONFIG), "--checkpoint", str(checkpoint),
-                 "--config.test.score_thr=0.0", "--config.test.max_per_img=5", *args])
+    return main(
+        [
+            "--config",
+            str(CONFIG),
+            "--checkpoint",
+            str(checkpoint),
+            "--config.test.score_thr=0.0",
+            "--config.test.max_per_img=5",
+            *args,
+        ]
+    )
 
 
 def test_predict_end_to_end(tmp_path, checkpoint, capsys):
@@ -60,8 +73,7 @@ def test_predict_end_to_end(tmp_path, checkpoint, capsys):
     assert {r["image_id"] for r in results} == {1, 2}  # sorted: corrupt.jpg, first, second
     names = ("ellipse", "rectangle", "triangle", "star")
     for r in results:
-        assert set(r) == {"file_name", "image_id", "bbox", "score", "category_id",
-                          "category_name"}
+        assert set(r) == {"file_name", "image_id", "bbox", "score", "category_id", "category_name"}
         assert len(r["bbox"]) == 4 and r["bbox"][2] >= 0 and r["bbox"][3] >= 0
         # the checkpoint's own category ids, not 0-based labels
         assert r["category_id"] == (3, 5, 7, 9)[names.index(r["category_name"])]
@@ -71,18 +83,23 @@ def test_predict_end_to_end(tmp_path, checkpoint, capsys):
 
 def test_image_ids_from_the_annotation_file_or_coco_file_names(tmp_path):
     ann = tmp_path / "instances.json"
-    ann.write_text(json.dumps({"images": [{"id": 42, "file_name": "dir/a.jpg"},
-                                          {"id": 7, "file_name": "b.jpg"}]}))
+    ann.write_text(
+        json.dumps(
+            {"images": [{"id": 42, "file_name": "dir/a.jpg"}, {"id": 7, "file_name": "b.jpg"}]}
+        )
+    )
     assert image_ids_for(["x/a.jpg", "y/b.jpg"], str(ann)) == [42, 7]
     assert image_ids_for(["000000397133.jpg", "000000000139.jpg"]) == [397133, 139]
     assert image_ids_for(["a.jpg", "000000000139.jpg"]) == [0, 1]
     from ssd_jax.errors import InputFileError
+
     with pytest.raises(InputFileError, match="lists no image named c.jpg"):
         image_ids_for(["c.jpg"], str(ann))
 
 
-def test_out_equal_to_the_inputs_folder_is_refused_and_nothing_changes(tmp_path, checkpoint,
-                                                                        capsys):
+def test_out_equal_to_the_inputs_folder_is_refused_and_nothing_changes(
+    tmp_path, checkpoint, capsys
+):
     photos = tmp_path / "photos"
     photos.mkdir()
     Image.fromarray(_random_rgb(40, 40, seed=3)).save(photos / "logo2.png")

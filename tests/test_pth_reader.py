@@ -97,9 +97,14 @@ def test_matches_torch_load(tmp_path, fmt):
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_xz_and_extra_values(tmp_path, fmt):
     obj = {
-        "dtype": torch.float16, "size": torch.Size([2, 3]), "set": {1, 2},
-        "frozen": frozenset({3}), "slice": slice(1, 5, 2), "complex": complex(1, 2),
-        "bytes": b"\x00\xffxy", "bf16": torch.tensor([1.5, -2.0], dtype=torch.bfloat16),
+        "dtype": torch.float16,
+        "size": torch.Size([2, 3]),
+        "set": {1, 2},
+        "frozen": frozenset({3}),
+        "slice": slice(1, 5, 2),
+        "complex": complex(1, 2),
+        "bytes": b"\x00\xffxy",
+        "bf16": torch.tensor([1.5, -2.0], dtype=torch.bfloat16),
         "u16": torch.tensor([1, 2, 65535], dtype=torch.int32).to(torch.uint16),
     }
     path = save(obj, tmp_path / "extra.pth", fmt)
@@ -118,8 +123,11 @@ def test_xz_and_extra_values(tmp_path, fmt):
 
 def test_mmengine_objects_become_inert(tmp_path, monkeypatch):
     """HistoryBuffer/MessageHub/ConfigDict are restored as stand-ins, without mmengine."""
-    names = {"HistoryBuffer": "mmengine.logging.history_buffer",
-             "MessageHub": "mmengine.logging.message_hub", "ConfigDict": "mmengine.config.config"}
+    names = {
+        "HistoryBuffer": "mmengine.logging.history_buffer",
+        "MessageHub": "mmengine.logging.message_hub",
+        "ConfigDict": "mmengine.config.config",
+    }
     classes = {}
     for parent in ("mmengine", "mmengine.logging", "mmengine.config"):
         monkeypatch.setitem(sys.modules, parent, types.ModuleType(parent))
@@ -139,8 +147,11 @@ def test_mmengine_objects_become_inert(tmp_path, monkeypatch):
     hub = classes["MessageHub"]()
     hub.log_scalars = {"loss": buf}
     cfg = classes["ConfigDict"](type="SSD", lr=np.float64(0.1))
-    path = save({"message_hub": hub, "cfg": cfg, "state_dict": {"w": torch.ones(2)}},
-                tmp_path / "mm.pth", "zip")
+    path = save(
+        {"message_hub": hub, "cfg": cfg, "state_dict": {"w": torch.ones(2)}},
+        tmp_path / "mm.pth",
+        "zip",
+    )
     for mod_name in (*names.values(), "mmengine", "mmengine.logging", "mmengine.config"):
         monkeypatch.delitem(sys.modules, mod_name)
 
@@ -192,9 +203,15 @@ class _Reduced:
 
 
 def test_numpy_arrays_and_scalars_in_pickle(tmp_path):
-    values = {"f": np.arange(6.0).reshape(2, 3), "i": np.array([1, -2], dtype=">i4"),
-              "fortran": np.asfortranarray(np.arange(6).reshape(2, 3)), "u": np.array(["ab", "c"]),
-              "scalar": np.float32(1.5), "int": np.int64(-7), "empty": np.zeros((0, 4))}
+    values = {
+        "f": np.arange(6.0).reshape(2, 3),
+        "i": np.array([1, -2], dtype=">i4"),
+        "fortran": np.asfortranarray(np.arange(6).reshape(2, 3)),
+        "u": np.array(["ab", "c"]),
+        "scalar": np.float32(1.5),
+        "int": np.int64(-7),
+        "empty": np.zeros((0, 4)),
+    }
     ours = read_pth(save(values, tmp_path / "np.pth", "zip"))
     for key, value in values.items():
         expected = pickle.loads(pickle.dumps(value, protocol=2))  # what numpy itself restores
@@ -213,8 +230,9 @@ def test_forged_numpy_dtype_is_refused(tmp_path):
     """A dtype state hiding an object field would make numpy dereference raw bytes."""
     forged_state = (3, "|", None, ("x",), {"x": (np.dtype("O"), 0)}, 8, 1, 0)
     dtype = _Reduced(np.dtype, ("V8", False, True), forged_state)
-    array = _Reduced(np_multiarray._reconstruct, (np.ndarray, (0,), b"b"),
-                     (1, (1,), dtype, False, b"\x41" * 8))
+    array = _Reduced(
+        np_multiarray._reconstruct, (np.ndarray, (0,), b"b"), (1, (1,), dtype, False, b"\x41" * 8)
+    )
     scalar = _Reduced(np_multiarray.scalar, (dtype, b"\x41" * 8))
     for name, obj in {"array": array, "scalar": scalar}.items():
         path = tmp_path / f"forged_{name}.pth"
@@ -264,8 +282,10 @@ def write_zip(path: Path, pkl: bytes, storages: dict[str, bytes]) -> Path:
 
 def test_storage_state_cannot_be_overwritten(tmp_path):
     """BUILD on a storage (to enlarge its declared size) is refused."""
-    pkl = (b"\x80\x02(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000"
-           b"X\x03\x00\x00\x00cpuK\x04tQ}X\x05\x00\x00\x00numelJ\x00\x00\x00\x10sb.")
+    pkl = (
+        b"\x80\x02(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000"
+        b"X\x03\x00\x00\x00cpuK\x04tQ}X\x05\x00\x00\x00numelJ\x00\x00\x00\x10sb."
+    )
     path = write_zip(tmp_path / "build.pth", pkl, {"0": bytes(16)})
     with pytest.raises(CheckpointFormatError, match="unexpected state"):
         read_pth(path)
@@ -281,8 +301,7 @@ def test_out_of_bounds_view_is_refused(tmp_path):
 
     class Tensor:
         def __reduce__(self):
-            return (torch._utils._rebuild_tensor_v2,
-                    (ref, 2, (100,), (1,), False, OrderedDict()))
+            return (torch._utils._rebuild_tensor_v2, (ref, 2, (100,), (1,), False, OrderedDict()))
 
     class Writer(pickle.Pickler):
         def persistent_id(self, obj):
@@ -290,7 +309,9 @@ def test_out_of_bounds_view_is_refused(tmp_path):
 
     pkl = io.BytesIO()
     Writer(pkl, protocol=2).dump({"w": Tensor()})
-    path = write_zip(tmp_path / "oob.pth", pkl.getvalue(), {"0": np.arange(4, dtype="<f4").tobytes()})
+    path = write_zip(
+        tmp_path / "oob.pth", pkl.getvalue(), {"0": np.arange(4, dtype="<f4").tobytes()}
+    )
     with pytest.raises(CheckpointFormatError, match="overruns storage"):
         read_pth(path)
 

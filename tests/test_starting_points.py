@@ -1,4 +1,5 @@
 """Starting weights of a run: the ImageNet VGG16 backbone, or a full checkpoint to fine-tune."""
+
 from __future__ import annotations
 
 import logging
@@ -9,8 +10,8 @@ from flax import traverse_util
 
 from conftest import FIXTURE_CONFIGS, fixture_dir, require
 from ssd_jax.config import load_config
-from ssd_jax.models.assembly import anchor_generator
 from ssd_jax.models import build_model
+from ssd_jax.models.assembly import anchor_generator
 from ssd_jax.porting import read_state_dict
 from ssd_jax.training.init import initial_variables
 
@@ -37,8 +38,10 @@ def test_vgg16_caffe_backbone(tmp_path):
     config = load_config(FIXTURE_CONFIGS["ssd300_coco"])
     config.train.pretrained_backbone = save(tmp_path / "vgg16_caffe.pth", vgg)
     out = traverse_util.flatten_dict(initial_variables(config, zeros_like_model(config)))
-    np.testing.assert_array_equal(out[("params", "backbone", "features_0", "kernel")],
-                                  sd["backbone.features.0.weight"].transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(
+        out[("params", "backbone", "features_0", "kernel")],
+        sd["backbone.features.0.weight"].transpose(2, 3, 1, 0),
+    )
     assert not out[("params", "neck", "l2_norm", "weight")].any()  # untouched: fresh init
 
 
@@ -50,5 +53,7 @@ def test_fine_tune_with_other_classes_reinitialises_the_head(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="ssd_jax"):
         out = traverse_util.flatten_dict(initial_variables(config, zeros_like_model(config)))
     assert "re-initialised" in caplog.text
-    np.testing.assert_array_equal(out[("params", "neck", "l2_norm", "weight")], sd["neck.l2_norm.weight"])
+    np.testing.assert_array_equal(
+        out[("params", "neck", "l2_norm", "weight")], sd["neck.l2_norm.weight"]
+    )
     assert not out[("params", "bbox_head", "cls_convs_0_0", "kernel")].any()

@@ -1,5 +1,6 @@
 """``TfdsSource``: TFDS detection data sets (mock data and prepared files, with and without
 TensorFlow) as training records."""
+
 from __future__ import annotations
 
 import pathlib
@@ -23,8 +24,6 @@ def cfg():
     return load_config(CONFIG, [f"input_size={INPUT_SIZE}", "train.max_boxes=3"])
 
 
-
-
 class SsdJaxCocoLike(tfds.core.GeneratorBasedBuilder):
     """COCO's detection features with NumPy dtypes (TFDS's own COCO builder needs TensorFlow).
 
@@ -36,24 +35,41 @@ class SsdJaxCocoLike(tfds.core.GeneratorBasedBuilder):
     IMAGES: list = []  # (jpeg path, image id, [(ymin, xmin, ymax, xmax, label, crowd), ...])
 
     def _info(self):
-        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(encoding_format="jpeg"),
-            "image/id": np.int64,
-            "objects": tfds.features.Sequence({
-                "bbox": tfds.features.BBoxFeature(),
-                "label": tfds.features.ClassLabel(names=["person", "cat", "dog"]),
-                "is_crowd": np.bool_,
-            }, length=2),
-        }))
+        return tfds.core.DatasetInfo(
+            builder=self,
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(encoding_format="jpeg"),
+                    "image/id": np.int64,
+                    "objects": tfds.features.Sequence(
+                        {
+                            "bbox": tfds.features.BBoxFeature(),
+                            "label": tfds.features.ClassLabel(names=["person", "cat", "dog"]),
+                            "is_crowd": np.bool_,
+                        },
+                        length=2,
+                    ),
+                }
+            ),
+        )
 
     def _split_generators(self, dl_manager):
         return {"train": self._generate_examples()}
 
     def _generate_examples(self):
         for path, image_id, objects in self.IMAGES:
-            yield image_id, {"image": path, "image/id": image_id, "objects": {
-                "bbox": [tfds.features.BBox(*o[:4]) for o in objects],
-                "label": [o[4] for o in objects], "is_crowd": [o[5] for o in objects]}}
+            yield (
+                image_id,
+                {
+                    "image": path,
+                    "image/id": image_id,
+                    "objects": {
+                        "bbox": [tfds.features.BBox(*o[:4]) for o in objects],
+                        "label": [o[4] for o in objects],
+                        "is_crowd": [o[5] for o in objects],
+                    },
+                },
+            )
 
 
 def test_tfds_source_on_mock_data():
@@ -72,11 +88,15 @@ def test_tfds_source_on_mock_data():
             assert record["image_id"] == int(example["image/id"])
             yxyx = np.asarray(example["objects"]["bbox"]).reshape(-1, 4)
             boxes = yxyx[:, [1, 0, 3, 2]] * [w, h, w, h]
-            keep = ((boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
-                    & ~np.asarray(example["objects"]["is_crowd"], bool))
+            keep = (
+                (boxes[:, 2] - boxes[:, 0] >= 1)
+                & (boxes[:, 3] - boxes[:, 1] >= 1)
+                & ~np.asarray(example["objects"]["is_crowd"], bool)
+            )
             np.testing.assert_allclose(record["boxes"], boxes[keep], rtol=1e-6)
-            np.testing.assert_array_equal(record["labels"],
-                                          np.asarray(example["objects"]["label"])[keep])
+            np.testing.assert_array_equal(
+                record["labels"], np.asarray(example["objects"]["label"])[keep]
+            )
             assert record["boxes"].dtype == np.float32 and record["labels"].dtype == np.int32
 
 
@@ -89,10 +109,12 @@ def test_tfds_source_reads_prepared_files_without_tensorflow(tmp_path, cfg):
     for i, (h, w) in enumerate([(60, 80), (70, 50)]):
         path = tmp_path / f"{i}.jpg"
         cv2.imwrite(str(path), rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
-        SsdJaxCocoLike.IMAGES.append((str(path), 100 + i, [(0.1, 0.25, 0.5, 0.75, 1, False),
-                                                           (0.0, 0.0, 1.0, 1.0, 0, True)]))
-    SsdJaxCocoLike(data_dir=str(tmp_path / "tfds"), file_format="array_record"
-                   ).download_and_prepare()
+        SsdJaxCocoLike.IMAGES.append(
+            (str(path), 100 + i, [(0.1, 0.25, 0.5, 0.75, 1, False), (0.0, 0.0, 1.0, 1.0, 0, True)])
+        )
+    SsdJaxCocoLike(
+        data_dir=str(tmp_path / "tfds"), file_format="array_record"
+    ).download_and_prepare()
     source = TfdsSource("ssd_jax_coco_like:1.0.0", split="train", data_dir=tmp_path / "tfds")
     records = sorted((source[i] for i in range(len(source))), key=lambda r: r["image_id"])
     assert [r["image_id"] for r in records] == [100, 101]
@@ -110,6 +132,7 @@ def test_tfds_coco_without_tensorflow_says_what_to_install():
 
     try:
         import tensorflow  # noqa: F401
+
         pytest.skip("TensorFlow is installed")
     except ImportError:
         pass

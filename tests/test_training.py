@@ -1,4 +1,5 @@
 """Training end to end: data parallelism, multi-process, kill -9 and resume, schedules."""
+
 from __future__ import annotations
 
 import json
@@ -14,7 +15,6 @@ import numpy as np
 import pytest
 
 from conftest import require
-
 from ssd_jax.config import load_config
 from ssd_jax.training import optim
 
@@ -23,9 +23,14 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 def run_env(**extra) -> dict:
     """Environment of a training subprocess; compiled steps are shared through JAX's cache."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO),
-               JAX_COMPILATION_CACHE_DIR=str(REPO / ".pytest_cache" / "jax_cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", **extra)
+    env = dict(
+        os.environ,
+        PYTHONUNBUFFERED="1",
+        PYTHONPATH=str(REPO),
+        JAX_COMPILATION_CACHE_DIR=str(REPO / ".pytest_cache" / "jax_cache"),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        **extra,
+    )
     if "XLA_FLAGS" not in extra:
         env.pop("XLA_FLAGS", None)
     return env
@@ -34,6 +39,7 @@ def run_env(**extra) -> dict:
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory) -> pathlib.Path:
     from ssd_jax.data.synthetic import write_shapes_dataset
+
     root = tmp_path_factory.mktemp("shapes")
     write_shapes_dataset(root, num_train=24, num_val=8, image_size=96, seed=1)
     return root
@@ -47,11 +53,26 @@ def free_port() -> int:
 
 def test_two_process_distributed_training(shapes, tmp_path):
     port = free_port()
-    procs = [subprocess.Popen(
-        [sys.executable, str(REPO / "tests" / "distributed_train_driver.py"), str(port), "2",
-         str(i), str(shapes), str(tmp_path / "work"), str(tmp_path)],
-        env=run_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(REPO / "tests" / "distributed_train_driver.py"),
+                str(port),
+                "2",
+                str(i),
+                str(shapes),
+                str(tmp_path / "work"),
+                str(tmp_path),
+            ],
+            env=run_env(),
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
     logs = [p.communicate(timeout=900)[0] for p in procs]
     for p, log in zip(procs, logs):
         assert p.returncode == 0, log[-3000:]
@@ -62,17 +83,30 @@ def test_two_process_distributed_training(shapes, tmp_path):
 
 
 def train_cmd(shapes: pathlib.Path, workdir: pathlib.Path, steps: int, *extra: str) -> list[str]:
-    return [sys.executable, str(REPO / "train.py"), "--config", str(REPO / "configs" / "ssdlite_shapes.py"),
-            "--workdir", str(workdir),
-            f"--config.data.ann_file={shapes}/annotations/instances_train.json",
-            f"--config.data.img_dir={shapes}/train", "--config.data.val_ann_file=",
-            "--config.data.workers=1", "--config.input_size=96", "--config.train.batch_size=4",
-            f"--config.train.num_steps={steps}", "--config.train.ckpt_every=2",
-            "--config.train.keep_ckpts=10", "--config.train.log_every=1", *extra]
+    return [
+        sys.executable,
+        str(REPO / "train.py"),
+        "--config",
+        str(REPO / "configs" / "ssdlite_shapes.py"),
+        "--workdir",
+        str(workdir),
+        f"--config.data.ann_file={shapes}/annotations/instances_train.json",
+        f"--config.data.img_dir={shapes}/train",
+        "--config.data.val_ann_file=",
+        "--config.data.workers=1",
+        "--config.input_size=96",
+        "--config.train.batch_size=4",
+        f"--config.train.num_steps={steps}",
+        "--config.train.ckpt_every=2",
+        "--config.train.keep_ckpts=10",
+        "--config.train.log_every=1",
+        *extra,
+    ]
 
 
 def final_params(workdir: pathlib.Path) -> dict:
     from ssd_jax.checkpoints import load_variables
+
     flat, _ = load_variables(workdir / "checkpoints")
     return flat
 
@@ -84,8 +118,14 @@ STEPS = 8
 def straight(shapes, tmp_path_factory) -> pathlib.Path:
     """An uninterrupted 8-step run (checkpoints every 2 steps, metrics every step)."""
     work = tmp_path_factory.mktemp("straight")
-    subprocess.run(train_cmd(shapes, work, STEPS), env=run_env(), cwd=REPO, check=True,
-                   capture_output=True, timeout=900)
+    subprocess.run(
+        train_cmd(shapes, work, STEPS),
+        env=run_env(),
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        timeout=900,
+    )
     return work
 
 
@@ -104,8 +144,13 @@ def assert_same_params(a: pathlib.Path, b: pathlib.Path) -> None:
 
 def test_kill_and_resume_matches_uninterrupted(shapes, straight, tmp_path):
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(train_cmd(shapes, killed, STEPS), env=run_env(), cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        train_cmd(shapes, killed, STEPS),
+        env=run_env(),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 900
     while time.time() < deadline and not (killed / "checkpoints" / "4").exists():
         time.sleep(0.2)
@@ -114,31 +159,47 @@ def test_kill_and_resume_matches_uninterrupted(shapes, straight, tmp_path):
     assert (killed / "checkpoints" / "4").exists() or (killed / "checkpoints" / "2").exists()
     # A save cut short leaves only orbax's temporary directory; make sure one is there too.
     (killed / "checkpoints" / "6.orbax-checkpoint-tmp-0").mkdir(exist_ok=True)
-    subprocess.run(train_cmd(shapes, killed, STEPS, "--resume"), env=run_env(), cwd=REPO,
-                   check=True, capture_output=True, timeout=900)
+    subprocess.run(
+        train_cmd(shapes, killed, STEPS, "--resume"),
+        env=run_env(),
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        timeout=900,
+    )
     assert_same_params(straight, killed)
     assert max(metrics_rows(killed)) == STEPS
 
 
 def test_resume_after_a_cut_checkpoint_restores_the_previous_step_with_data_order_and_lr(
-        straight, shapes, tmp_path):
+    straight, shapes, tmp_path
+):
     """The last step's files cut mid-write: --resume warns, restores step 6 (weights, optimizer,
     data position, LR schedule) and steps 7-8 repeat the uninterrupted run's exactly."""
     import shutil
+
     cut = tmp_path / "cut"
     shutil.copytree(straight, cut)
     manifest = cut / "checkpoints" / str(STEPS) / "train_state" / "manifest.ocdbt"
     manifest.write_bytes(manifest.read_bytes()[: manifest.stat().st_size // 2])
-    proc = subprocess.run(train_cmd(shapes, cut, STEPS, "--resume"), env=run_env(), cwd=REPO,
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        train_cmd(shapes, cut, STEPS, "--resume"),
+        env=run_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"cannot restore checkpoint step {STEPS}" in proc.stderr
     assert "resumed from step 6" in proc.stderr
     ours, theirs = metrics_rows(cut), metrics_rows(straight)
     for step in (STEPS - 1, STEPS):
         for key in ("loss", "loss_cls", "loss_bbox", "lr"):
-            assert ours[step][key] == pytest.approx(theirs[step][key], rel=1e-6, abs=1e-9), \
-                (step, key)
+            assert ours[step][key] == pytest.approx(theirs[step][key], rel=1e-6, abs=1e-9), (
+                step,
+                key,
+            )
     assert_same_params(straight, cut)
 
 
@@ -146,6 +207,7 @@ def test_resume_with_another_config_is_refused_naming_what_differs(straight, sha
     """Resuming with data of another class count (the head's shapes change) is one line,
     exit status 2, and leaves the checkpoints alone; it never falls back to an older step."""
     import shutil
+
     changed = tmp_path / "changed"
     shutil.copytree(straight, changed)
     coco = json.loads((shapes / "annotations" / "instances_train.json").read_text())
@@ -154,9 +216,14 @@ def test_resume_with_another_config_is_refused_naming_what_differs(straight, sha
     ann = tmp_path / "three.json"
     ann.write_text(json.dumps(coco))
     steps_before = sorted(p.name for p in (changed / "checkpoints").iterdir())
-    proc = subprocess.run(train_cmd(shapes, changed, STEPS + 2, "--resume",
-                                    f"--config.data.ann_file={ann}"),
-                          env=run_env(), cwd=REPO, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        train_cmd(shapes, changed, STEPS + 2, "--resume", f"--config.data.ann_file={ann}"),
+        env=run_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and "Traceback" not in proc.stderr
@@ -170,11 +237,21 @@ def test_short_run_lowers_the_loss(shapes, tmp_path):
     # mmdetection's SSDLite init (head convs Normal std 0.001: logits start near 0, loss 9.4)
     # moves little in 40 steps of warm-up at lr 0.025 (loss 9.0); without warm-up at lr 0.1
     # (0.2 per 8 images) it falls to about 0.6 of the start.
-    subprocess.run(train_cmd(shapes, work, 40, "--config.schedule.warmup_iters=0",
-                             "--config.optimizer.lr=0.2"),
-                   env=run_env(), cwd=REPO, check=True, capture_output=True, timeout=900)
-    losses = [json.loads(line)["loss"] for line in (work / "metrics.jsonl").read_text().splitlines()
-              if "loss" in json.loads(line)]
+    subprocess.run(
+        train_cmd(
+            shapes, work, 40, "--config.schedule.warmup_iters=0", "--config.optimizer.lr=0.2"
+        ),
+        env=run_env(),
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        timeout=900,
+    )
+    losses = [
+        json.loads(line)["loss"]
+        for line in (work / "metrics.jsonl").read_text().splitlines()
+        if "loss" in json.loads(line)
+    ]
     assert len(losses) == 40
     first, last = np.mean(losses[:5]), np.mean(losses[-5:])
     assert np.isfinite(losses).all() and last < 0.7 * first, (first, last)
@@ -188,15 +265,15 @@ def test_lr_schedules():
     assert float(s(250)) == pytest.approx(2e-3 * (0.001 + 0.999 * 250 / 499))
     assert float(s(499)) == pytest.approx(2e-3)
     assert float(s(1500)) == pytest.approx(2e-3)
-    assert float(s(16 * 100)) == pytest.approx(2e-4)      # ×0.1 at epoch 16
+    assert float(s(16 * 100)) == pytest.approx(2e-4)  # ×0.1 at epoch 16
     assert float(s(22 * 100 + 5)) == pytest.approx(2e-5)  # ×0.01 at epoch 22
     assert float(optim.lr_schedule(c, 32, 100)(1500)) == pytest.approx(1e-3)  # linear scaling
-    c.optimizer.auto_scale_lr = False                                       # mmdetection's default
+    c.optimizer.auto_scale_lr = False  # mmdetection's default
     assert float(optim.lr_schedule(c, 32, 100)(1500)) == pytest.approx(2e-3)
     lite = load_config(REPO / "configs" / "ssdlite_mobilenetv2_320_coco.py")
     s = optim.lr_schedule(lite, 192, steps_per_epoch=10)
     assert float(s(600)) == pytest.approx(0.015 * 0.5 * (1 + np.cos(np.pi * 60 / 120)))
-    assert float(s(605)) == float(s(600))                 # by epoch
+    assert float(s(605)) == float(s(600))  # by epoch
     assert float(s(1200)) == pytest.approx(0.0, abs=1e-12)
 
 
@@ -204,6 +281,7 @@ def test_sgd_matches_torch():
     torch = require("torch")
     import jax.numpy as jnp
     import optax
+
     c = load_config(REPO / "configs" / "ssd300_coco.py")
     tx = optim.sgd(c, optax.constant_schedule(0.1))
     p = {"w": jnp.asarray([1.0, -2.0, 3.0])}

@@ -11,6 +11,7 @@ Tolerances are the fixtures README's:
   to the float64 reference within FLOAT32_NOISE × PyTorch's own float32 error: our float32 is as
   good an approximation of the exact value as PyTorch's.
 """
+
 from __future__ import annotations
 
 import functools
@@ -31,8 +32,10 @@ FLOAT32_NOISE = 5.0
 
 
 def ground_truth(reference):
-    return ([reference["gt_bboxes_0"], reference["gt_bboxes_1"]],
-            [reference["gt_labels_0"], reference["gt_labels_1"]])
+    return (
+        [reference["gt_bboxes_0"], reference["gt_bboxes_1"]],
+        [reference["gt_labels_0"], reference["gt_labels_1"]],
+    )
 
 
 def test_assignment(detector, reference):
@@ -58,12 +61,22 @@ def train_pass(name: str, precision: str) -> tuple[dict[str, np.ndarray], dict[s
         x = ref["inputs_nchw"].transpose(0, 2, 3, 1).astype(dtype)
         losses = det.loss(x, boxes, labels, train=True)
         b, l, v = objective.pad_ground_truth(boxes, labels, dtype=dtype)
-        loss_fn = functools.partial(objective.ssd_loss, det.model,
-                                    target_cfg=objective.target_settings(det.config), train=True)
+        loss_fn = functools.partial(
+            objective.ssd_loss,
+            det.model,
+            target_cfg=objective.target_settings(det.config),
+            train=True,
+        )
 
         def total(params):
-            out = loss_fn({"params": params, "batch_stats": det.variables["batch_stats"]},
-                          jnp.asarray(x), b, l, v, jnp.asarray(det.flat_anchors))
+            out = loss_fn(
+                {"params": params, "batch_stats": det.variables["batch_stats"]},
+                jnp.asarray(x),
+                b,
+                l,
+                v,
+                jnp.asarray(det.flat_anchors),
+            )
             return out.loss_cls.sum() + out.loss_bbox.sum()
 
         grads = jax.jit(jax.grad(total))(det.variables["params"])
@@ -87,8 +100,9 @@ def rel_to_max(ours: np.ndarray, theirs: np.ndarray) -> float:
 def test_losses_float64(fixture_name, reference):
     losses, _ = train_pass(fixture_name, "fp64")
     for k in ("loss_cls", "loss_bbox"):
-        np.testing.assert_allclose(losses[k], reference[f"{k}_per_image_f64"], rtol=LOSS_RTOL_F64,
-                                   atol=0, err_msg=k)
+        np.testing.assert_allclose(
+            losses[k], reference[f"{k}_per_image_f64"], rtol=LOSS_RTOL_F64, atol=0, err_msg=k
+        )
     total = losses["loss_cls"].sum() + losses["loss_bbox"].sum()
     np.testing.assert_allclose(total, reference["loss_total_f64"], rtol=LOSS_RTOL_F64, atol=0)
 
@@ -110,8 +124,13 @@ def test_losses_float32(fixture_name, reference):
             if gap[i] <= LOSS_RTOL_F32 / 10:  # determined by float32
                 assert abs(ours[i] / ref32[i] - 1) <= LOSS_RTOL_F32, (k, i, ours[i], ref32[i])
             else:
-                assert abs(ours[i] / ref64[i] - 1) <= FLOAT32_NOISE * gap[i], (k, i, ours[i],
-                                                                               ref64[i], gap[i])
+                assert abs(ours[i] / ref64[i] - 1) <= FLOAT32_NOISE * gap[i], (
+                    k,
+                    i,
+                    ours[i],
+                    ref64[i],
+                    gap[i],
+                )
 
 
 def test_gradients_float32(fixture_name, reference):
@@ -127,7 +146,9 @@ def test_gradients_float32(fixture_name, reference):
         else:
             err = rel_to_max(ours, reference[f"grad64/{key}"])
             if err > FLOAT32_NOISE * torch_gap[key]:
-                problems.append(f"{key}: float32 {err:.3g}·max from the float64 reference, "
-                                f"PyTorch's float32 {torch_gap[key]:.3g}")
+                problems.append(
+                    f"{key}: float32 {err:.3g}·max from the float64 reference, "
+                    f"PyTorch's float32 {torch_gap[key]:.3g}"
+                )
     assert determined >= 1
     assert not problems, problems

@@ -8,6 +8,7 @@ SSD300 in float32 (tolerance 1e-4 relative), SSDLite in float64 on both sides (1
 iterations each reference determines to its tolerance (its ``noise``: all 8 for SSD300; the
 first two for SSDLite, whose training from random weights is chaotic in mmdetection itself).
 """
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,10 @@ from conftest import fixture_dir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data" / "trajectory"
-MODELS = {"ssd300_coco": "configs/ssd300_coco.py",
-          "ssdlite_mobilenetv2_320_coco": "configs/ssdlite_mobilenetv2_320_coco.py"}
+MODELS = {
+    "ssd300_coco": "configs/ssd300_coco.py",
+    "ssdlite_mobilenetv2_320_coco": "configs/ssdlite_mobilenetv2_320_coco.py",
+}
 
 
 def reference(name: str) -> dict:
@@ -36,24 +39,41 @@ def overrides(name: str, ref: dict) -> list[str]:
     s, w, o = ref["schedule"], ref["warmup"], ref["optimizer"]
     if isinstance(w, str):
         w = json.loads(w.replace("'", '"'))
-    out = [f"data.ann_file={DATA / ref['data']['ann_file']}",
-           f"data.img_dir={DATA / ref['data']['img_dir']}", "data.val_ann_file=",
-           "data.shuffle=False", "data.workers=0",
-           f"data.min_size={ref['data']['filter_cfg']['min_size']}",
-           # no random augmentation: Resize and PackDetInputs only
-           "augment.expand_ratio=(1.0, 1.0)", "augment.min_iou_crop=False",
-           "augment.photometric=False", "augment.flip_prob=0.0",
-           f"train.batch_size={ref['batch_size']}", f"train.per_gpu_batch={ref['batch_size']}",
-           f"train.num_steps={ref['num_iters']}", "train.log_every=1", "train.ckpt_every=1",
-           f"train.keep_ckpts={ref['num_iters']}", "train.eval_every_epochs=0",
-           f"train.load_from={fixture_dir(name) / 'checkpoint.pth.xz'}",
-           f"optimizer.lr={o['lr']}", f"optimizer.momentum={o['momentum']}",
-           f"optimizer.weight_decay={o['weight_decay']}", "optimizer.auto_scale_lr=False",
-           f"schedule.warmup_iters={w['end']}", f"schedule.warmup_start_factor={w['start_factor']}",
-           f"schedule.epochs={ref['epochs']}", f"schedule.dataset_repeat={ref['data']['dataset_repeat']}"]
+    out = [
+        f"data.ann_file={DATA / ref['data']['ann_file']}",
+        f"data.img_dir={DATA / ref['data']['img_dir']}",
+        "data.val_ann_file=",
+        "data.shuffle=False",
+        "data.workers=0",
+        f"data.min_size={ref['data']['filter_cfg']['min_size']}",
+        # no random augmentation: Resize and PackDetInputs only
+        "augment.expand_ratio=(1.0, 1.0)",
+        "augment.min_iou_crop=False",
+        "augment.photometric=False",
+        "augment.flip_prob=0.0",
+        f"train.batch_size={ref['batch_size']}",
+        f"train.per_gpu_batch={ref['batch_size']}",
+        f"train.num_steps={ref['num_iters']}",
+        "train.log_every=1",
+        "train.ckpt_every=1",
+        f"train.keep_ckpts={ref['num_iters']}",
+        "train.eval_every_epochs=0",
+        f"train.load_from={fixture_dir(name) / 'checkpoint.pth.xz'}",
+        f"optimizer.lr={o['lr']}",
+        f"optimizer.momentum={o['momentum']}",
+        f"optimizer.weight_decay={o['weight_decay']}",
+        "optimizer.auto_scale_lr=False",
+        f"schedule.warmup_iters={w['end']}",
+        f"schedule.warmup_start_factor={w['start_factor']}",
+        f"schedule.epochs={ref['epochs']}",
+        f"schedule.dataset_repeat={ref['data']['dataset_repeat']}",
+    ]
     if s["type"] == "multistep":
-        out += ["schedule.type='multistep'", f"schedule.milestones={tuple(s['milestones_epochs'])}",
-                f"schedule.gamma={s['gamma']}"]
+        out += [
+            "schedule.type='multistep'",
+            f"schedule.milestones={tuple(s['milestones_epochs'])}",
+            f"schedule.gamma={s['gamma']}",
+        ]
     else:
         assert s["type"] == "cosine" and s["T_max_epochs"] == ref["epochs"], s
         out += ["schedule.type='cosine'"]
@@ -71,10 +91,22 @@ def run(request, tmp_path_factory) -> tuple[str, dict, pathlib.Path]:
     env.pop("XLA_FLAGS", None)
     if ref["dtype"] == "float64":
         env["JAX_ENABLE_X64"] = "1"
-    proc = subprocess.run([sys.executable, str(REPO / "train.py"), "--config",
-                           str(REPO / MODELS[name]), "--workdir", str(workdir),
-                           *[f"--config.{o}" for o in overrides(name, ref)]],
-                          env=env, cwd=REPO, capture_output=True, text=True, timeout=1500)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "train.py"),
+            "--config",
+            str(REPO / MODELS[name]),
+            "--workdir",
+            str(workdir),
+            *[f"--config.{o}" for o in overrides(name, ref)],
+        ],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return name, ref, workdir
 
@@ -113,16 +145,19 @@ def test_every_iteration_matches_mmdetection(run):
         for key in ("loss", "loss_cls", "loss_bbox"):
             rel = abs(row[key] - r[key]) / abs(r[key])
             if rel > tol:
-                problems.append(f"iter {r['iter']}: {key} {row[key]:.9g} vs {r[key]:.9g} "
-                                f"(relative {rel:.2g} > {tol})")
+                problems.append(
+                    f"iter {r['iter']}: {key} {row[key]:.9g} vs {r[key]:.9g} "
+                    f"(relative {rel:.2g} > {tol})"
+                )
     assert not problems, "\n".join(problems)
     # the held iterations move the loss well beyond the tolerance
     losses = [r["loss"] for r in records if r["iter"] in held]
     assert abs(losses[-1] / losses[0] - 1) > 100 * tol
 
 
-def checksum_problems(ours: dict[str, np.ndarray], theirs: dict[str, dict], tol: float,
-                      label: str) -> list[str]:
+def checksum_problems(
+    ours: dict[str, np.ndarray], theirs: dict[str, dict], tol: float, label: str
+) -> list[str]:
     """Checksums (sum, sum of squares, sum of |x|; layout-free) of ours against theirs."""
     problems = []
     for key, ref in theirs.items():
@@ -145,6 +180,7 @@ def test_weights_after_each_update_match_mmdetection(run):
     SSDLite (``noise.checksums_after_iter_rel`` ≤ tolerance / 10)."""
     from ssd_jax.checkpoints import load_variables
     from ssd_jax.porting.convert import flat_to_torch_name
+
     name, ref, workdir = run
     tol = ref["tolerance"]
     noise = ref["noise"]["checksums_after_iter_rel"]
@@ -156,8 +192,10 @@ def test_weights_after_each_update_match_mmdetection(run):
         ours = {flat_to_torch_name(k): np.asarray(v, np.float64) for k, v in flat.items()}
         theirs = ref["checksums_after_iter"][i - 1]
         problems += checksum_problems(ours, theirs, tol, f"after iter {i}:")
-        moved += sum(theirs[k]["sum_sq"] != v["sum_sq"]
-                     for k, v in ref["initial_checksums"].items() if "running" not in k
-                     and not k.endswith("num_batches_tracked"))
+        moved += sum(
+            theirs[k]["sum_sq"] != v["sum_sq"]
+            for k, v in ref["initial_checksums"].items()
+            if "running" not in k and not k.endswith("num_batches_tracked")
+        )
     assert not problems, "\n".join(problems)
     assert moved >= 1  # some checked tensor moved

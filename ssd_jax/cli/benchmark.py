@@ -1,12 +1,14 @@
 """Speed and memory of a config on whatever devices JAX sees; JSON to compare runs with.
 
-    ssd-jax-benchmark --config configs/ssd300_coco.py --batch-size 8 [--precision bf16] [--out b.json]
+    ssd-jax-benchmark --config configs/ssd300_coco.py --batch-size 8 [--precision bf16] \
+        [--out b.json]
 
 Measures (random weights and images): compile times; inference images/s without and with
 post-processing (NMS); train-step images/s; the time of matching, the loss and NMS alone (their
 share of a step); the input pipeline's images/s per worker count; peak host and device memory.
 Short by default on CPU (``--iters``).
 """
+
 from __future__ import annotations
 
 import json
@@ -15,7 +17,8 @@ import platform
 import resource
 import tempfile
 import time
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -35,33 +38,54 @@ def timed(fn: Callable, iters: int) -> tuple[float, float]:
     return first, (time.perf_counter() - t0) / iters
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = common.make_parser("ssd-jax-benchmark", __doc__)
     common.add_config_flags(parser)
     parser.add_argument("--batch-size", type=int, default=8, help="global batch (images)")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                        help="computation dtype (parameters stay float32)")
-    parser.add_argument("--iters", type=int, default=3,
-                        help="timed calls per measurement, after one warm-up call")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="computation dtype (parameters stay float32)",
+    )
+    parser.add_argument(
+        "--iters", type=int, default=3, help="timed calls per measurement, after one warm-up call"
+    )
     parser.add_argument("--skip-train", action="store_true", help="do not time the train step")
-    parser.add_argument("--skip-input", action="store_true",
-                        help="do not time the input pipeline")
+    parser.add_argument("--skip-input", action="store_true", help="do not time the input pipeline")
     parser.add_argument("--out", default="", help="also write the JSON report to this file")
-    parser.add_argument("--backends", default="",
-                        help="compare inference side by side instead: a comma-separated list "
-                             f"of {', '.join(BACKENDS)}")
-    parser.add_argument("--batch-sizes", default="1,8",
-                        help="with --backends: the batch sizes to time, comma-separated")
-    parser.add_argument("--modes", default="raw,detect",
-                        help="with --backends: raw (network) and/or detect (+ decoding, NMS)")
-    parser.add_argument("--rounds", type=int, default=5,
-                        help="with --backends: timed rounds, each calling every backend once")
-    parser.add_argument("--reference-onnx", default="",
-                        help="with --backends and mode raw: also time this ONNX file in ONNX "
-                        "Runtime, e.g. mmdetection's own network from "
-                        "scripts/export_mmdet_onnx.py (float32 NCHW input)")
-    parser.add_argument("--checkpoint", default="",
-                        help="with --backends: weights (.pth or orbax); default random")
+    parser.add_argument(
+        "--backends",
+        default="",
+        help="compare inference side by side instead: a comma-separated list "
+        f"of {', '.join(BACKENDS)}",
+    )
+    parser.add_argument(
+        "--batch-sizes",
+        default="1,8",
+        help="with --backends: the batch sizes to time, comma-separated",
+    )
+    parser.add_argument(
+        "--modes",
+        default="raw,detect",
+        help="with --backends: raw (network) and/or detect (+ decoding, NMS)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="with --backends: timed rounds, each calling every backend once",
+    )
+    parser.add_argument(
+        "--reference-onnx",
+        default="",
+        help="with --backends and mode raw: also time this ONNX file in ONNX "
+        "Runtime, e.g. mmdetection's own network from "
+        "scripts/export_mmdet_onnx.py (float32 NCHW input)",
+    )
+    parser.add_argument(
+        "--checkpoint", default="", help="with --backends: weights (.pth or orbax); default random"
+    )
     args, overrides = common.parse(parser, argv)
     if args.batch_size < 1 or args.iters < 1 or args.rounds < 1:
         parser.error("--batch-size, --iters and --rounds must be at least 1")
@@ -70,23 +94,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if unknown:
         parser.error(f"unknown backend(s) {', '.join(unknown)}: choose from {', '.join(BACKENDS)}")
     if backends:
-        return common.run_cli(lambda: _compare(args, overrides, backends), args.verbose,
-                              "ssd-jax-benchmark")
-    return common.run_cli(lambda: _ok(benchmark(args, overrides)), args.verbose,
-                          "ssd-jax-benchmark")
+        return common.run_cli(
+            lambda: _compare(args, overrides, backends), args.verbose, "ssd-jax-benchmark"
+        )
+    return common.run_cli(
+        lambda: _ok(benchmark(args, overrides)), args.verbose, "ssd-jax-benchmark"
+    )
 
 
 def _compare(args: Any, overrides: list[str], backends: list[str]) -> int:
     import tempfile
 
     from ssd_jax.config import load_config
+
     config = load_config(args.config, overrides)
     with tempfile.TemporaryDirectory() as workdir:
         report = compare_backends(
-            config, args.checkpoint, backends,
+            config,
+            args.checkpoint,
+            backends,
             [int(b) for b in args.batch_sizes.split(",") if b],
-            args.rounds, [m for m in args.modes.split(",") if m], workdir,
-            args.reference_onnx)
+            args.rounds,
+            [m for m in args.modes.split(",") if m],
+            workdir,
+            args.reference_onnx,
+        )
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:
@@ -117,9 +149,15 @@ def benchmark(args: Any, overrides: list[str]) -> dict:
     x = jnp.asarray(rng.normal(size=(n, s, s, 3)).astype(np.float32))
     images = jnp.asarray(rng.integers(0, 256, (n, s, s, 3), dtype=np.uint8))
     scales = jnp.ones((n, 2), jnp.float32)
-    report: dict = {"config": config.name, "batch": n, "precision": args.precision,
-                    "devices": [str(d) for d in jax.devices()], "backend": jax.default_backend(),
-                    "host": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d")}
+    report: dict = {
+        "config": config.name,
+        "batch": n,
+        "precision": args.precision,
+        "devices": [str(d) for d in jax.devices()],
+        "backend": jax.default_backend(),
+        "host": platform.processor() or platform.machine(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
 
     c_fwd, t_fwd = timed(lambda: det.forward(x), args.iters)
     c_det, t_det = timed(lambda: det.detect_batch(images, scales), args.iters)
@@ -128,10 +166,14 @@ def benchmark(args: Any, overrides: list[str]) -> dict:
     settings = test_settings(config)
     nms = jax.jit(lambda c, b: post.postprocess(c, b, anchors, scales, **settings))
     _, t_nms = timed(lambda: nms(cls_out, box_out), args.iters)
-    report["inference"] = {"compile_s": c_fwd, "images_per_s": n / t_fwd,
-                           "with_postprocess_compile_s": c_det,
-                           "with_postprocess_images_per_s": n / t_det,
-                           "postprocess_s_per_batch": t_nms, "postprocess_share": t_nms / t_det}
+    report["inference"] = {
+        "compile_s": c_fwd,
+        "images_per_s": n / t_fwd,
+        "with_postprocess_compile_s": c_det,
+        "with_postprocess_images_per_s": n / t_det,
+        "postprocess_s_per_batch": t_nms,
+        "postprocess_share": t_nms / t_det,
+    }
 
     # Ground truth: 8 boxes per image.
     m = 8
@@ -146,8 +188,11 @@ def benchmark(args: Any, overrides: list[str]) -> dict:
     _, t_match = timed(lambda: match(gt, labels, valid), args.iters)
     targets = match(gt, labels, valid)
     k = config.model.num_classes + 1
-    loss = jax.jit(lambda c, b: multibox_loss(flatten_levels(c, k), flatten_levels(b, 4), targets,
-                                              jnp.float32(n * m)))
+    loss = jax.jit(
+        lambda c, b: multibox_loss(
+            flatten_levels(c, k), flatten_levels(b, 4), targets, jnp.float32(n * m)
+        )
+    )
     _, t_loss = timed(lambda: loss(cls_out, box_out), args.iters)
 
     if not args.skip_train:
@@ -155,6 +200,7 @@ def benchmark(args: Any, overrides: list[str]) -> dict:
         from ssd_jax.training import optim
         from ssd_jax.training.state import create_train_state
         from ssd_jax.training.step import make_p_train_step
+
         devices = jax.local_device_count()
         tx = optim.sgd(config, optim.lr_schedule(config, n, 1000))
         state = replicate(create_train_state(det.variables, tx, 0))
@@ -162,18 +208,30 @@ def benchmark(args: Any, overrides: list[str]) -> dict:
         if per_gpu and (n // devices) % per_gpu and per_gpu % (n // devices):
             config.train.per_gpu_batch = 0  # a batch that does not fit the config's "GPUs"
         p_step = make_p_train_step(config, tx, det.flat_anchors, n)
-        batch = shard_batch({"image": rng.integers(0, 255, (n, s, s, 3), dtype=np.uint8),
-                             "boxes": np.asarray(gt), "labels": np.asarray(labels),
-                             "valid": np.asarray(valid)}, devices)
+        batch = shard_batch(
+            {
+                "image": rng.integers(0, 255, (n, s, s, 3), dtype=np.uint8),
+                "boxes": np.asarray(gt),
+                "labels": np.asarray(labels),
+                "valid": np.asarray(valid),
+            },
+            devices,
+        )
         holder = {"state": state}
 
         def step():
             holder["state"], metrics = p_step(holder["state"], batch)
             return metrics
+
         c_step, t_step = timed(step, args.iters)
-        report["train"] = {"compile_s": c_step, "images_per_s": n / t_step,
-                           "matching_s_per_batch": t_match, "matching_share": t_match / t_step,
-                           "loss_s_per_batch": t_loss, "loss_forward_share": t_loss / t_step}
+        report["train"] = {
+            "compile_s": c_step,
+            "images_per_s": n / t_step,
+            "matching_s_per_batch": t_match,
+            "matching_share": t_match / t_step,
+            "loss_s_per_batch": t_loss,
+            "loss_forward_share": t_loss / t_step,
+        }
 
     if not args.skip_input:
         report["input_pipeline"] = input_rate(config, n)
@@ -204,8 +262,10 @@ def cpu_description() -> dict[str, Any]:
             info["model"] = line.split(":", 1)[1].strip()
         if line.startswith("flags"):
             flags = set(line.split(":", 1)[1].split())
-            info["flags"] = sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16",
-                                            "amx_tile", "amx_int8", "fma"})
+            info["flags"] = sorted(
+                flags
+                & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8", "fma"}
+            )
             break
     return info
 
@@ -215,13 +275,17 @@ def input_rate(config, batch: int, batches: int = 6) -> dict:
     from ssd_jax.data.coco import CocoSource
     from ssd_jax.data.pipeline import make_train_loader
     from ssd_jax.data.synthetic import write_shapes_dataset
+
     out = {}
     with tempfile.TemporaryDirectory() as root:
         write_shapes_dataset(root, num_train=batch * (batches + 2), num_val=1, image_size=480)
-        source = CocoSource(f"{root}/annotations/instances_train.json", f"{root}/train", filter_train=True)
+        source = CocoSource(
+            f"{root}/annotations/instances_train.json", f"{root}/train", filter_train=True
+        )
         for workers in (0, 1, 2):
-            loader = make_train_loader(source, config, global_batch_size=batch, seed=0,
-                                       num_workers=workers)
+            loader = make_train_loader(
+                source, config, global_batch_size=batch, seed=0, num_workers=workers
+            )
             next(loader)
             t0 = time.perf_counter()
             for _ in range(batches):
@@ -233,9 +297,16 @@ def input_rate(config, batch: int, batches: int = 6) -> dict:
 BACKENDS = ("jax", "jax-bf16", "onnxruntime", "openvino", "openvino-bf16")
 
 
-def compare_backends(config: Any, checkpoint: str, backends: Sequence[str],
-                     batch_sizes: Sequence[int], rounds: int, modes: Sequence[str],
-                     workdir: str, reference_onnx: str = "") -> dict[str, Any]:
+def compare_backends(
+    config: Any,
+    checkpoint: str,
+    backends: Sequence[str],
+    batch_sizes: Sequence[int],
+    rounds: int,
+    modes: Sequence[str],
+    workdir: str,
+    reference_onnx: str = "",
+) -> dict[str, Any]:
     """Images/s of the same model in each backend, side by side: the same uint8 images, a
     warm-up per backend, then ``rounds`` rounds that call every backend once, in an order
     rotated each round (so that load and frequency changes touch all alike).
@@ -273,15 +344,23 @@ def compare_backends(config: Any, checkpoint: str, backends: Sequence[str],
                 fn = jax.jit(raw_fn(d) if raw else detect_fn(d))
                 runners[mode][backend] = _jax_runner(fn, raw)
             else:
-                model = (runtime.OpenVINOModel(path, precision="bf16")
-                         if backend == "openvino-bf16" else runtime.load(path, backend))
+                model = (
+                    runtime.OpenVINOModel(path, precision="bf16")
+                    if backend == "openvino-bf16"
+                    else runtime.load(path, backend)
+                )
                 runners[mode][backend] = _model_runner(model, raw)
         if raw and reference_onnx:
             runners[mode]["onnxruntime-reference"] = _reference_runner(reference_onnx)
     rng = np.random.default_rng(0)
     s = config.input_size
-    report: dict[str, Any] = {"config": config.name, "date": time.strftime("%Y-%m-%d %H:%M"),
-                              "cpu": cpu_description(), "rounds": rounds, "results": {}}
+    report: dict[str, Any] = {
+        "config": config.name,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "cpu": cpu_description(),
+        "rounds": rounds,
+        "results": {},
+    }
     for n in batch_sizes:
         images = rng.integers(0, 256, (n, s, s, 3), dtype=np.uint8)
         scales = np.ones((n, 2), np.float32)
@@ -292,13 +371,17 @@ def compare_backends(config: Any, checkpoint: str, backends: Sequence[str],
                 runners[mode][b](images, scales)
                 runners[mode][b](images, scales)
             for r in range(rounds):
-                for b in names[r % len(names):] + names[:r % len(names)]:
+                for b in names[r % len(names) :] + names[: r % len(names)]:
                     t0 = time.perf_counter()
                     runners[mode][b](images, scales)
                     times[b].append(time.perf_counter() - t0)
             report["results"][f"batch_{n}_{mode}"] = {
-                b: {"images_per_s_median": n / float(np.median(t)),
-                    "images_per_s_best": n / float(np.min(t))} for b, t in times.items()}
+                b: {
+                    "images_per_s_median": n / float(np.median(t)),
+                    "images_per_s_best": n / float(np.min(t)),
+                }
+                for b, t in times.items()
+            }
     report["cpu"]["load_avg_end"] = os.getloadavg()
     return report
 
@@ -307,11 +390,13 @@ def _jax_runner(fn: Callable, raw: bool) -> Callable:
     def run(images, scales):
         out = fn(images) if raw else fn(images, scales)
         jax.block_until_ready(out)
+
     return run
 
 
 def _reference_runner(path: str) -> Callable:
     import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
@@ -324,9 +409,10 @@ def _reference_runner(path: str) -> Callable:
         if key not in inputs:  # the same batch every round: normalise it once, untimed
             inputs.clear()
             inputs[key] = np.ascontiguousarray(
-                ((images - np.float32(127.5)) / np.float32(58.0)).transpose(0, 3, 1, 2),
-                np.float32)
+                ((images - np.float32(127.5)) / np.float32(58.0)).transpose(0, 3, 1, 2), np.float32
+            )
         session.run(None, {name: inputs[key]})
+
     return run
 
 
@@ -336,4 +422,5 @@ def _model_runner(model: Any, raw: bool) -> Callable:
             model(images=images)
         else:
             model(images=images, scale_factors=scales)
+
     return run

@@ -10,13 +10,15 @@ User mistakes (``ssd_jax.errors.UserError`` and the porting/image/file errors) p
 every mismatching checkpoint key) and the traceback. Other exceptions are bugs and keep their
 traceback.
 """
+
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
 import traceback
-from typing import Callable, NoReturn, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from ssd_jax.errors import UserError
 
@@ -25,8 +27,17 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean bad input, not a bug."""
     from ssd_jax.image_io import ImageReadError
     from ssd_jax.porting.pth_reader import CheckpointFormatError, UnsafeCheckpointError
-    return (UserError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
-            PermissionError, ImageReadError, CheckpointFormatError, UnsafeCheckpointError)
+
+    return (
+        UserError,
+        FileNotFoundError,
+        NotADirectoryError,
+        IsADirectoryError,
+        PermissionError,
+        ImageReadError,
+        CheckpointFormatError,
+        UnsafeCheckpointError,
+    )
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -36,26 +47,35 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def make_parser(prog: str, doc: Optional[str]) -> OneLineParser:
+def make_parser(prog: str, doc: str | None) -> OneLineParser:
     """A parser whose description is the module docstring; ``--verbose`` added."""
-    parser = OneLineParser(prog=prog, description=doc,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--verbose", action="store_true",
-                        help="on an error, print all its details (e.g. every mismatching "
-                             "checkpoint key) and the traceback")
+    parser = OneLineParser(
+        prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="on an error, print all its details (e.g. every mismatching "
+        "checkpoint key) and the traceback",
+    )
     return parser
 
 
 def add_config_flags(parser: argparse.ArgumentParser, required: bool = True) -> None:
     """``--config`` (a configs/*.py file or a bundled config's name)."""
-    parser.add_argument("--config", required=required, metavar="FILE_OR_NAME",
-                        help="config file (configs/*.py) or bundled config name, e.g. "
-                             "ssd300_coco; override any value with --config.KEY=VALUE, e.g. "
-                             "--config.train.batch_size=32")
+    parser.add_argument(
+        "--config",
+        required=required,
+        metavar="FILE_OR_NAME",
+        help="config file (configs/*.py) or bundled config name, e.g. "
+        "ssd300_coco; override any value with --config.KEY=VALUE, e.g. "
+        "--config.train.batch_size=32",
+    )
 
 
-def parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]
-          ) -> tuple[argparse.Namespace, list[str]]:
+def parse(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None
+) -> tuple[argparse.Namespace, list[str]]:
     """Parsed flags and the ``--config.key=value`` overrides (anything else unknown is an
     error). ``--config.key value`` (with a space) is accepted too."""
     args, unknown = parser.parse_known_args(argv)
@@ -63,9 +83,9 @@ def parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]
     while i < len(unknown):
         item = unknown[i]
         if item.startswith("--config.") and "=" in item:
-            overrides.append(item[len("--config."):])
+            overrides.append(item[len("--config.") :])
         elif item.startswith("--config.") and i + 1 < len(unknown):
-            overrides.append(f"{item[len('--config.'):]}={unknown[i + 1]}")
+            overrides.append(f"{item[len('--config.') :]}={unknown[i + 1]}")
             i += 1
         else:
             bad.append(item)
@@ -75,7 +95,7 @@ def parse(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]
     return args, overrides
 
 
-def run_cli(fn: Callable[[], Optional[int]], verbose: bool, prog: Optional[str] = None) -> int:
+def run_cli(fn: Callable[[], int | None], verbose: bool, prog: str | None = None) -> int:
     """``fn()``'s exit status (None → 0); user errors → one line on stderr and status 2."""
     prog = prog or (sys.argv[0].rsplit("/", 1)[-1] if sys.argv else "ssd-jax")
     try:
@@ -97,6 +117,7 @@ def run_cli(fn: Callable[[], Optional[int]], verbose: bool, prog: Optional[str] 
 def setup_logging(verbose: bool = False) -> None:
     """ssd_jax's messages at INFO (DEBUG with ``verbose``) on stderr; libraries at WARNING."""
     from absl import logging as absl_logging
+
     absl_logging.set_verbosity(absl_logging.WARNING)
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -109,10 +130,15 @@ def setup_logging(verbose: bool = False) -> None:
 
 def add_distributed_flags(parser: argparse.ArgumentParser) -> None:
     """Multi-host flags (SLURM, TPU pods and Open MPI are detected without them)."""
-    parser.add_argument("--coordinator", default="", metavar="HOST:PORT",
-                        help="jax.distributed coordinator address (every process runs the same "
-                             "command)")
-    parser.add_argument("--num-processes", type=int, default=0,
-                        help="number of processes (with --coordinator)")
-    parser.add_argument("--process-id", type=int, default=-1,
-                        help="this process's index (with --coordinator)")
+    parser.add_argument(
+        "--coordinator",
+        default="",
+        metavar="HOST:PORT",
+        help="jax.distributed coordinator address (every process runs the same command)",
+    )
+    parser.add_argument(
+        "--num-processes", type=int, default=0, help="number of processes (with --coordinator)"
+    )
+    parser.add_argument(
+        "--process-id", type=int, default=-1, help="this process's index (with --coordinator)"
+    )

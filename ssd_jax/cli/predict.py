@@ -12,12 +12,14 @@ lies among the inputs, the files an earlier run wrote there are not read as inpu
 Unreadable images are reported and skipped. Exit status: 0 on success, 1 if an image could not
 be read, 2 for bad arguments or inputs.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import sys
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -27,27 +29,49 @@ RESULTS_FILE = "detections.json"
 MANIFEST = ".ssd_jax_predict.json"  # the files a run wrote into OUT
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = common.make_parser("ssd-jax-predict", __doc__)
     common.add_config_flags(parser)
-    parser.add_argument("--checkpoint", required=True,
-                        help="mmdetection .pth file or orbax checkpoint directory")
-    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR",
-                        help="image files and/or folders of images (not recursive)")
+    parser.add_argument(
+        "--checkpoint", required=True, help="mmdetection .pth file or orbax checkpoint directory"
+    )
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="IMAGE_OR_DIR",
+        help="image files and/or folders of images (not recursive)",
+    )
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--score-thr", type=float, default=0.3,
-                        help="draw detections scoring above this (detections.json has all)")
-    parser.add_argument("--batch-size", type=int, default=0,
-                        help="images per forward pass (default: the config's test.batch_size)")
-    parser.add_argument("--ann-file", default="",
-                        help="COCO annotation file whose image ids (matched by file name) the "
-                             "results should carry")
-    parser.add_argument("--backend", default="jax", choices=("jax", "onnxruntime", "openvino"),
-                        help="jax: the config's network with --checkpoint's weights; "
-                             "onnxruntime / openvino: --checkpoint is an exported .onnx "
-                             "(ssd-jax-export), run as deployed")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace files already in --out (earlier outputs, or inputs)")
+    parser.add_argument(
+        "--score-thr",
+        type=float,
+        default=0.3,
+        help="draw detections scoring above this (detections.json has all)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=0,
+        help="images per forward pass (default: the config's test.batch_size)",
+    )
+    parser.add_argument(
+        "--ann-file",
+        default="",
+        help="COCO annotation file whose image ids (matched by file name) the results should carry",
+    )
+    parser.add_argument(
+        "--backend",
+        default="jax",
+        choices=("jax", "onnxruntime", "openvino"),
+        help="jax: the config's network with --checkpoint's weights; "
+        "onnxruntime / openvino: --checkpoint is an exported .onnx "
+        "(ssd-jax-export), run as deployed",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace files already in --out (earlier outputs, or inputs)",
+    )
     args, overrides = common.parse(parser, argv)
     if args.batch_size < 0:
         parser.error("--batch-size must be at least 1")
@@ -69,32 +93,48 @@ def predict(args: Any, overrides: list[str]) -> int:
     if not paths:
         raise InputFileError(f"no images found in {' '.join(args.inputs)}")
     stems = output_stems(paths)
-    check_outputs(args.out, [RESULTS_FILE] + [s + ".png" for s in stems],
-                  overwrite=args.overwrite, inputs=paths)
+    check_outputs(
+        args.out,
+        [RESULTS_FILE] + [s + ".png" for s in stems],
+        overwrite=args.overwrite,
+        inputs=paths,
+    )
     image_ids = image_ids_for(paths, args.ann_file)
     if args.backend == "jax":
         det = Detector.from_checkpoint(config, args.checkpoint)
     else:
         from ssd_jax.export import runtime
+
         det = runtime.ExportedDetector(runtime.load(args.checkpoint, args.backend))
         config.class_names = det.class_names
         config.category_ids = det.category_ids or config.get("category_ids", ())
     category_ids = _category_ids(config, args.checkpoint)
     os.makedirs(args.out, exist_ok=True)
     batch_size = min(args.batch_size or config.test.batch_size, len(paths))
-    results, failed, written = predict_files(det, paths, stems, image_ids, category_ids,
-                                             args.out, batch_size, args.score_thr)
+    results, failed, written = predict_files(
+        det, paths, stems, image_ids, category_ids, args.out, batch_size, args.score_thr
+    )
     with open(os.path.join(args.out, RESULTS_FILE), "w") as f:
         json.dump(results, f)
     _record_outputs(args.out, [RESULTS_FILE] + written)
-    print(f"{len(results)} detections on {len(paths) - failed} images written to {args.out}"
-          + (f"; {failed} unreadable image(s) skipped" if failed else ""), file=sys.stderr)
+    print(
+        f"{len(results)} detections on {len(paths) - failed} images written to {args.out}"
+        + (f"; {failed} unreadable image(s) skipped" if failed else ""),
+        file=sys.stderr,
+    )
     return 1 if failed else 0
 
 
-def predict_files(det: Any, paths: Sequence[str], stems: Sequence[str],
-                  image_ids: Sequence[int], category_ids: Sequence[int], out_dir: str,
-                  batch_size: int, score_thr: float) -> tuple[list[dict], int, list[str]]:
+def predict_files(
+    det: Any,
+    paths: Sequence[str],
+    stems: Sequence[str],
+    image_ids: Sequence[int],
+    category_ids: Sequence[int],
+    out_dir: str,
+    batch_size: int,
+    score_thr: float,
+) -> tuple[list[dict], int, list[str]]:
     """Detect on ``paths`` in batches, drawing each image into ``out_dir/<stem>.png``.
 
     Returns the COCO-style results of all images, the number of images that could not be read
@@ -120,10 +160,12 @@ def predict_files(det: Any, paths: Sequence[str], stems: Sequence[str],
                     tqdm.write(f"skipping unreadable image: {e}", file=sys.stderr)
                     failed += 1
             for i, image, dets in zip(ids, images, detect(det, images, batch_size)):
-                results.extend(coco_results(dets, image_ids[i], paths[i], det.class_names,
-                                            category_ids))
-                drawn = draw_detections(image, dets["boxes"], dets["scores"], dets["labels"],
-                                        det.class_names, score_thr)
+                results.extend(
+                    coco_results(dets, image_ids[i], paths[i], det.class_names, category_ids)
+                )
+                drawn = draw_detections(
+                    image, dets["boxes"], dets["scores"], dets["labels"], det.class_names, score_thr
+                )
                 Image.fromarray(drawn).save(os.path.join(out_dir, stems[i] + ".png"))
                 written.append(stems[i] + ".png")
             bar.update(min(batch_size, len(paths) - start))
@@ -135,18 +177,31 @@ def detect(det: Any, images: list[np.ndarray], batch_size: int) -> list[dict]:
     if not images:
         return []
     padded = images + [images[-1]] * (batch_size - len(images))
-    return det.predict(padded, batch_size)[:len(images)]
+    return det.predict(padded, batch_size)[: len(images)]
 
 
-def coco_results(dets: dict[str, np.ndarray], image_id: int, file_name: str,
-                 class_names: Sequence[str], category_ids: Sequence[int]) -> list[dict]:
+def coco_results(
+    dets: dict[str, np.ndarray],
+    image_id: int,
+    file_name: str,
+    class_names: Sequence[str],
+    category_ids: Sequence[int],
+) -> list[dict]:
     """One image's detections (xyxy pixels) as COCO results entries (bbox [x, y, w, h],
     ``category_id`` = ``category_ids[label]``)."""
     from ssd_jax.evaluation.coco import xyxy_to_xywh
-    return [{"file_name": file_name, "image_id": int(image_id), "bbox": xyxy_to_xywh(box),
-             "score": float(score), "category_id": int(category_ids[int(label)]),
-             "category_name": class_names[int(label)]}
-            for box, score, label in zip(dets["boxes"], dets["scores"], dets["labels"])]
+
+    return [
+        {
+            "file_name": file_name,
+            "image_id": int(image_id),
+            "bbox": xyxy_to_xywh(box),
+            "score": float(score),
+            "category_id": int(category_ids[int(label)]),
+            "category_name": class_names[int(label)],
+        }
+        for box, score, label in zip(dets["boxes"], dets["scores"], dets["labels"])
+    ]
 
 
 def image_ids_for(paths: Sequence[str], ann_file: str = "") -> list[int]:
@@ -155,15 +210,20 @@ def image_ids_for(paths: Sequence[str], ann_file: str = "") -> list[int]:
     names = [os.path.basename(p) for p in paths]
     if ann_file:
         from ssd_jax.errors import InputFileError
+
         if not os.path.isfile(ann_file):
             raise InputFileError(f"annotation file not found: {ann_file}")
         with open(ann_file) as f:
-            by_name = {os.path.basename(str(im.get("file_name", ""))): im.get("id")
-                       for im in json.load(f).get("images", [])}
+            by_name = {
+                os.path.basename(str(im.get("file_name", ""))): im.get("id")
+                for im in json.load(f).get("images", [])
+            }
         missing = [n for n in names if n not in by_name]
         if missing:
-            raise InputFileError(f"{ann_file} lists no image named {', '.join(missing[:5])}"
-                                 + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""))
+            raise InputFileError(
+                f"{ann_file} lists no image named {', '.join(missing[:5])}"
+                + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else "")
+            )
         return [int(by_name[n]) for n in names]
     stems = [os.path.splitext(n)[0] for n in names]
     if all(s.isdigit() for s in stems) and len(set(stems)) == len(stems):
@@ -176,6 +236,7 @@ def _category_ids(config: Any, checkpoint: str) -> list[int]:
     the config's ``category_ids``, else label + 1."""
     if os.path.isdir(checkpoint):
         from ssd_jax import checkpoints
+
         _, meta = checkpoints.load_variables(checkpoint)
         ids = meta.get("category_ids")
         if ids and len(ids) == len(config.class_names):

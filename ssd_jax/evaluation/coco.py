@@ -7,6 +7,7 @@
 Label ``i`` of a detector is the ``i``-th category of the ground truth's ``categories`` list
 (mmdetection's ``cat_ids``), whatever its id.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -16,7 +17,8 @@ import logging
 import math
 import os
 import weakref
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from pycocotools.coco import COCO
@@ -33,8 +35,20 @@ COCO_MAX_DETS = (1, 10, 100)
 def metric_names(max_dets: Sequence[int] = COCO_MAX_DETS) -> tuple[str, ...]:
     """Names of ``COCOeval.stats`` in order (mmdetection's ``bbox_*`` names for the six APs)."""
     m1, m2, m3 = max_dets
-    return ("bbox_mAP", "bbox_mAP_50", "bbox_mAP_75", "bbox_mAP_s", "bbox_mAP_m", "bbox_mAP_l",
-            f"AR@{m1}", f"AR@{m2}", f"AR@{m3}", f"AR_s@{m3}", f"AR_m@{m3}", f"AR_l@{m3}")
+    return (
+        "bbox_mAP",
+        "bbox_mAP_50",
+        "bbox_mAP_75",
+        "bbox_mAP_s",
+        "bbox_mAP_m",
+        "bbox_mAP_l",
+        f"AR@{m1}",
+        f"AR@{m2}",
+        f"AR@{m3}",
+        f"AR_s@{m3}",
+        f"AR_m@{m3}",
+        f"AR_l@{m3}",
+    )
 
 
 def xyxy_to_xywh(box: Sequence[float]) -> list[float]:
@@ -43,9 +57,9 @@ def xyxy_to_xywh(box: Sequence[float]) -> list[float]:
     return [x1, y1, x2 - x1, y2 - y1]
 
 
-def detections_to_coco_results(image_ids: Sequence[int],
-                               detections: Sequence[Mapping[str, np.ndarray]],
-                               cat_ids: Sequence[int]) -> list[dict]:
+def detections_to_coco_results(
+    image_ids: Sequence[int], detections: Sequence[Mapping[str, np.ndarray]], cat_ids: Sequence[int]
+) -> list[dict]:
     """Per-image detections → COCO result dicts (mmdetection's ``CocoMetric.results2json``).
 
     Args:
@@ -63,8 +77,14 @@ def detections_to_coco_results(image_ids: Sequence[int],
     for image_id, det in zip(image_ids, detections):
         boxes = np.asarray(det["boxes"], np.float32).reshape(-1, 4)
         for box, score, label in zip(boxes, np.asarray(det["scores"]), np.asarray(det["labels"])):
-            results.append({"image_id": int(image_id), "category_id": int(cat_ids[int(label)]),
-                            "bbox": xyxy_to_xywh(box), "score": float(score)})
+            results.append(
+                {
+                    "image_id": int(image_id),
+                    "category_id": int(cat_ids[int(label)]),
+                    "bbox": xyxy_to_xywh(box),
+                    "score": float(score),
+                }
+            )
     return results
 
 
@@ -75,10 +95,13 @@ def write_results_json(path: str | os.PathLike, results: Sequence[dict]) -> None
         json.dump(list(results), f)
 
 
-def coco_evaluate(coco_gt: COCO | str | os.PathLike, results: Sequence[dict],
-                  class_names: Optional[Sequence[str]] = None,
-                  max_dets: Sequence[int] = COCO_MAX_DETS, verbose: bool = False
-                  ) -> dict[str, Any]:
+def coco_evaluate(
+    coco_gt: COCO | str | os.PathLike,
+    results: Sequence[dict],
+    class_names: Sequence[str] | None = None,
+    max_dets: Sequence[int] = COCO_MAX_DETS,
+    verbose: bool = False,
+) -> dict[str, Any]:
     """COCOeval bbox of ``results`` against ``coco_gt``.
 
     Args:
@@ -105,8 +128,9 @@ def coco_evaluate(coco_gt: COCO | str | os.PathLike, results: Sequence[dict],
         coco_eval.evaluate()
         coco_eval.accumulate()
         coco_eval.summarize()
-    metrics: dict[str, Any] = {name: float(v)
-                               for name, v in zip(metric_names(max_dets), coco_eval.stats)}
+    metrics: dict[str, Any] = {
+        name: float(v) for name, v in zip(metric_names(max_dets), coco_eval.stats)
+    }
     metrics["per_class_AP"] = _per_class_ap(gt, coco_eval, class_names)
     return metrics
 
@@ -118,14 +142,18 @@ def _quiet(verbose: bool) -> contextlib.AbstractContextManager:
 def _empty_results(gt: COCO) -> COCO:
     """A results ``COCO`` with no detections (``COCO.loadRes([])`` raises IndexError)."""
     dt = COCO()
-    dt.dataset = {"images": list(gt.dataset["images"]),
-                  "categories": list(gt.dataset["categories"]), "annotations": []}
+    dt.dataset = {
+        "images": list(gt.dataset["images"]),
+        "categories": list(gt.dataset["categories"]),
+        "annotations": [],
+    }
     dt.createIndex()
     return dt
 
 
-def _per_class_ap(gt: COCO, coco_eval: COCOeval, class_names: Optional[Sequence[str]]
-                  ) -> dict[str, float]:
+def _per_class_ap(
+    gt: COCO, coco_eval: COCOeval, class_names: Sequence[str] | None
+) -> dict[str, float]:
     """mmdetection's classwise AP: mean of ``precision[:, :, k, area=all, maxDets=-1]`` > −1."""
     cat_ids = gt.getCatIds()  # the data set's category order (label order)
     if class_names is None:
@@ -144,22 +172,23 @@ def _per_class_ap(gt: COCO, coco_eval: COCOeval, class_names: Optional[Sequence[
 
 def format_metrics_table(metrics: Mapping[str, Any]) -> str:
     """The 12 COCO numbers, one per line, then the per-class AP table (3 classes a row)."""
-    lines = [f"{name:<12} {value:7.4f}" for name, value in metrics.items()
-             if name != "per_class_AP"]
+    lines = [
+        f"{name:<12} {value:7.4f}" for name, value in metrics.items() if name != "per_class_AP"
+    ]
     per_class = list(metrics.get("per_class_AP", {}).items())
     if per_class:
         width = max(len(name) for name, _ in per_class)
         cells = [f"{name:<{width}} {ap:6.3f}" for name, ap in per_class]
         header = "   ".join([f"{'category':<{width}} {'AP':>6}"] * min(3, len(cells)))
         lines += ["", header, "-" * len(header)]
-        lines += ["   ".join(cells[i:i + 3]) for i in range(0, len(cells), 3)]
+        lines += ["   ".join(cells[i : i + 3]) for i in range(0, len(cells), 3)]
     return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------
 # Ground truth of sources without a COCO JSON file
 
-_GT_CACHE: "weakref.WeakKeyDictionary[Any, tuple[COCO, list[Any]]]" = weakref.WeakKeyDictionary()
+_GT_CACHE: weakref.WeakKeyDictionary[Any, tuple[COCO, list[Any]]] = weakref.WeakKeyDictionary()
 
 
 def records_to_coco(source: Any, progress: bool = False) -> tuple[COCO, list[Any]]:
@@ -174,22 +203,34 @@ def records_to_coco(source: Any, progress: bool = False) -> tuple[COCO, list[Any
     records = []  # without the decoded images that image sources' records carry
     for i in tqdm(range(len(source)), desc="ground truth", unit="img", disable=not progress):
         r = source[i]
-        records.append({k: r[k] for k in ("image_id", "height", "width", "boxes", "labels")}
-                       | {"difficult": r.get("difficult", np.zeros(len(r["labels"]), bool))})
+        records.append(
+            {k: r[k] for k in ("image_id", "height", "width", "boxes", "labels")}
+            | {"difficult": r.get("difficult", np.zeros(len(r["labels"]), bool))}
+        )
     ids = [r["image_id"] for r in records]
     if not all(isinstance(i, (int, np.integer)) for i in ids) or len(set(ids)) != len(ids):
         ids = list(range(len(records)))
     images, annotations = [], []
     for image_id, record in zip(ids, records):
-        images.append({"id": int(image_id), "height": int(record["height"]),
-                       "width": int(record["width"])})
-        for box, label, hard in zip(np.asarray(record["boxes"], np.float64).reshape(-1, 4),
-                                    record["labels"], record["difficult"]):
+        images.append(
+            {"id": int(image_id), "height": int(record["height"]), "width": int(record["width"])}
+        )
+        for box, label, hard in zip(
+            np.asarray(record["boxes"], np.float64).reshape(-1, 4),
+            record["labels"],
+            record["difficult"],
+        ):
             w, h = float(box[2] - box[0]), float(box[3] - box[1])
-            annotations.append({"id": len(annotations) + 1, "image_id": int(image_id),
-                                "category_id": int(label) + 1, "area": w * h,
-                                "bbox": [float(box[0]), float(box[1]), w, h],
-                                "iscrowd": int(bool(hard))})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": int(image_id),
+                    "category_id": int(label) + 1,
+                    "area": w * h,
+                    "bbox": [float(box[0]), float(box[1]), w, h],
+                    "iscrowd": int(bool(hard)),
+                }
+            )
     categories = [{"id": k + 1, "name": name} for k, name in enumerate(source.class_names)]
     coco = COCO()
     coco.dataset = {"images": images, "annotations": annotations, "categories": categories}
@@ -198,8 +239,9 @@ def records_to_coco(source: Any, progress: bool = False) -> tuple[COCO, list[Any
     return coco, [int(i) for i in ids]
 
 
-def coco_ground_truth(source: Any, indices: Sequence[int], progress: bool = False
-                      ) -> tuple[COCO | str, list[int], list[int]]:
+def coco_ground_truth(
+    source: Any, indices: Sequence[int], progress: bool = False
+) -> tuple[COCO | str, list[int], list[int]]:
     """(ground truth: annotation file path or COCO, category id per label, image id per index).
 
     ``CocoSource`` (``ann_file`` and ``cat_ids``) evaluates against its JSON file as mmdetection
@@ -216,4 +258,3 @@ def coco_ground_truth(source: Any, indices: Sequence[int], progress: bool = Fals
         with contextlib.suppress(TypeError):
             _GT_CACHE[source] = (gt, ids)
     return gt, list(range(1, len(source.class_names) + 1)), [ids[i] for i in indices]
-

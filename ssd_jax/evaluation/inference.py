@@ -7,11 +7,13 @@ one detect path (``ssd_jax.inference``) under pmap, and the detections are gathe
 Inside the loader every record is identified by its index in the source (VOC image ids are
 strings, and record indices also make multi-host gathering exact).
 """
+
 from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import ml_collections
@@ -56,15 +58,23 @@ def effective_batch_size(batch_size: int, num_images: int) -> int:
     needs, rounded up to a multiple of the local device count (no compile for unused rows)."""
     devices = jax.local_device_count()
     if batch_size < 1 or batch_size % devices:
-        raise ValueError(f"batch_size {batch_size} is not a positive multiple of the {devices} "
-                         "local devices")
+        raise ValueError(
+            f"batch_size {batch_size} is not a positive multiple of the {devices} local devices"
+        )
     per_process = math.ceil(num_images / jax.process_count())
     return min(batch_size, max(devices, devices * math.ceil(per_process / devices)))
 
 
-def run_inference(p_detect, variables: dict, source: Any, config: ml_collections.ConfigDict, *,
-                  batch_size: int, num_workers: int = 0, progress: bool = True
-                  ) -> tuple[list[int], list[Detections]]:
+def run_inference(
+    p_detect,
+    variables: dict,
+    source: Any,
+    config: ml_collections.ConfigDict,
+    *,
+    batch_size: int,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> tuple[list[int], list[Detections]]:
     """Detections for every readable image of ``source``, all hosts' shards gathered.
 
     Returns the record indices (ascending; unreadable images are left out, see
@@ -76,28 +86,42 @@ def run_inference(p_detect, variables: dict, source: Any, config: ml_collections
         raise ValueError(f"{source!r} has no images to evaluate")
     devices = jax.local_device_count()
     batch_size = effective_batch_size(batch_size, len(source))
-    loader = make_eval_loader(_IndexIds(source), config, batch_size=batch_size,
-                              process_index=jax.process_index(), process_count=jax.process_count(),
-                              num_workers=num_workers)
+    loader = make_eval_loader(
+        _IndexIds(source),
+        config,
+        batch_size=batch_size,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        num_workers=num_workers,
+    )
     replicated = replicate(variables)
     with logging_redirect_tqdm(loggers=[logging.getLogger("ssd_jax")]):  # logs above the bar
         chunks = _detect_all(p_detect, replicated, loader, batch_size, devices, progress)
     local = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
     if jax.process_count() > 1:
-        local = {k: np.asarray(v).reshape((-1,) + v.shape[2:]) for k, v in
-                 multihost_utils.process_allgather(local).items()}
+        local = {
+            k: np.asarray(v).reshape((-1,) + v.shape[2:])
+            for k, v in multihost_utils.process_allgather(local).items()
+        }
     return _unpad(local)
 
 
-def _detect_all(p_detect, replicated: Any, loader: Any, batch_size: int, devices: int,
-                progress: bool) -> list[dict[str, np.ndarray]]:
+def _detect_all(
+    p_detect, replicated: Any, loader: Any, batch_size: int, devices: int, progress: bool
+) -> list[dict[str, np.ndarray]]:
     """Every batch of ``loader`` through ``p_detect``, fetching one while the next runs."""
-    bar = tqdm(total=len(loader) * batch_size * jax.process_count(), desc="eval", unit="img",
-               dynamic_ncols=True, disable=not progress or jax.process_index() != 0)
+    bar = tqdm(
+        total=len(loader) * batch_size * jax.process_count(),
+        desc="eval",
+        unit="img",
+        dynamic_ncols=True,
+        disable=not progress or jax.process_index() != 0,
+    )
     chunks, pending = [], None
     for batch in loader:
-        sharded = shard_batch({"image": batch["image"], "scale_factor": batch["scale_factor"]},
-                              devices)
+        sharded = shard_batch(
+            {"image": batch["image"], "scale_factor": batch["scale_factor"]}, devices
+        )
         dets = p_detect(replicated, sharded["image"], sharded["scale_factor"])  # async dispatch
         if pending is not None:  # fetch the previous batch while this one runs
             chunks.append(_to_host(*pending))
@@ -121,7 +145,12 @@ def _unpad(gathered: dict[str, np.ndarray]) -> tuple[list[int], list[Detections]
     for i in np.flatnonzero(gathered["valid_image"]):
         k = int(gathered["num_valid"][i])
         indices.append(int(gathered["image_id"][i]))
-        results.append({"boxes": gathered["boxes"][i, :k], "scores": gathered["scores"][i, :k],
-                        "labels": gathered["labels"][i, :k]})
+        results.append(
+            {
+                "boxes": gathered["boxes"][i, :k],
+                "scores": gathered["scores"][i, :k],
+                "labels": gathered["labels"][i, :k],
+            }
+        )
     order = np.argsort(indices, kind="stable")
     return [indices[j] for j in order], [results[j] for j in order]

@@ -6,17 +6,20 @@ detection does not fall back to another gt, as in the VOC devkit), with a diffic
 Detections of all images are then ranked by score into a precision/recall curve; difficult gts
 do not count in recall. mAP averages the classes that have ground truth.
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 _EPS = np.finfo(np.float32).eps  # mmdetection's eval_map guard against 0 / 0
 
 
-def box_iou_voc(boxes1: np.ndarray, boxes2: np.ndarray, use_legacy_coordinate: bool = True
-                ) -> np.ndarray:
+def box_iou_voc(
+    boxes1: np.ndarray, boxes2: np.ndarray, use_legacy_coordinate: bool = True
+) -> np.ndarray:
     """IoU of xyxy boxes (N, 4) × (M, 4) → (N, M) float32 (mmdetection's ``bbox_overlaps``).
 
     With ``use_legacy_coordinate`` the coordinates are inclusive pixel indices: a box spans
@@ -27,17 +30,24 @@ def box_iou_voc(boxes1: np.ndarray, boxes2: np.ndarray, use_legacy_coordinate: b
     b2 = np.asarray(boxes2, np.float32).reshape(1, -1, 4)
     area1 = (b1[..., 2] - b1[..., 0] + extra) * (b1[..., 3] - b1[..., 1] + extra)
     area2 = (b2[..., 2] - b2[..., 0] + extra) * (b2[..., 3] - b2[..., 1] + extra)
-    w = np.maximum(np.minimum(b1[..., 2], b2[..., 2]) - np.maximum(b1[..., 0], b2[..., 0])
-                   + extra, 0)
-    h = np.maximum(np.minimum(b1[..., 3], b2[..., 3]) - np.maximum(b1[..., 1], b2[..., 1])
-                   + extra, 0)
+    w = np.maximum(
+        np.minimum(b1[..., 2], b2[..., 2]) - np.maximum(b1[..., 0], b2[..., 0]) + extra, 0
+    )
+    h = np.maximum(
+        np.minimum(b1[..., 3], b2[..., 3]) - np.maximum(b1[..., 1], b2[..., 1]) + extra, 0
+    )
     inter = w * h
     return inter / np.maximum(area1 + area2 - inter, np.float32(1e-6))
 
 
-def tpfp_image(det_boxes: np.ndarray, det_scores: np.ndarray, gt_boxes: np.ndarray,
-               gt_difficult: np.ndarray, iou_thr: float = 0.5,
-               use_legacy_coordinate: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def tpfp_image(
+    det_boxes: np.ndarray,
+    det_scores: np.ndarray,
+    gt_boxes: np.ndarray,
+    gt_difficult: np.ndarray,
+    iou_thr: float = 0.5,
+    use_legacy_coordinate: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
     """TP and FP flags (K,) float32 of one image's detections of one class (``tpfp_default``).
 
     Args:
@@ -88,10 +98,14 @@ def average_precision(recalls: np.ndarray, precisions: np.ndarray, mode: str = "
     raise ValueError(f"mode must be 'area' or '11points', got {mode!r}")
 
 
-def voc_map(detections: Sequence[Mapping[str, np.ndarray]],
-            annotations: Sequence[Mapping[str, np.ndarray]], num_classes: int,
-            iou_thr: float = 0.5, mode: str = "area", use_legacy_coordinate: bool = True
-            ) -> dict:
+def voc_map(
+    detections: Sequence[Mapping[str, np.ndarray]],
+    annotations: Sequence[Mapping[str, np.ndarray]],
+    num_classes: int,
+    iou_thr: float = 0.5,
+    mode: str = "area",
+    use_legacy_coordinate: bool = True,
+) -> dict:
     """VOC mAP of per-image detections against per-image annotations.
 
     Args:
@@ -116,8 +130,9 @@ def voc_map(detections: Sequence[Mapping[str, np.ndarray]],
     num_gts = np.zeros(num_classes, np.int64)
     num_dets = np.zeros(num_classes, np.int64)
     for c in range(num_classes):
-        scores, tp, fp, num_gts[c] = _class_tpfp(detections, annotations, c, iou_thr,
-                                                 use_legacy_coordinate)
+        scores, tp, fp, num_gts[c] = _class_tpfp(
+            detections, annotations, c, iou_thr, use_legacy_coordinate
+        )
         num_dets[c] = len(scores)
         order = np.argsort(-scores)  # mmdetection's (default, unstable) sort: same tie order
         tp, fp = np.cumsum(tp[order]), np.cumsum(fp[order])
@@ -128,13 +143,22 @@ def voc_map(detections: Sequence[Mapping[str, np.ndarray]],
             aps[c] = average_precision(recall, precision, mode)
     with_gt = num_gts > 0
     mean_ap = float(np.mean(aps[with_gt].astype(np.float32))) if with_gt.any() else 0.0
-    return {"mAP": mean_ap, "per_class_AP": aps, "per_class_recall": recalls,
-            "num_gts": num_gts, "num_dets": num_dets}
+    return {
+        "mAP": mean_ap,
+        "per_class_AP": aps,
+        "per_class_recall": recalls,
+        "num_gts": num_gts,
+        "num_dets": num_dets,
+    }
 
 
-def _class_tpfp(detections: Sequence[Mapping[str, np.ndarray]],
-                annotations: Sequence[Mapping[str, np.ndarray]], label: int, iou_thr: float,
-                use_legacy_coordinate: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+def _class_tpfp(
+    detections: Sequence[Mapping[str, np.ndarray]],
+    annotations: Sequence[Mapping[str, np.ndarray]],
+    label: int,
+    iou_thr: float,
+    use_legacy_coordinate: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """One class over all images: scores (D,) float32, TP (D,), FP (D,), non-difficult gts."""
     empty = np.zeros(0, np.float32)
     scores, tps, fps, num_gts = [empty], [empty], [empty], 0
@@ -145,8 +169,9 @@ def _class_tpfp(detections: Sequence[Mapping[str, np.ndarray]],
         det_scores = np.asarray(det["scores"], np.float32)[d]
         gt_boxes = np.asarray(ann["boxes"], np.float32).reshape(-1, 4)[g]
         difficult = np.asarray(ann.get("difficult", np.zeros(len(g), bool)), bool)[g]
-        tp, fp = tpfp_image(det_boxes, det_scores, gt_boxes, difficult, iou_thr,
-                            use_legacy_coordinate)
+        tp, fp = tpfp_image(
+            det_boxes, det_scores, gt_boxes, difficult, iou_thr, use_legacy_coordinate
+        )
         scores.append(det_scores)
         tps.append(tp)
         fps.append(fp)
@@ -163,21 +188,32 @@ def voc_annotations(source: Any) -> list[dict[str, Any]]:
         r = source[i]
         labels = np.asarray(r["labels"], np.int64)
         difficult = r.get("difficult", np.zeros(len(labels), bool))
-        annotations.append({"image_id": r["image_id"],
-                            "boxes": np.asarray(r["boxes"], np.float32).reshape(-1, 4),
-                            "labels": labels, "difficult": np.asarray(difficult, bool)})
+        annotations.append(
+            {
+                "image_id": r["image_id"],
+                "boxes": np.asarray(r["boxes"], np.float32).reshape(-1, 4),
+                "labels": labels,
+                "difficult": np.asarray(difficult, bool),
+            }
+        )
     return annotations
 
 
 def voc_results(detections: Sequence[dict[str, Any]]) -> list[dict]:
     """VOC detections as COCO-style result dicts; ``category_id`` is label + 1 (VOC has no ids)
     and ``image_id`` the VOC image name."""
-    return [{"image_id": det["image_id"], "category_id": int(label) + 1,
-             "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
-             "score": float(score)}
-            for det in detections
-            for (x1, y1, x2, y2), score, label in zip(np.asarray(det["boxes"]).reshape(-1, 4),
-                                                       det["scores"], det["labels"])]
+    return [
+        {
+            "image_id": det["image_id"],
+            "category_id": int(label) + 1,
+            "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
+            "score": float(score),
+        }
+        for det in detections
+        for (x1, y1, x2, y2), score, label in zip(
+            np.asarray(det["boxes"]).reshape(-1, 4), det["scores"], det["labels"]
+        )
+    ]
 
 
 def format_voc_table(metrics: dict[str, Any]) -> str:
@@ -187,11 +223,14 @@ def format_voc_table(metrics: dict[str, Any]) -> str:
     header = f"{'class':<{width}} {'gts':>6} {'dets':>7} {'recall':>7} {'ap':>7}"
     lines = [header, "-" * len(header)]
     for name in names:
-        lines.append(f"{name:<{width}} {metrics['num_gts'][name]:>6d} "
-                     f"{metrics['num_dets'][name]:>7d} {metrics['per_class_recall'][name]:>7.3f} "
-                     f"{metrics['per_class_AP'][name]:>7.3f}")
-    lines += ["-" * len(header),
-              f"{'mAP':<{width}} {'':>6} {'':>7} {'':>7} {metrics['mAP']:>7.3f}   "
-              f"(IoU {metrics['iou_thr']}, {metrics['mode']})"]
+        lines.append(
+            f"{name:<{width}} {metrics['num_gts'][name]:>6d} "
+            f"{metrics['num_dets'][name]:>7d} {metrics['per_class_recall'][name]:>7.3f} "
+            f"{metrics['per_class_AP'][name]:>7.3f}"
+        )
+    lines += [
+        "-" * len(header),
+        f"{'mAP':<{width}} {'':>6} {'':>7} {'':>7} {metrics['mAP']:>7.3f}   "
+        f"(IoU {metrics['iou_thr']}, {metrics['mode']})",
+    ]
     return "\n".join(lines)
-

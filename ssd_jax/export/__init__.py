@@ -11,24 +11,33 @@ scale factors and return boxes in original-image pixels (``onnx_export`` documen
 signature); raw models return the head outputs. ``jax2onnx``/``onnx`` (ONNX export),
 ``onnxruntime`` and ``openvino`` (running ONNX) are optional: requirements-export.txt.
 """
+
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 FORMATS = ("onnx", "jax")
 
 
-def export(detector, path: str | os.PathLike, fmt: str, raw: bool = False,
-           platforms: Sequence[str] = ("cpu", "cuda")) -> dict[str, Any]:
+def export(
+    detector,
+    path: str | os.PathLike,
+    fmt: str,
+    raw: bool = False,
+    platforms: Sequence[str] = ("cpu", "cuda"),
+) -> dict[str, Any]:
     """Write ``detector`` to ``path`` as ``fmt`` ('onnx' or 'jax'); returns the files written.
 
     ``platforms``: the jax platforms a 'jax' artifact is lowered for (ignored for ONNX).
     """
     if fmt == "onnx":
         from ssd_jax.export.onnx_export import export_onnx
+
         return export_onnx(detector, path, raw=raw)
     if fmt == "jax":
         from ssd_jax.export.jax_export import export_jax
+
         return export_jax(detector, path, raw=raw, platforms=platforms)
     raise ValueError(f"format {fmt!r}: expected one of {FORMATS}")

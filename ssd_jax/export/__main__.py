@@ -1,4 +1,5 @@
 """``python -m ssd_jax.export`` (= ``ssd-jax-export``)."""
+
 import sys
 
 from ssd_jax.cli.export import main

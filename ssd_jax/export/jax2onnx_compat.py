@@ -1,9 +1,10 @@
 """Workarounds for jax2onnx 0.17.1, active only while an ONNX export traces the model."""
+
 from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Iterator
+from collections.abc import Iterator
 
 import jax.numpy as jnp
 
@@ -19,6 +20,7 @@ def explicit_pads_for_max_pool() -> Iterator[None]:
     This wraps the shim: explicit pads become a ``-inf`` Pad, then 'VALID' pooling.
     """
     from jax2onnx.plugins.flax.linen.max_pool import MaxPoolPlugin
+
     saved = MaxPoolPlugin.__dict__["_make_patch"]
     make_shim = saved.__func__
 
@@ -31,6 +33,7 @@ def explicit_pads_for_max_pool() -> Iterator[None]:
                 x = jnp.pad(x, pads, constant_values=-jnp.inf)
                 padding = "VALID"
             return shim(x, window_shape=tuple(window_shape), strides=strides, padding=padding)
+
         return max_pool
 
     MaxPoolPlugin._make_patch = classmethod(make_patch)

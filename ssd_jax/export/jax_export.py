@@ -7,12 +7,14 @@ the batch dimension is symbolic. Detection uses ``ssd_jax.postprocess`` itself (
 ``lax.while_loop`` NMS), so it is the reference semantics. Load with ``runtime.JaxExportModel``
 (needs jax and jaxlib only, not ssd_jax's model code).
 """
+
 from __future__ import annotations
 
 import json
 import os
 import pathlib
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -31,8 +33,9 @@ def metadata_path(path: str | os.PathLike) -> pathlib.Path:
     return path.with_name(path.name + ".json")
 
 
-def exported(detector, raw: bool = False, platforms: Sequence[str] = DEFAULT_PLATFORMS
-             ) -> jax.export.Exported:
+def exported(
+    detector, raw: bool = False, platforms: Sequence[str] = DEFAULT_PLATFORMS
+) -> jax.export.Exported:
     """The ``jax.export.Exported`` of the raw or detection function, batch size symbolic."""
     size = graph.settings_of(detector).input_size
     (batch,) = jax.export.symbolic_shape("B")
@@ -43,18 +46,24 @@ def exported(detector, raw: bool = False, platforms: Sequence[str] = DEFAULT_PLA
         def raw_dict(images):
             cls_logits, bbox_deltas = fn(images)
             return {"cls_logits": cls_logits, "bbox_deltas": bbox_deltas}
+
         return jax.export.export(jax.jit(raw_dict), platforms=tuple(platforms))(images)
 
     fn = graph.detect_fn(detector)
 
     def detect_dict(images, scale_factors):
         return fn(images, scale_factors)._asdict()
+
     scales = jax.ShapeDtypeStruct((batch, 2), jnp.float32)
     return jax.export.export(jax.jit(detect_dict), platforms=tuple(platforms))(images, scales)
 
 
-def export_jax(detector, path: str | os.PathLike, raw: bool = False,
-               platforms: Sequence[str] = DEFAULT_PLATFORMS) -> dict[str, Any]:
+def export_jax(
+    detector,
+    path: str | os.PathLike,
+    raw: bool = False,
+    platforms: Sequence[str] = DEFAULT_PLATFORMS,
+) -> dict[str, Any]:
     """Write the serialized ``jax.export`` artifact to ``path``; returns what was written."""
     exp = exported(detector, raw, platforms)
     path = pathlib.Path(path)

@@ -8,10 +8,11 @@ parameters, same function up to float32 rounding. For SSDLite the traced graph s
 of CPU before, 3 s after), and runtimes get Conv nodes they can fuse. (jax2onnx lowers eval-mode
 ``nn.BatchNorm`` to ONNX ``BatchNormalization`` by itself.)
 """
+
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import flax.linen as nn
 import jax
@@ -26,8 +27,13 @@ def _depthwise_as_grouped_conv(module: DepthwiseConv, x: jax.Array) -> jax.Array
     kernel = jnp.asarray(params["kernel"], module.dtype)  # (k, k, 1, C), HWIO with groups = C
     assert kernel.shape[:2] == (k, k)
     y = jax.lax.conv_general_dilated(
-        x.astype(module.dtype), kernel, window_strides=(s, s), padding=((p, p), (p, p)),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=x.shape[-1])
+        x.astype(module.dtype),
+        kernel,
+        window_strides=(s, s),
+        padding=((p, p), (p, p)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=x.shape[-1],
+    )
     if module.use_bias:
         y = y + jnp.asarray(params["bias"], module.dtype)
     return y

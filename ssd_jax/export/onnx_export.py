@@ -12,6 +12,7 @@ Raw model (``raw=True``):
            ``anchors_path(path)`` as .npy.
 B is dynamic. The model's settings (input size, classes, test_cfg) are in its metadata_props.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,19 +42,31 @@ def anchors_path(path: str | os.PathLike) -> pathlib.Path:
 def metadata(detector, kind: str) -> dict[str, str]:
     """What a runtime needs to use an exported model; stored as string key/values."""
     s = graph.settings_of(detector)
-    return {"ssd_jax.kind": kind, "ssd_jax.config": str(detector.config.get("name", "")),
-            "ssd_jax.settings": json.dumps(s._asdict()),
-            "ssd_jax.class_names": json.dumps(list(detector.class_names)),
-            "ssd_jax.category_ids": json.dumps([int(i) for i in
-                                                detector.config.get("category_ids", ())])}
+    return {
+        "ssd_jax.kind": kind,
+        "ssd_jax.config": str(detector.config.get("name", "")),
+        "ssd_jax.settings": json.dumps(s._asdict()),
+        "ssd_jax.class_names": json.dumps(list(detector.class_names)),
+        "ssd_jax.category_ids": json.dumps(
+            [int(i) for i in detector.config.get("category_ids", ())]
+        ),
+    }
 
 
 def _to_onnx(fn, inputs, input_names, output_names, name: str):
     with jax2onnx_compat.quiet():
         from jax2onnx import to_onnx  # optional dependency (requirements-export.txt)
+
         with jax2onnx_compat.explicit_pads_for_max_pool(), layers.onnx_friendly_layers():
-            return to_onnx(fn, inputs, model_name=name, opset=OPSET, return_mode="proto",
-                           input_names=input_names, output_names=output_names)
+            return to_onnx(
+                fn,
+                inputs,
+                model_name=name,
+                opset=OPSET,
+                return_mode="proto",
+                input_names=input_names,
+                output_names=output_names,
+            )
 
 
 def export_onnx(detector, path: str | os.PathLike, raw: bool = False) -> dict[str, Any]:
@@ -65,24 +78,41 @@ def export_onnx(detector, path: str | os.PathLike, raw: bool = False) -> dict[st
     images = jax.ShapeDtypeStruct((BATCH, size, size, 3), jnp.uint8)
     name = f"{detector.config.get('name', 'ssd')}_{'raw' if raw else 'detect'}"
     if raw:
-        model = _to_onnx(graph.raw_fn(detector), [images], ["images"],
-                         ["cls_logits", "bbox_deltas"], name)
+        model = _to_onnx(
+            graph.raw_fn(detector), [images], ["images"], ["cls_logits", "bbox_deltas"], name
+        )
     else:
         scales = jax.ShapeDtypeStruct((BATCH, 2), jnp.float32)
-        model = _to_onnx(graph.candidates_fn(detector), [images, scales],
-                         ["images", "scale_factors"], list(onnx_nms.CANDIDATE_OUTPUTS), name)
-        num_candidates = sum(min(s.nms_pre, len(a) * s.num_classes) if s.nms_pre > 0
-                             else len(a) * s.num_classes for a in detector.anchors())
-        onnx_nms.append_nms(model, num_candidates=num_candidates, nms_iou=s.nms_iou,
-                            max_per_img=s.max_per_img, batch_dim=BATCH)
+        model = _to_onnx(
+            graph.candidates_fn(detector),
+            [images, scales],
+            ["images", "scale_factors"],
+            list(onnx_nms.CANDIDATE_OUTPUTS),
+            name,
+        )
+        num_candidates = sum(
+            min(s.nms_pre, len(a) * s.num_classes) if s.nms_pre > 0 else len(a) * s.num_classes
+            for a in detector.anchors()
+        )
+        onnx_nms.append_nms(
+            model,
+            num_candidates=num_candidates,
+            nms_iou=s.nms_iou,
+            max_per_img=s.max_per_img,
+            batch_dim=BATCH,
+        )
     onnx.helper.set_model_props(model, metadata(detector, "raw" if raw else "detect"))
     onnx.checker.check_model(model)
 
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     external = model.ByteSize() > _MAX_INLINE_BYTES
-    onnx.save_model(model, str(path), save_as_external_data=external,
-                    location=path.name + ".data" if external else None)
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=external,
+        location=path.name + ".data" if external else None,
+    )
     written = {"model": str(path)}
     if external:
         written["weights"] = str(path) + ".data"

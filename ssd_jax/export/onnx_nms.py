@@ -16,6 +16,7 @@ Nodes:
 Outputs: boxes (B, M, 4) float32, scores (B, M) float32, labels (B, M) int32 (-1 = padding),
   num_valid (B,) int32, with M = min(max_per_img, K); rows ≥ num_valid are zero / -1.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -30,8 +31,14 @@ def _const(name: str, value: np.ndarray) -> onnx.NodeProto:
     return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value, name))
 
 
-def append_nms(model: onnx.ModelProto, *, num_candidates: int, nms_iou: float,
-               max_per_img: int, batch_dim: str = "B") -> onnx.ModelProto:
+def append_nms(
+    model: onnx.ModelProto,
+    *,
+    num_candidates: int,
+    nms_iou: float,
+    max_per_img: int,
+    batch_dim: str = "B",
+) -> onnx.ModelProto:
     """Replace the graph's candidate outputs by the detections (in place; returns ``model``)."""
     graph = model.graph
     names = [o.name for o in graph.output]
@@ -44,9 +51,12 @@ def append_nms(model: onnx.ModelProto, *, num_candidates: int, nms_iou: float,
         _const(p + "max_out", np.array([max_per_img], np.int64)),
         _const(p + "iou", np.array([nms_iou], np.float32)),
         _const(p + "score_thr", np.array([0.0], np.float32)),  # valid candidates score > 0
-        helper.make_node("NonMaxSuppression", [boxes, class_scores, p + "max_out", p + "iou",
-                                               p + "score_thr"], [p + "selected"],
-                         center_point_box=0),
+        helper.make_node(
+            "NonMaxSuppression",
+            [boxes, class_scores, p + "max_out", p + "iou", p + "score_thr"],
+            [p + "selected"],
+            center_point_box=0,
+        ),
         _const(p + "i0", np.array(0, np.int64)),
         _const(p + "i1", np.array(1, np.int64)),
         _const(p + "i2", np.array(2, np.int64)),
@@ -65,13 +75,22 @@ def append_nms(model: onnx.ModelProto, *, num_candidates: int, nms_iou: float,
         helper.make_node("Unsqueeze", [p + "flat_safe", p + "axis_last"], [p + "scatter_idx"]),
         _const(p + "one_i64", np.array([1], np.int64)),
         helper.make_node("Add", [p + "bk", p + "one_i64"], [p + "bk1"]),
-        helper.make_node("ConstantOfShape", [p + "bk1"], [p + "mask_zeros"],
-                         value=numpy_helper.from_array(np.array([0.0], np.float32))),
+        helper.make_node(
+            "ConstantOfShape",
+            [p + "bk1"],
+            [p + "mask_zeros"],
+            value=numpy_helper.from_array(np.array([0.0], np.float32)),
+        ),
         helper.make_node("Shape", [p + "flat_safe"], [p + "s_shape"]),
-        helper.make_node("ConstantOfShape", [p + "s_shape"], [p + "mask_ones"],
-                         value=numpy_helper.from_array(np.array([1.0], np.float32))),
-        helper.make_node("ScatterND", [p + "mask_zeros", p + "scatter_idx", p + "mask_ones"],
-                         [p + "mask_flat1"]),
+        helper.make_node(
+            "ConstantOfShape",
+            [p + "s_shape"],
+            [p + "mask_ones"],
+            value=numpy_helper.from_array(np.array([1.0], np.float32)),
+        ),
+        helper.make_node(
+            "ScatterND", [p + "mask_zeros", p + "scatter_idx", p + "mask_ones"], [p + "mask_flat1"]
+        ),
         _const(p + "zero_1", np.array([0], np.int64)),
         helper.make_node("Slice", [p + "mask_flat1", p + "zero_1", p + "bk"], [p + "mask_flat"]),
         helper.make_node("Reshape", [p + "mask_flat", p + "bk_shape"], [p + "mask"]),
@@ -81,8 +100,14 @@ def append_nms(model: onnx.ModelProto, *, num_candidates: int, nms_iou: float,
         helper.make_node("Where", [p + "kept", scores, p + "minus_one"], [p + "kept_scores"]),
         # The max_per_img best kept candidates, highest score first.
         _const(p + "m", np.array([m], np.int64)),
-        helper.make_node("TopK", [p + "kept_scores", p + "m"], [p + "top_scores", p + "top_idx"],
-                         axis=1, largest=1, sorted=1),
+        helper.make_node(
+            "TopK",
+            [p + "kept_scores", p + "m"],
+            [p + "top_scores", p + "top_idx"],
+            axis=1,
+            largest=1,
+            sorted=1,
+        ),
         _const(p + "zero_f", np.array(0.0, np.float32)),
         helper.make_node("Greater", [p + "top_scores", p + "zero_f"], [p + "ok"]),
         helper.make_node("Unsqueeze", [p + "top_idx", p + "axis_last"], [p + "top_idx1"]),
@@ -98,10 +123,12 @@ def append_nms(model: onnx.ModelProto, *, num_candidates: int, nms_iou: float,
     ]
     graph.node.extend(nodes)
     del graph.output[:]
-    graph.output.extend([
-        helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [batch_dim, m, 4]),
-        helper.make_tensor_value_info("scores", TensorProto.FLOAT, [batch_dim, m]),
-        helper.make_tensor_value_info("labels", TensorProto.INT32, [batch_dim, m]),
-        helper.make_tensor_value_info("num_valid", TensorProto.INT32, [batch_dim]),
-    ])
+    graph.output.extend(
+        [
+            helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [batch_dim, m, 4]),
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, [batch_dim, m]),
+            helper.make_tensor_value_info("labels", TensorProto.INT32, [batch_dim, m]),
+            helper.make_tensor_value_info("num_valid", TensorProto.INT32, [batch_dim]),
+        ]
+    )
     return model

@@ -7,12 +7,13 @@
 Every model takes ``images`` (B, S, S, 3) uint8 RGB at the config's input size S (detection
 models also ``scale_factors`` (B, 2) float32) and returns a dict named as the graph's outputs.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import pathlib
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -43,10 +44,12 @@ class ExportedModel:
 class OnnxRuntimeModel(ExportedModel):
     """An ONNX file run by ONNX Runtime (CPU unless ``providers`` says otherwise)."""
 
-    def __init__(self, path: str | os.PathLike, providers: Optional[Sequence[str]] = None):
+    def __init__(self, path: str | os.PathLike, providers: Sequence[str] | None = None):
         import onnxruntime as ort
-        self.session = ort.InferenceSession(str(path),
-                                            providers=list(providers or ["CPUExecutionProvider"]))
+
+        self.session = ort.InferenceSession(
+            str(path), providers=list(providers or ["CPUExecutionProvider"])
+        )
         super().__init__(dict(self.session.get_modelmeta().custom_metadata_map))
         self.output_names = tuple(o.name for o in self.session.get_outputs())
 
@@ -64,6 +67,7 @@ class OpenVINOModel(ExportedModel):
     def __init__(self, path: str | os.PathLike, device: str = "CPU", precision: str = "f32"):
         import onnx
         import openvino as ov
+
         props = onnx.load(str(path), load_external_data=False).metadata_props
         super().__init__({p.key: p.value for p in props})
         config = {"INFERENCE_PRECISION_HINT": precision} if device == "CPU" else {}
@@ -72,8 +76,10 @@ class OpenVINOModel(ExportedModel):
 
     def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
         result = self.compiled(inputs)
-        return {name: np.asarray(result[out]) for name, out in
-                zip(self.output_names, self.compiled.outputs)}
+        return {
+            name: np.asarray(result[out])
+            for name, out in zip(self.output_names, self.compiled.outputs)
+        }
 
 
 class JaxExportModel(ExportedModel):
@@ -81,7 +87,9 @@ class JaxExportModel(ExportedModel):
 
     def __init__(self, path: str | os.PathLike):
         import jax
+
         from ssd_jax.export.jax_export import metadata_path
+
         path = pathlib.Path(path)
         self.exported = jax.export.deserialize(bytearray(path.read_bytes()))
         meta_file = metadata_path(path)
@@ -89,11 +97,13 @@ class JaxExportModel(ExportedModel):
         if not self.settings:  # the artifact alone still gives the input size
             self.settings = {"input_size": int(self.exported.in_avals[0].shape[1])}
         self._call = jax.jit(self.exported.call)
-        self.input_names = ("images",) if len(self.exported.in_avals) == 1 else (
-            "images", "scale_factors")
+        self.input_names = (
+            ("images",) if len(self.exported.in_avals) == 1 else ("images", "scale_factors")
+        )
 
     def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
         import jax
+
         out = self._call(*(inputs[name] for name in self.input_names))
         return {k: np.asarray(v) for k, v in jax.device_get(out).items()}
 
@@ -102,7 +112,7 @@ def default_runtime(path: str | os.PathLike) -> str:
     return "onnxruntime" if str(path).endswith(".onnx") else "jax"
 
 
-def load(path: str | os.PathLike, runtime: Optional[str] = None) -> ExportedModel:
+def load(path: str | os.PathLike, runtime: str | None = None) -> ExportedModel:
     """Load an exported file; ``runtime`` one of ``RUNTIMES`` (default: by the file's suffix)."""
     runtime = runtime or default_runtime(path)
     if runtime == "onnxruntime":
@@ -120,32 +130,42 @@ def predict(model: ExportedModel, images: Sequence[np.ndarray]) -> list[dict[str
         raise ValueError("predict needs a detection export (this one was exported with --raw)")
     x, scales = resize_batch([np.asarray(im, np.uint8) for im in images], model.input_size)
     out = model(images=x, scale_factors=scales)
-    return [{"boxes": out["boxes"][i, :k], "scores": out["scores"][i, :k],
-             "labels": out["labels"][i, :k]}
-            for i, k in enumerate(int(n) for n in out["num_valid"])]
+    return [
+        {
+            "boxes": out["boxes"][i, :k],
+            "scores": out["scores"][i, :k],
+            "labels": out["labels"][i, :k],
+        }
+        for i, k in enumerate(int(n) for n in out["num_valid"])
+    ]
 
 
 def detect_batch(model: ExportedModel, images: np.ndarray, scale_factors: np.ndarray):
     """``Detector.detect_batch`` for an exported detection model: resized uint8 images
     (N, S, S, 3) and (N, 2) scale factors → ``postprocess.Detections`` of NumPy arrays."""
     from ssd_jax.postprocess import Detections
+
     if model.kind == "raw":
         raise ValueError("a --raw export has no detections; export without --raw")
-    out = model(images=np.asarray(images, np.uint8),
-                scale_factors=np.asarray(scale_factors, np.float32))
+    out = model(
+        images=np.asarray(images, np.uint8), scale_factors=np.asarray(scale_factors, np.float32)
+    )
     return Detections(out["boxes"], out["scores"], out["labels"], out["num_valid"])
 
 
 def sharded_detect(model: ExportedModel):
     """A stand-in for ``evaluation.inference.make_p_detect`` running ``model``: (ignored
     variables, images [D, B, S, S, 3], scale factors [D, B, 2]) → Detections [D, B, ...]."""
+
     def detect(variables, images, scale_factors):
         del variables
         images, scale_factors = np.asarray(images), np.asarray(scale_factors)
         d, b = images.shape[:2]
-        flat = detect_batch(model, images.reshape((d * b,) + images.shape[2:]),
-                            scale_factors.reshape(d * b, 2))
+        flat = detect_batch(
+            model, images.reshape((d * b,) + images.shape[2:]), scale_factors.reshape(d * b, 2)
+        )
         return type(flat)(*(np.asarray(x).reshape((d, b) + np.shape(x)[1:]) for x in flat))
+
     return detect
 
 
@@ -159,11 +179,12 @@ class ExportedDetector:
         self.class_names = model.class_names
         self.category_ids = model.category_ids
 
-    def predict(self, images: Sequence[np.ndarray], batch_size: Optional[int] = None
-                ) -> list[dict[str, np.ndarray]]:
+    def predict(
+        self, images: Sequence[np.ndarray], batch_size: int | None = None
+    ) -> list[dict[str, np.ndarray]]:
         """Per image ``{'boxes' (K, 4) xyxy original pixels, 'scores', 'labels'}``."""
         batch_size = batch_size or len(images) or 1
         out: list[dict[str, np.ndarray]] = []
         for start in range(0, len(images), batch_size):
-            out.extend(predict(self.model, images[start:start + batch_size]))
+            out.extend(predict(self.model, images[start : start + batch_size]))
         return out

@@ -1,15 +1,16 @@
 """A config's detector, assembled: network, anchors, variable trees and test settings.
 
-    model = build_model(config.model, anchor_generator(config).num_anchors)
-    anchors = config_anchors(config)            # per level (H·W·A, 4) xyxy input pixels
-    variables = init_variables(model, config.input_size, seed=0)
-    zeros = zero_variables(config)              # the tree a checkpoint is loaded into
-    postprocess(..., **test_settings(config))   # mmdetection's test_cfg
+model = build_model(config.model, anchor_generator(config).num_anchors)
+anchors = config_anchors(config)            # per level (H·W·A, 4) xyxy input pixels
+variables = init_variables(model, config.input_size, seed=0)
+zeros = zero_variables(config)              # the tree a checkpoint is loaded into
+postprocess(..., **test_settings(config))   # mmdetection's test_cfg
 """
+
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -24,8 +25,9 @@ from ssd_jax.models.ssd import SSD, build_model, compute_dtype
 def anchor_generator(config: ml_collections.ConfigDict) -> SSDAnchorGenerator:
     """mmdetection's ``SSDAnchorGenerator`` of ``config.model.anchors`` at ``input_size``."""
     a = config.model.anchors
-    return SSDAnchorGenerator(config.input_size, a.strides, a.ratios, a.basesize_ratio_range,
-                              a.min_sizes, a.max_sizes)
+    return SSDAnchorGenerator(
+        config.input_size, a.strides, a.ratios, a.basesize_ratio_range, a.min_sizes, a.max_sizes
+    )
 
 
 def input_dtype(config: ml_collections.ConfigDict) -> Any:
@@ -35,8 +37,12 @@ def input_dtype(config: ml_collections.ConfigDict) -> Any:
 
 def model_for(config: ml_collections.ConfigDict, batch_stats: BatchStats = BatchStats()) -> SSD:
     """The Flax SSD of ``config`` (its precision); ``batch_stats`` as ``build_model``."""
-    return build_model(config.model, anchor_generator(config).num_anchors,
-                       batch_stats=batch_stats, precision=config.get("precision", "fp32"))
+    return build_model(
+        config.model,
+        anchor_generator(config).num_anchors,
+        batch_stats=batch_stats,
+        precision=config.get("precision", "fp32"),
+    )
 
 
 def featmap_sizes(model: SSD, input_size: int) -> list[tuple[int, int]]:
@@ -47,8 +53,7 @@ def featmap_sizes(model: SSD, input_size: int) -> list[tuple[int, int]]:
     return [tuple(f.shape[1:3]) for f in feats]
 
 
-def config_anchors(config: ml_collections.ConfigDict, model: Optional[SSD] = None
-                   ) -> list[np.ndarray]:
+def config_anchors(config: ml_collections.ConfigDict, model: SSD | None = None) -> list[np.ndarray]:
     """Per level (H·W·A, 4) float32 xyxy anchors in input pixels, mmdetection's order."""
     model = model or model_for(config)
     return anchor_generator(config).grid_anchors(featmap_sizes(model, config.input_size))
@@ -73,9 +78,16 @@ def zero_variables(config: ml_collections.ConfigDict) -> dict:
 def test_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """Keyword arguments of ``postprocess.postprocess`` (mmdetection's test_cfg + bbox_coder)."""
     t, box = config.test, config.model.box_coder
-    return dict(input_size=config.input_size, score_thr=t.score_thr, nms_pre=t.nms_pre,
-                nms_iou=t.nms_iou, max_per_img=t.max_per_img, min_bbox_size=t.min_bbox_size,
-                means=tuple(box.means), stds=tuple(box.stds))
+    return dict(
+        input_size=config.input_size,
+        score_thr=t.score_thr,
+        nms_pre=t.nms_pre,
+        nms_iou=t.nms_iou,
+        max_per_img=t.max_per_img,
+        min_bbox_size=t.min_bbox_size,
+        means=tuple(box.means),
+        stds=tuple(box.stds),
+    )
 
 
 test_settings.__test__ = False  # not a pytest test

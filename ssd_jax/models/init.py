@@ -10,10 +10,12 @@ Fans follow torch's ``_calculate_fan_in_and_fan_out`` on an OIHW weight of shape
 (kh, kw, I/groups, O) — a depthwise kernel is (k, k, 1, C) — so the same numbers are
 ``shape[-2]·prod(shape[:-2])`` and ``shape[-1]·prod(shape[:-2])``.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +25,7 @@ Initializer = Callable[[jax.Array, Sequence[int], Any], jax.Array]
 
 class ConvInit(NamedTuple):
     """The initialisers of a conv's ``kernel`` (HWIO) and ``bias``."""
+
     kernel: Initializer
     bias: Initializer
 
@@ -35,7 +38,7 @@ def fans(shape: Sequence[int]) -> tuple[int, int]:
     return shape[-2] * receptive, shape[-1] * receptive
 
 
-def calculate_gain(nonlinearity: str, param: Optional[float] = None) -> float:
+def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
     """torch.nn.init.calculate_gain for the nonlinearities mmdetection's inits name."""
     if nonlinearity in ("linear", "conv2d", "sigmoid"):
         return 1.0
@@ -43,7 +46,7 @@ def calculate_gain(nonlinearity: str, param: Optional[float] = None) -> float:
         return math.sqrt(2.0)
     if nonlinearity == "leaky_relu":
         slope = 0.01 if param is None else param
-        return math.sqrt(2.0 / (1 + slope ** 2))
+        return math.sqrt(2.0 / (1 + slope**2))
     if nonlinearity == "tanh":
         return 5.0 / 3
     raise ValueError(f"unsupported nonlinearity {nonlinearity!r}")
@@ -53,6 +56,7 @@ def constant(val: float) -> Initializer:
     def init(key, shape, dtype=jnp.float32):
         del key
         return jnp.full(shape, val, dtype)
+
     return init
 
 
@@ -62,40 +66,48 @@ def _uniform(key, shape, dtype, bound: float) -> jax.Array:
 
 def normal(mean: float = 0.0, std: float = 1.0) -> Initializer:
     """N(mean, std²) (mmengine ``Normal``)."""
+
     def init(key, shape, dtype=jnp.float32):
         return mean + std * jax.random.normal(key, shape, dtype)
+
     return init
 
 
-def trunc_normal(mean: float = 0.0, std: float = 1.0, a: float = -2.0, b: float = 2.0
-                 ) -> Initializer:
+def trunc_normal(
+    mean: float = 0.0, std: float = 1.0, a: float = -2.0, b: float = 2.0
+) -> Initializer:
     """N(mean, std²) restricted to [a, b] (mmengine ``TruncNormal``).
 
     ``a`` and ``b`` are absolute cut-offs, as in torch / mmengine ``trunc_normal_``, not
     multiples of ``std``: SSDLite's std 0.03 with the default ±2 cuts at ±67 std (no truncation
     in practice).
     """
+
     def init(key, shape, dtype=jnp.float32):
         z = jax.random.truncated_normal(key, (a - mean) / std, (b - mean) / std, shape, dtype)
         return jnp.clip(mean + std * z, a, b)
+
     return init
 
 
 def xavier(gain: float = 1.0, distribution: str = "normal") -> Initializer:
     """Glorot: std = gain·sqrt(2 / (fan_in + fan_out)); uniform on ±sqrt(3)·std (mmengine
     ``Xavier``, whose default distribution is 'normal')."""
+
     def init(key, shape, dtype=jnp.float32):
         fan_in, fan_out = fans(shape)
         std = gain * math.sqrt(2.0 / (fan_in + fan_out))
         if distribution == "uniform":
             return _uniform(key, shape, dtype, math.sqrt(3.0) * std)
         return std * jax.random.normal(key, shape, dtype)
+
     _check_distribution(distribution)
     return init
 
 
-def kaiming(a: float = 0.0, mode: str = "fan_out", nonlinearity: str = "relu",
-            distribution: str = "normal") -> Initializer:
+def kaiming(
+    a: float = 0.0, mode: str = "fan_out", nonlinearity: str = "relu", distribution: str = "normal"
+) -> Initializer:
     """He: std = gain / sqrt(fan); uniform on ±sqrt(3)·std (mmengine ``Kaiming``: fan_out,
     relu, normal by default)."""
     if mode not in ("fan_in", "fan_out"):
@@ -109,6 +121,7 @@ def kaiming(a: float = 0.0, mode: str = "fan_out", nonlinearity: str = "relu",
         if distribution == "uniform":
             return _uniform(key, shape, dtype, math.sqrt(3.0) * std)
         return std * jax.random.normal(key, shape, dtype)
+
     return init
 
 
@@ -118,7 +131,10 @@ def _check_distribution(distribution: str) -> None:
 
 
 _KERNEL_INITS: dict[str, Callable[..., Initializer]] = {
-    "Xavier": xavier, "Kaiming": kaiming, "Normal": normal, "TruncNormal": trunc_normal,
+    "Xavier": xavier,
+    "Kaiming": kaiming,
+    "Normal": normal,
+    "TruncNormal": trunc_normal,
     "Constant": constant,
 }
 

@@ -5,11 +5,13 @@ Submodule names mirror mmcv's ``ConvModule`` (``conv``, ``bn``) and
 an mmdetection state_dict maps onto the Flax tree by a fixed rule
 (see ``ssd_jax.porting.convert``).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -36,10 +38,10 @@ class BatchStats:
     The running statistics are updated with the mean of the groups' statistics, averaged over
     ``axis_name`` when set so that every device keeps the same running statistics.
     """
-    group_size: int = 0
-    axis_name: Optional[str] = None
-    axis_index_groups: Optional[tuple[tuple[int, ...], ...]] = None
 
+    group_size: int = 0
+    axis_name: str | None = None
+    axis_index_groups: tuple[tuple[int, ...], ...] | None = None
 
 
 def param_dtype(dtype: Any) -> Any:
@@ -52,8 +54,9 @@ def product_precision(dtype: Any) -> jax.lax.Precision:
     (float64) layers. XLA's default lets GPUs use TF32 for float32 products, which on an H200
     changed SSDLite's scores by more than 1e-4 (16 of 200 mmdetection detections matched instead
     of 200, scripts/gpu_checks.py); bfloat16 layers keep the default."""
-    return (jax.lax.Precision.DEFAULT if jnp.dtype(dtype) == jnp.bfloat16
-            else jax.lax.Precision.HIGHEST)
+    return (
+        jax.lax.Precision.DEFAULT if jnp.dtype(dtype) == jnp.bfloat16 else jax.lax.Precision.HIGHEST
+    )
 
 
 def accum_dtype(dtype: Any) -> Any:
@@ -61,31 +64,63 @@ def accum_dtype(dtype: Any) -> Any:
     return jnp.promote_types(dtype, jnp.float32)
 
 
-ACTIVATIONS: dict[str, Optional[Callable[[jax.Array], jax.Array]]] = {
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array] | None] = {
     "relu": nn.relu,
     "relu6": nn.relu6,
     "none": None,
 }
 
 
-def conv(features: int, kernel: int, stride: int = 1, padding: int = 0, *,
-         dilation: int = 1, groups: int = 1, use_bias: bool = True, dtype: Any = jnp.float32,
-         conv_init: ConvInit = KAIMING, name: Optional[str] = None) -> nn.Module:
+def conv(
+    features: int,
+    kernel: int,
+    stride: int = 1,
+    padding: int = 0,
+    *,
+    dilation: int = 1,
+    groups: int = 1,
+    use_bias: bool = True,
+    dtype: Any = jnp.float32,
+    conv_init: ConvInit = KAIMING,
+    name: str | None = None,
+) -> nn.Module:
     """A torch-style Conv2d: symmetric explicit padding, HWIO kernel (float32 parameters,
     float64 for float64; computation in ``dtype``), initialised by ``conv_init``."""
     if (kernel, stride, padding, dilation, groups) == (1, 1, 0, 1, 1):
-        return PointwiseConv(features, use_bias=use_bias, dtype=dtype, conv_init=conv_init,
-                             name=name)
-    if (jnp.dtype(dtype) == jnp.bfloat16 and stride == 1 and groups == 1
-            and jax.default_backend() == "cpu"):
-        return RowProductConv(features, kernel, padding, dilation, use_bias=use_bias,
-                              dtype=dtype, conv_init=conv_init, name=name)
-    return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
-                   padding=((padding, padding), (padding, padding)),
-                   kernel_dilation=(dilation, dilation), feature_group_count=groups,
-                   use_bias=use_bias, dtype=dtype, param_dtype=param_dtype(dtype),
-                   precision=product_precision(dtype),
-                   kernel_init=conv_init.kernel, bias_init=conv_init.bias, name=name)
+        return PointwiseConv(
+            features, use_bias=use_bias, dtype=dtype, conv_init=conv_init, name=name
+        )
+    if (
+        jnp.dtype(dtype) == jnp.bfloat16
+        and stride == 1
+        and groups == 1
+        and jax.default_backend() == "cpu"
+    ):
+        return RowProductConv(
+            features,
+            kernel,
+            padding,
+            dilation,
+            use_bias=use_bias,
+            dtype=dtype,
+            conv_init=conv_init,
+            name=name,
+        )
+    return nn.Conv(
+        features,
+        (kernel, kernel),
+        strides=(stride, stride),
+        padding=((padding, padding), (padding, padding)),
+        kernel_dilation=(dilation, dilation),
+        feature_group_count=groups,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=param_dtype(dtype),
+        precision=product_precision(dtype),
+        kernel_init=conv_init.kernel,
+        bias_init=conv_init.bias,
+        name=name,
+    )
 
 
 class PointwiseConv(nn.Module):
@@ -97,6 +132,7 @@ class PointwiseConv(nn.Module):
     bfloat16): XLA's CPU backend hands bf16 × bf16 → f32 products to YNNPACK's AMX kernels,
     ~5× faster than float32, and upcasts bf16 × bf16 → bf16 ones to float32.
     """
+
     features: int
     use_bias: bool = True
     dtype: Any = jnp.float32
@@ -104,14 +140,23 @@ class PointwiseConv(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        kernel = self.param("kernel", self.conv_init.kernel,
-                            (1, 1, x.shape[-1], self.features), param_dtype(self.dtype))
+        kernel = self.param(
+            "kernel",
+            self.conv_init.kernel,
+            (1, 1, x.shape[-1], self.features),
+            param_dtype(self.dtype),
+        )
         acc = accum_dtype(self.dtype)
-        y = jnp.dot(x.astype(self.dtype), kernel[0, 0].astype(self.dtype),
-                    precision=product_precision(self.dtype), preferred_element_type=acc)
+        y = jnp.dot(
+            x.astype(self.dtype),
+            kernel[0, 0].astype(self.dtype),
+            precision=product_precision(self.dtype),
+            preferred_element_type=acc,
+        )
         if self.use_bias:
-            y = y + self.param("bias", self.conv_init.bias, (self.features,),
-                               param_dtype(self.dtype)).astype(self.dtype).astype(acc)
+            y = y + self.param(
+                "bias", self.conv_init.bias, (self.features,), param_dtype(self.dtype)
+            ).astype(self.dtype).astype(acc)
         return y.astype(self.dtype)
 
 
@@ -126,8 +171,9 @@ class RowProductConv(nn.Module):
     at their H offsets. The copies cost 3 bf16 passes over the input, so layers with fewer
     than ``min_channels`` input or output channels (VGG's first 4 convs: large images, few
     channels) keep the convolution. SSD300 at batch 8 on 2 AMX cores: 2.4× faster than the
-    bf16 convolution, 1.7× faster than float32 (docs/cpu_speed.md).
+    bf16 convolution, 1.7× faster than float32.
     """
+
     features: int
     kernel_size: int
     padding: int = 0
@@ -141,27 +187,38 @@ class RowProductConv(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         k, p, d, c = self.kernel_size, self.padding, self.dilation, x.shape[-1]
         acc = accum_dtype(self.dtype)
-        kernel = self.param("kernel", self.conv_init.kernel,
-                            (k, k, c, self.features), param_dtype(self.dtype))
+        kernel = self.param(
+            "kernel", self.conv_init.kernel, (k, k, c, self.features), param_dtype(self.dtype)
+        )
         kernel = kernel.astype(self.dtype)
         x = x.astype(self.dtype)
         if min(c, self.features) < self.min_channels:
             y = jax.lax.conv_general_dilated(
-                x, kernel, (1, 1), ((p, p), (p, p)), rhs_dilation=(d, d),
-                dimension_numbers=("NHWC", "HWIO", "NHWC"), preferred_element_type=acc)
+                x,
+                kernel,
+                (1, 1),
+                ((p, p), (p, p)),
+                rhs_dilation=(d, d),
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                preferred_element_type=acc,
+            )
         else:
             x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
             h_out = x.shape[1] - d * (k - 1)
             w_out = x.shape[2] - d * (k - 1)
-            rows = jnp.concatenate([x[:, :, j * d:j * d + w_out] for j in range(k)], axis=-1)
+            rows = jnp.concatenate([x[:, :, j * d : j * d + w_out] for j in range(k)], axis=-1)
             y = None
             for i in range(k):
-                part = jnp.dot(rows[:, i * d:i * d + h_out], kernel[i].reshape(k * c, -1),
-                               preferred_element_type=acc)
+                part = jnp.dot(
+                    rows[:, i * d : i * d + h_out],
+                    kernel[i].reshape(k * c, -1),
+                    preferred_element_type=acc,
+                )
                 y = part if y is None else y + part
         if self.use_bias:
-            y = y + self.param("bias", self.conv_init.bias, (self.features,),
-                               param_dtype(self.dtype)).astype(self.dtype).astype(acc)
+            y = y + self.param(
+                "bias", self.conv_init.bias, (self.features,), param_dtype(self.dtype)
+            ).astype(self.dtype).astype(acc)
         return y.astype(self.dtype)
 
 
@@ -174,6 +231,7 @@ class DepthwiseConv(nn.Module):
     For bfloat16 the input stays bfloat16 and the sum is float32, rounded once at the end
     (XLA's CPU backend rounds each bf16 elementwise op in software: 2× slower).
     """
+
     kernel_size: int
     stride: int = 1
     padding: int = 0
@@ -195,12 +253,13 @@ class DepthwiseConv(nn.Module):
         y = None
         for i in range(k):
             for j in range(k):
-                tap = x[:, i:i + s * (h_out - 1) + 1:s, j:j + s * (w_out - 1) + 1:s, :]
+                tap = x[:, i : i + s * (h_out - 1) + 1 : s, j : j + s * (w_out - 1) + 1 : s, :]
                 tap = tap.astype(acc) * kernel[i, j, 0]
                 y = tap if y is None else y + tap
         if self.use_bias:
-            y = y + self.param("bias", self.conv_init.bias, (c,),
-                               param_dtype(self.dtype)).astype(self.dtype).astype(acc)
+            y = y + self.param("bias", self.conv_init.bias, (c,), param_dtype(self.dtype)).astype(
+                self.dtype
+            ).astype(acc)
         return y.astype(self.dtype)
 
 
@@ -215,6 +274,7 @@ class ConvModule(nn.Module):
     rounded once (ReLU/ReLU6 commute with rounding, so this equals rounding after the norm;
     XLA's CPU backend would otherwise round after each elementwise op, in software).
     """
+
     features: int
     kernel: int
     stride: int = 1
@@ -229,12 +289,27 @@ class ConvModule(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         if self.groups == -1:  # depthwise
-            x = DepthwiseConv(self.kernel, self.stride, self.padding, use_bias=not self.norm,
-                              dtype=self.dtype, conv_init=self.conv_init, name="conv")(x)
+            x = DepthwiseConv(
+                self.kernel,
+                self.stride,
+                self.padding,
+                use_bias=not self.norm,
+                dtype=self.dtype,
+                conv_init=self.conv_init,
+                name="conv",
+            )(x)
         else:
-            x = conv(self.features, self.kernel, self.stride, self.padding, groups=self.groups,
-                     use_bias=not self.norm, dtype=self.dtype, conv_init=self.conv_init,
-                     name="conv")(x)
+            x = conv(
+                self.features,
+                self.kernel,
+                self.stride,
+                self.padding,
+                groups=self.groups,
+                use_bias=not self.norm,
+                dtype=self.dtype,
+                conv_init=self.conv_init,
+                name="conv",
+            )(x)
         if self.norm:
             x = BatchNorm(self.batch_stats, dtype=accum_dtype(self.dtype), name="bn")(x, train)
         act = ACTIVATIONS[self.act]
@@ -245,6 +320,7 @@ class ConvModule(nn.Module):
 class DepthwiseSeparableConvModule(nn.Module):
     """Depthwise k×k ConvModule then pointwise 1×1 ConvModule (mmcv's module), both convs
     initialised by ``conv_init``."""
+
     features: int
     kernel: int
     stride: int = 1
@@ -257,10 +333,22 @@ class DepthwiseSeparableConvModule(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        kw = dict(norm=self.norm, act=self.act, batch_stats=self.batch_stats, dtype=self.dtype,
-                  conv_init=self.conv_init)
-        x = ConvModule(x.shape[-1], self.kernel, self.stride, self.padding, groups=-1,
-                       name="depthwise_conv", **kw)(x, train)
+        kw = dict(
+            norm=self.norm,
+            act=self.act,
+            batch_stats=self.batch_stats,
+            dtype=self.dtype,
+            conv_init=self.conv_init,
+        )
+        x = ConvModule(
+            x.shape[-1],
+            self.kernel,
+            self.stride,
+            self.padding,
+            groups=-1,
+            name="depthwise_conv",
+            **kw,
+        )(x, train)
         return ConvModule(self.features, 1, name="pointwise_conv", **kw)(x, train)
 
 
@@ -272,6 +360,7 @@ class BatchNorm(nn.Module):
     running statistics. Parameters ``scale``, ``bias``; statistics ``batch_stats/{mean, var}``
     (flax ``nn.BatchNorm``'s names). Statistics are computed in float32 (float64 for float64).
     """
+
     stats: BatchStats = BatchStats()
     momentum: float = BN_MOMENTUM
     epsilon: float = BN_EPS
@@ -287,23 +376,28 @@ class BatchNorm(nn.Module):
         xf = x.astype(acc)
         if not train:
             y = (xf - running_mean.value.astype(acc)) * jax.lax.rsqrt(
-                running_var.value.astype(acc) + self.epsilon)
+                running_var.value.astype(acc) + self.epsilon
+            )
             return (y * scale.astype(acc) + bias.astype(acc)).astype(self.dtype)
         group = self.stats.group_size or x.shape[0]
         if x.shape[0] % group:
-            raise ValueError(f"BatchNorm: batch {x.shape[0]} is not a multiple of the "
-                             f"statistics group size {group}")
+            raise ValueError(
+                f"BatchNorm: batch {x.shape[0]} is not a multiple of the "
+                f"statistics group size {group}"
+            )
         grouped = xf.reshape(x.shape[0] // group, -1, c)  # [G, group·H·W, C]
         count = grouped.shape[1]
         mean = grouped.mean(axis=1, keepdims=True)
         sync = self.stats.group_size == 0 and self.stats.axis_name is not None
         if sync:  # SyncBN (all devices, or the device's group of devices)
-            mean = jax.lax.pmean(mean, self.stats.axis_name,
-                                 axis_index_groups=self.stats.axis_index_groups)
+            mean = jax.lax.pmean(
+                mean, self.stats.axis_name, axis_index_groups=self.stats.axis_index_groups
+            )
         var = jnp.square(grouped - mean).mean(axis=1, keepdims=True)  # two-pass, as torch
         if sync:
-            var = jax.lax.pmean(var, self.stats.axis_name,
-                                axis_index_groups=self.stats.axis_index_groups)
+            var = jax.lax.pmean(
+                var, self.stats.axis_name, axis_index_groups=self.stats.axis_index_groups
+            )
             count *= _group_devices(self.stats)
         y = ((grouped - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(xf.shape)
         if not self.is_initializing() and self.is_mutable_collection("batch_stats"):
@@ -331,14 +425,16 @@ class L2Norm(nn.Module):
     ``y = weight * x / (||x||_2 + eps)`` over the channel axis, weight initialised to ``scale``
     (SSDNeck's init_cfg: ``Constant``, val = the scale, on ``l2_norm``).
     """
+
     scale: float = 20.0
     eps: float = 1e-10
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         acc = accum_dtype(x.dtype)
-        weight = self.param("weight", nn.initializers.constant(self.scale), (x.shape[-1],),
-                            param_dtype(x.dtype))
+        weight = self.param(
+            "weight", nn.initializers.constant(self.scale), (x.shape[-1],), param_dtype(x.dtype)
+        )
         norm = jnp.sqrt(jnp.sum(jnp.square(x.astype(acc)), axis=-1, keepdims=True))
         y = weight.astype(acc) * x.astype(acc) / (norm + self.eps)
         return y.astype(x.dtype)

@@ -1,7 +1,9 @@
 """MobileNetV2 as mmdetection's backbone (widen factor 1, BN eps 1e-3, ReLU6)."""
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -11,12 +13,20 @@ from ssd_jax.models.init import KAIMING, ConvInit
 from ssd_jax.models.layers import BatchStats, ConvModule
 
 # (expand ratio, channels, blocks, first stride) of layer1..layer7 (mmdet arch_settings).
-ARCH_SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
-                 (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+ARCH_SETTINGS = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
 
 
 class InvertedResidual(nn.Module):
     """1×1 expand (unless ratio 1) → 3×3 depthwise → 1×1 linear, residual when shapes allow."""
+
     out_channels: int
     mid_channels: int
     stride: int
@@ -27,13 +37,24 @@ class InvertedResidual(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        kw = dict(norm=True, batch_stats=self.batch_stats, dtype=self.dtype,
-                  conv_init=self.conv_init)
+        kw = dict(
+            norm=True, batch_stats=self.batch_stats, dtype=self.dtype, conv_init=self.conv_init
+        )
         out = x
         if self.with_expand_conv:
-            out = ConvModule(self.mid_channels, 1, act="relu6", name="expand_conv", **kw)(out, train)
-        out = ConvModule(self.mid_channels, 3, self.stride, 1, groups=-1, act="relu6",
-                         name="depthwise_conv", **kw)(out, train)
+            out = ConvModule(self.mid_channels, 1, act="relu6", name="expand_conv", **kw)(
+                out, train
+            )
+        out = ConvModule(
+            self.mid_channels,
+            3,
+            self.stride,
+            1,
+            groups=-1,
+            act="relu6",
+            name="depthwise_conv",
+            **kw,
+        )(out, train)
         out = ConvModule(self.out_channels, 1, act="none", name="linear_conv", **kw)(out, train)
         if self.stride == 1 and x.shape[-1] == self.out_channels:
             out = x + out
@@ -51,6 +72,7 @@ class MobileNetV2(nn.Module):
     backbone, whose own ``init_weights`` runs after the backbone's init_cfg and overrides it.
     BatchNorm: weight 1, bias 0.
     """
+
     out_indices: Sequence[int] = (4, 7)
     batch_stats: BatchStats = BatchStats()
     dtype: Any = jnp.float32
@@ -65,10 +87,16 @@ class MobileNetV2(nn.Module):
         outs = []
         for i, (ratio, channels, blocks, stride) in enumerate(ARCH_SETTINGS):
             for j in range(blocks):
-                x = InvertedResidual(channels, int(round(in_channels * ratio)),
-                                     stride if j == 0 else 1, ratio != 1,
-                                     batch_stats=self.batch_stats, dtype=self.dtype,
-                                     conv_init=self.conv_init, name=f"layer{i + 1}_{j}")(x, train)
+                x = InvertedResidual(
+                    channels,
+                    int(round(in_channels * ratio)),
+                    stride if j == 0 else 1,
+                    ratio != 1,
+                    batch_stats=self.batch_stats,
+                    dtype=self.dtype,
+                    conv_init=self.conv_init,
+                    name=f"layer{i + 1}_{j}",
+                )(x, train)
                 in_channels = channels
             if i in self.out_indices:
                 outs.append(x)

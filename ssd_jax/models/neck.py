@@ -1,7 +1,9 @@
 """mmdetection's ``SSDNeck``: optional L2Norm on the first level plus the extra layers."""
+
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -21,11 +23,12 @@ class SSDNeck(nn.Module):
     ``conv_init`` initialises every conv (default: SSDNeck's init_cfg, Xavier uniform, bias 0;
     SSDLite's config: TruncNormal std 0.03); BatchNorm weight 1, bias 0; L2Norm its scale.
     """
+
     in_channels: Sequence[int]
     out_channels: Sequence[int]
     level_strides: Sequence[int]
     level_paddings: Sequence[int]
-    l2_norm_scale: Optional[float] = 20.0
+    l2_norm_scale: float | None = 20.0
     last_kernel_size: int = 3
     use_depthwise: bool = False
     norm: bool = False
@@ -39,12 +42,18 @@ class SSDNeck(nn.Module):
         outs = list(feats)
         if self.l2_norm_scale is not None:
             outs[0] = L2Norm(self.l2_norm_scale, name="l2_norm")(outs[0])
-        kw = dict(norm=self.norm, act=self.act, batch_stats=self.batch_stats, dtype=self.dtype,
-                  conv_init=self.conv_init)
-        extra = self.out_channels[len(self.in_channels):]
+        kw = dict(
+            norm=self.norm,
+            act=self.act,
+            batch_stats=self.batch_stats,
+            dtype=self.dtype,
+            conv_init=self.conv_init,
+        )
+        extra = self.out_channels[len(self.in_channels) :]
         x = outs[-1]
         for i, (channels, stride, padding) in enumerate(
-                zip(extra, self.level_strides, self.level_paddings)):
+            zip(extra, self.level_strides, self.level_paddings)
+        ):
             kernel = self.last_kernel_size if i == len(extra) - 1 else 3
             x = ConvModule(channels // 2, 1, name=f"extra_layers_{i}_0", **kw)(x, train)
             layer = DepthwiseSeparableConvModule if self.use_depthwise else ConvModule

@@ -1,4 +1,5 @@
 """The SSD detector network: backbone → neck → head, built from a config."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -18,6 +19,7 @@ from ssd_jax.models.vgg import SSDVGG
 
 class SSD(nn.Module):
     """Input (N, S, S, 3) normalised float; output per-level class logits and box deltas (NHWC)."""
+
     backbone: nn.Module
     neck: nn.Module
     bbox_head: nn.Module
@@ -26,8 +28,9 @@ class SSD(nn.Module):
         """The neck's outputs per level, (N, H_l, W_l, C_l)."""
         return self.neck(self.backbone(x, train), train)
 
-    def __call__(self, x: jax.Array, train: bool = False
-                 ) -> tuple[list[jax.Array], list[jax.Array]]:
+    def __call__(
+        self, x: jax.Array, train: bool = False
+    ) -> tuple[list[jax.Array], list[jax.Array]]:
         return self.bbox_head(self.features(x, train), train)
 
 
@@ -41,8 +44,10 @@ def compute_dtype(precision: str) -> Any:
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: expected one of {sorted(PRECISIONS)}")
     if precision == "fp64" and not jax.config.jax_enable_x64:
-        raise ValueError("precision 'fp64' needs 64-bit JAX: set JAX_ENABLE_X64=1 or run inside "
-                         "`with jax.enable_x64(True):`")
+        raise ValueError(
+            "precision 'fp64' needs 64-bit JAX: set JAX_ENABLE_X64=1 or run inside "
+            "`with jax.enable_x64(True):`"
+        )
     return PRECISIONS[precision]
 
 
@@ -59,13 +64,18 @@ def build_backbone(cfg: ml_collections.ConfigDict, batch_stats: BatchStats, dtyp
     if cfg.type == "SSDVGG":
         return SSDVGG(dtype=dtype, conv_init=init)
     if cfg.type == "MobileNetV2":
-        return MobileNetV2(tuple(cfg.out_indices), batch_stats=batch_stats, dtype=dtype,
-                           conv_init=init)
+        return MobileNetV2(
+            tuple(cfg.out_indices), batch_stats=batch_stats, dtype=dtype, conv_init=init
+        )
     raise ValueError(f"unknown backbone type {cfg.type!r} (expected 'SSDVGG' or 'MobileNetV2')")
 
 
-def build_model(model_cfg: ml_collections.ConfigDict, num_anchors: list[int],
-                batch_stats: BatchStats = BatchStats(), precision: str = "fp32") -> SSD:
+def build_model(
+    model_cfg: ml_collections.ConfigDict,
+    num_anchors: list[int],
+    batch_stats: BatchStats = BatchStats(),
+    precision: str = "fp32",
+) -> SSD:
     """The Flax SSD for ``config.model``; ``num_anchors`` per level comes from the anchor generator.
 
     ``batch_stats`` says which images train-mode BatchNorm takes its statistics over (default:
@@ -77,11 +87,29 @@ def build_model(model_cfg: ml_collections.ConfigDict, num_anchors: list[int],
     """
     dtype = compute_dtype(precision)
     n, h = model_cfg.neck, model_cfg.head
-    neck = SSDNeck(tuple(n.in_channels), tuple(n.out_channels), tuple(n.level_strides),
-                   tuple(n.level_paddings), n.l2_norm_scale, n.last_kernel_size,
-                   n.use_depthwise, n.norm, n.act, batch_stats, dtype,
-                   conv_init=part_conv_init(n, XAVIER_UNIFORM))
-    head = SSDHead(tuple(n.out_channels), tuple(num_anchors), model_cfg.num_classes,
-                   h.use_depthwise, h.norm, h.act, batch_stats, dtype,
-                   conv_init=part_conv_init(h, XAVIER_UNIFORM))
+    neck = SSDNeck(
+        tuple(n.in_channels),
+        tuple(n.out_channels),
+        tuple(n.level_strides),
+        tuple(n.level_paddings),
+        n.l2_norm_scale,
+        n.last_kernel_size,
+        n.use_depthwise,
+        n.norm,
+        n.act,
+        batch_stats,
+        dtype,
+        conv_init=part_conv_init(n, XAVIER_UNIFORM),
+    )
+    head = SSDHead(
+        tuple(n.out_channels),
+        tuple(num_anchors),
+        model_cfg.num_classes,
+        h.use_depthwise,
+        h.norm,
+        h.act,
+        batch_stats,
+        dtype,
+        conv_init=part_conv_init(h, XAVIER_UNIFORM),
+    )
     return SSD(build_backbone(model_cfg.backbone, batch_stats, dtype), neck, head)

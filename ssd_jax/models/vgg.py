@@ -4,6 +4,7 @@ Conv names are the torch ``features.N`` indices (``features_N``) so that
 ``backbone.features.N.*`` keys of an mmdetection checkpoint (or of the ImageNet
 ``vgg16_caffe`` weights) map onto them directly.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -28,6 +29,7 @@ class SSDVGG(nn.Module):
     mmdetection's SSD300/512 configs instead load ``open-mmlab://vgg16_caffe``
     (``train.pretrained_backbone``).
     """
+
     dtype: Any = jnp.float32
     conv_init: ConvInit = KAIMING
 
@@ -38,8 +40,16 @@ class SSDVGG(nn.Module):
         idx = 0  # index into torch's nn.Sequential ``features``
         for stage, (num_convs, channels) in enumerate(VGG16_STAGES):
             for _ in range(num_convs):
-                x = nn.relu(conv(channels, 3, padding=1, dtype=self.dtype,
-                                 conv_init=self.conv_init, name=f"features_{idx}")(x))
+                x = nn.relu(
+                    conv(
+                        channels,
+                        3,
+                        padding=1,
+                        dtype=self.dtype,
+                        conv_init=self.conv_init,
+                        name=f"features_{idx}",
+                    )(x)
+                )
                 idx += 2  # conv, relu
             if stage == 3:
                 outs.append(x)  # relu4_3 (features index 22)
@@ -49,9 +59,19 @@ class SSDVGG(nn.Module):
         # pool5 3×3/1 pad 1, then fc6 (dilated 3×3) and fc7 (1×1) as convolutions.
         x = nn.max_pool(x, (3, 3), (1, 1), padding=((1, 1), (1, 1)))
         idx += 1
-        x = nn.relu(conv(1024, 3, padding=6, dilation=6, dtype=self.dtype,
-                         conv_init=self.conv_init, name=f"features_{idx}")(x))
-        x = nn.relu(conv(1024, 1, dtype=self.dtype, conv_init=self.conv_init,
-                         name=f"features_{idx + 2}")(x))
+        x = nn.relu(
+            conv(
+                1024,
+                3,
+                padding=6,
+                dilation=6,
+                dtype=self.dtype,
+                conv_init=self.conv_init,
+                name=f"features_{idx}",
+            )(x)
+        )
+        x = nn.relu(
+            conv(1024, 1, dtype=self.dtype, conv_init=self.conv_init, name=f"features_{idx + 2}")(x)
+        )
         outs.append(x)  # relu7 (features index 34)
         return outs

@@ -1,23 +1,35 @@
 """Importing mmdetection PyTorch checkpoints (``.pth``) and converting them to orbax."""
+
 from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 import ml_collections
 import numpy as np
 
 from ssd_jax.config import config_names
 from ssd_jax.errors import InputFileError
-from ssd_jax.porting.convert import (CheckpointMismatchError, flat_to_torch_name,
-                                     is_pre_v214_layout, merge_strict, state_dict_to_flat,
-                                     upgrade_pre_v214)
+from ssd_jax.porting.convert import (
+    CheckpointMismatchError,
+    flat_to_torch_name,
+    is_pre_v214_layout,
+    merge_strict,
+    state_dict_to_flat,
+    upgrade_pre_v214,
+)
 from ssd_jax.porting.identify import fitting_configs
 from ssd_jax.porting.pth_reader import CheckpointFormatError, UnsafeCheckpointError, read_pth
 
-__all__ = ["CheckpointFormatError", "CheckpointMismatchError", "UnsafeCheckpointError",
-           "load_checkpoint_variables", "read_state_dict"]
+__all__ = [
+    "CheckpointFormatError",
+    "CheckpointMismatchError",
+    "UnsafeCheckpointError",
+    "load_checkpoint_variables",
+    "read_state_dict",
+]
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +46,9 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
     elif isinstance(obj, Mapping):
         state_dict, meta = obj, {}
     else:
-        raise CheckpointFormatError(f"{path}: expected a state_dict or {{'state_dict': ...}}, "
-                                    f"found a {type(obj).__name__}")
+        raise CheckpointFormatError(
+            f"{path}: expected a state_dict or {{'state_dict': ...}}, found a {type(obj).__name__}"
+        )
     bad = [k for k, v in state_dict.items() if not isinstance(v, np.ndarray)]
     if bad:
         raise CheckpointFormatError(f"{path}: state_dict entries that are not tensors: {bad[:10]}")
@@ -46,9 +59,12 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
     return state_dict, dict(meta) if isinstance(meta, Mapping) else {}
 
 
-def load_checkpoint_variables(path: str | os.PathLike, expected: dict,
-                              config: Optional[ml_collections.ConfigDict] = None,
-                              **merge_kwargs: Any) -> dict:
+def load_checkpoint_variables(
+    path: str | os.PathLike,
+    expected: dict,
+    config: ml_collections.ConfigDict | None = None,
+    **merge_kwargs: Any,
+) -> dict:
     """Variables shaped like ``expected`` from a ``.pth`` file or an orbax directory.
 
     Raises CheckpointMismatchError listing missing, unexpected and mis-shaped keys; with
@@ -56,6 +72,7 @@ def load_checkpoint_variables(path: str | os.PathLike, expected: dict,
     fits instead, where its shapes tell.
     """
     from ssd_jax import checkpoints
+
     path = os.fspath(path)
     if not os.path.exists(path):
         raise InputFileError(f"checkpoint not found: {path}")
@@ -71,8 +88,9 @@ def load_checkpoint_variables(path: str | os.PathLike, expected: dict,
         if config is None:
             raise
         summary, _, details = str(e).partition("\n")
-        raise CheckpointMismatchError(f"{summary}; {describe_fit(e.shapes, config)}\n{details}",
-                                      e.shapes) from None
+        raise CheckpointMismatchError(
+            f"{summary}; {describe_fit(e.shapes, config)}\n{details}", e.shapes
+        ) from None
 
 
 def describe_fit(shapes: Mapping[str, tuple[int, ...]], config: ml_collections.ConfigDict) -> str:
@@ -84,7 +102,9 @@ def describe_fit(shapes: Mapping[str, tuple[int, ...]], config: ml_collections.C
     classes = len(config.class_names)
     same = [c for n, c in fits if n == name]
     if same and same[0] is not None and same[0] != classes:
-        return (f"it is a {name} trained for {same[0]} classes, the config (or the data) has "
-                f"{classes}")
+        return (
+            f"it is a {name} trained for {same[0]} classes, the config (or the data) has {classes}"
+        )
     return "it fits " + " or ".join(
-        f"config {n}" + (f" with {c} classes" if c is not None else "") for n, c in fits)
+        f"config {n}" + (f" with {c} classes" if c is not None else "") for n, c in fits
+    )

@@ -1,4 +1,5 @@
 """``python -m ssd_jax.porting IN.pth OUT_DIR --config CFG`` (= ``ssd-jax-import``)."""
+
 import sys
 
 from ssd_jax.cli.port import main

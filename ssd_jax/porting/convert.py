@@ -6,10 +6,12 @@ is ``kernel`` for a conv weight (OIHW → HWIO), ``scale`` / ``bias`` for BatchN
 parameters, ``mean`` / ``var`` (in ``batch_stats``) for its running statistics, and unchanged
 otherwise (L2Norm's ``weight``). ``num_batches_tracked`` is dropped.
 """
+
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from flax import traverse_util
@@ -36,8 +38,10 @@ class CheckpointMismatchError(UserError, ValueError):
 
 def is_pre_v214_layout(state_dict: Mapping[str, np.ndarray]) -> bool:
     """True for an SSD state_dict in the layout of mmdetection before v2.14."""
-    return any(_OLD_EXTRA.match(k) or k == "backbone.l2_norm.weight" or _OLD_HEAD.match(k)
-               for k in state_dict)
+    return any(
+        _OLD_EXTRA.match(k) or k == "backbone.l2_norm.weight" or _OLD_HEAD.match(k)
+        for k in state_dict
+    )
 
 
 def upgrade_pre_v214(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -65,7 +69,9 @@ def _module_path(parts: list[str]) -> tuple[str, ...]:
     return tuple(path)
 
 
-def torch_to_flax_name(key: str, state_dict: Mapping[str, Any]) -> tuple[str, tuple[str, ...]] | None:
+def torch_to_flax_name(
+    key: str, state_dict: Mapping[str, Any]
+) -> tuple[str, tuple[str, ...]] | None:
     """(collection, Flax path) of a torch key, or None for keys with no Flax counterpart."""
     *module, leaf = key.split(".")
     prefix = ".".join(module)
@@ -82,7 +88,9 @@ def torch_to_flax_name(key: str, state_dict: Mapping[str, Any]) -> tuple[str, tu
     return "params", path + (leaf,)
 
 
-def state_dict_to_flat(state_dict: Mapping[str, np.ndarray]) -> dict[tuple[str, ...], tuple[str, np.ndarray]]:
+def state_dict_to_flat(
+    state_dict: Mapping[str, np.ndarray],
+) -> dict[tuple[str, ...], tuple[str, np.ndarray]]:
     """Flat ``{(collection, *path): (torch_key, array in Flax layout)}``."""
     flat = {}
     for key, value in state_dict.items():
@@ -99,14 +107,22 @@ def state_dict_to_flat(state_dict: Mapping[str, np.ndarray]) -> dict[tuple[str, 
 def flat_to_torch_name(path: tuple[str, ...]) -> str:
     """A readable torch-style name for a Flax path (for error messages)."""
     collection, *parts = path
-    leaf = {"kernel": "weight", "scale": "weight", "mean": "running_mean",
-            "var": "running_var"}.get(parts[-1], parts[-1])
+    leaf = {
+        "kernel": "weight",
+        "scale": "weight",
+        "mean": "running_mean",
+        "var": "running_var",
+    }.get(parts[-1], parts[-1])
     return ".".join(re.sub(r"_(\d+)", r".\1", p) for p in parts[:-1]) + "." + leaf
 
 
-def merge_strict(loaded: Mapping[tuple[str, ...], tuple[str, np.ndarray]],
-                 expected: Variables, source: str, allow_missing_prefixes: tuple[str, ...] = (),
-                 ignore_prefixes: tuple[str, ...] = ()) -> Variables:
+def merge_strict(
+    loaded: Mapping[tuple[str, ...], tuple[str, np.ndarray]],
+    expected: Variables,
+    source: str,
+    allow_missing_prefixes: tuple[str, ...] = (),
+    ignore_prefixes: tuple[str, ...] = (),
+) -> Variables:
     """Variables with ``expected``'s tree filled from ``loaded``; refuse any mismatch.
 
     ``allow_missing_prefixes``: top-level modules (e.g. ``('bbox_head',)``) whose variables keep
@@ -115,24 +131,41 @@ def merge_strict(loaded: Mapping[tuple[str, ...], tuple[str, np.ndarray]],
     """
     want = traverse_util.flatten_dict(expected)
     loaded = {k: v for k, v in loaded.items() if not _under(k[1:], ignore_prefixes)}
-    missing = sorted(k for k in want if k not in loaded and not _under(k[1:], allow_missing_prefixes))
+    missing = sorted(
+        k for k in want if k not in loaded and not _under(k[1:], allow_missing_prefixes)
+    )
     unexpected = sorted(v[0] for k, v in loaded.items() if k not in want)
     mis_shaped = sorted(
         f"{v[0]}: checkpoint {tuple(v[1].shape)} vs model {tuple(np.shape(want[k]))} (Flax layout)"
-        for k, v in loaded.items() if k in want and tuple(v[1].shape) != tuple(np.shape(want[k])))
+        for k, v in loaded.items()
+        if k in want and tuple(v[1].shape) != tuple(np.shape(want[k]))
+    )
     if missing or unexpected or mis_shaped:
-        counts = ", ".join(f"{len(keys)} {title}" for title, keys in (
-            ("missing", missing), ("unexpected", unexpected), ("mis-shaped", mis_shaped)) if keys)
+        counts = ", ".join(
+            f"{len(keys)} {title}"
+            for title, keys in (
+                ("missing", missing),
+                ("unexpected", unexpected),
+                ("mis-shaped", mis_shaped),
+            )
+            if keys
+        )
         lines = [f"checkpoint {source} does not fit the config's model ({counts} keys)"]
-        for title, keys in (("missing", sorted(flat_to_torch_name(k) for k in missing)),
-                            ("unexpected", unexpected), ("mis-shaped", mis_shaped)):
+        for title, keys in (
+            ("missing", sorted(flat_to_torch_name(k) for k in missing)),
+            ("unexpected", unexpected),
+            ("mis-shaped", mis_shaped),
+        ):
             if keys:
                 shown = keys[:20] + ([f"... and {len(keys) - 20} more"] if len(keys) > 20 else [])
                 lines.append(f"  {title} ({len(keys)}): " + "\n      ".join(shown))
-        raise CheckpointMismatchError("\n".join(lines), {
-            v[0]: tuple(np.shape(v[1])) for v in loaded.values()})
-    merged = {k: (np.asarray(loaded[k][1], dtype=np.asarray(v).dtype) if k in loaded else v)
-              for k, v in want.items()}
+        raise CheckpointMismatchError(
+            "\n".join(lines), {v[0]: tuple(np.shape(v[1])) for v in loaded.values()}
+        )
+    merged = {
+        k: (np.asarray(loaded[k][1], dtype=np.asarray(v).dtype) if k in loaded else v)
+        for k, v in want.items()
+    }
     out = traverse_util.unflatten_dict(merged)
     return {collection: out.get(collection, {}) for collection in expected}
 

@@ -36,8 +36,9 @@ import types
 import zipfile
 import zlib
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -47,8 +48,13 @@ try:  # numpy has no bfloat16/float8; ml_dtypes (a JAX dependency) provides them
 except ImportError:  # pragma: no cover
     ml_dtypes = None
 
-__all__ = ["CheckpointFormatError", "UnsafeCheckpointError", "TorchDtype", "PickledArray",
-           "read_pth"]
+__all__ = [
+    "CheckpointFormatError",
+    "UnsafeCheckpointError",
+    "TorchDtype",
+    "PickledArray",
+    "read_pth",
+]
 
 
 class UnsafeCheckpointError(ValueError):
@@ -65,22 +71,42 @@ def _extra(name: str) -> np.dtype | None:
 
 #: torch dtype name -> numpy dtype (None when numpy/ml_dtypes cannot represent it).
 _TORCH_DTYPES: dict[str, np.dtype | None] = {
-    "float64": np.dtype("<f8"), "float32": np.dtype("<f4"), "float16": np.dtype("<f2"),
-    "bfloat16": _extra("bfloat16"), "float8_e4m3fn": _extra("float8_e4m3fn"),
-    "float8_e5m2": _extra("float8_e5m2"), "float8_e4m3fnuz": _extra("float8_e4m3fnuz"),
-    "float8_e5m2fnuz": _extra("float8_e5m2fnuz"), "float8_e8m0fnu": _extra("float8_e8m0fnu"),
-    "int64": np.dtype("<i8"), "int32": np.dtype("<i4"), "int16": np.dtype("<i2"),
-    "int8": np.dtype("i1"), "uint64": np.dtype("<u8"), "uint32": np.dtype("<u4"),
-    "uint16": np.dtype("<u2"), "uint8": np.dtype("u1"), "bool": np.dtype("?"),
-    "complex64": np.dtype("<c8"), "complex128": np.dtype("<c16"),
+    "float64": np.dtype("<f8"),
+    "float32": np.dtype("<f4"),
+    "float16": np.dtype("<f2"),
+    "bfloat16": _extra("bfloat16"),
+    "float8_e4m3fn": _extra("float8_e4m3fn"),
+    "float8_e5m2": _extra("float8_e5m2"),
+    "float8_e4m3fnuz": _extra("float8_e4m3fnuz"),
+    "float8_e5m2fnuz": _extra("float8_e5m2fnuz"),
+    "float8_e8m0fnu": _extra("float8_e8m0fnu"),
+    "int64": np.dtype("<i8"),
+    "int32": np.dtype("<i4"),
+    "int16": np.dtype("<i2"),
+    "int8": np.dtype("i1"),
+    "uint64": np.dtype("<u8"),
+    "uint32": np.dtype("<u4"),
+    "uint16": np.dtype("<u2"),
+    "uint8": np.dtype("u1"),
+    "bool": np.dtype("?"),
+    "complex64": np.dtype("<c8"),
+    "complex128": np.dtype("<c16"),
 }
 #: legacy typed storage class name -> torch dtype name of its elements.
 _STORAGE_DTYPES = {
-    "DoubleStorage": "float64", "FloatStorage": "float32", "HalfStorage": "float16",
-    "BFloat16Storage": "bfloat16", "LongStorage": "int64", "IntStorage": "int32",
-    "ShortStorage": "int16", "CharStorage": "int8", "ByteStorage": "uint8",
-    "BoolStorage": "bool", "ComplexFloatStorage": "complex64",
-    "ComplexDoubleStorage": "complex128", "UntypedStorage": "uint8",
+    "DoubleStorage": "float64",
+    "FloatStorage": "float32",
+    "HalfStorage": "float16",
+    "BFloat16Storage": "bfloat16",
+    "LongStorage": "int64",
+    "IntStorage": "int32",
+    "ShortStorage": "int16",
+    "CharStorage": "int8",
+    "ByteStorage": "uint8",
+    "BoolStorage": "bool",
+    "ComplexFloatStorage": "complex64",
+    "ComplexDoubleStorage": "complex128",
+    "UntypedStorage": "uint8",
 }
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
@@ -115,8 +141,8 @@ def _check_pickle(stream: io.BytesIO, path: str) -> None:
     def pop(count: int) -> list[int]:
         if len(stack) - count < (marks[-1] if marks else 0):
             raise CheckpointFormatError(f"{path}: corrupt pickle (stack underflow)")
-        popped = stack[len(stack) - count:]
-        del stack[len(stack) - count:]
+        popped = stack[len(stack) - count :]
+        del stack[len(stack) - count :]
         return popped
 
     for count, (op, arg, _) in enumerate(pickletools.genops(stream), 1):
@@ -145,8 +171,8 @@ def _check_pickle(stream: io.BytesIO, path: str) -> None:
             if pickletools.markobject in before:  # the values above the mark, and some below it
                 if not marks:
                     raise CheckpointFormatError(f"{path}: corrupt pickle (no MARK)")
-                above = stack[marks[-1]:]
-                del stack[marks.pop():]
+                above = stack[marks[-1] :]
+                del stack[marks.pop() :]
                 popped = pop(before.index(pickletools.markobject)) + above
             else:
                 popped = pop(len(before))
@@ -160,8 +186,10 @@ def _check_pickle(stream: io.BytesIO, path: str) -> None:
     if depth > _MAX_PICKLE_DEPTH:
         raise CheckpointFormatError(f"{path}: corrupt pickle (values nested {depth} deep)")
     if expansion > _MAX_PICKLE_EXPANSION:
-        raise CheckpointFormatError(f"{path}: corrupt pickle (more than {_MAX_PICKLE_EXPANSION} "
-                                    "values when shared references are counted each time)")
+        raise CheckpointFormatError(
+            f"{path}: corrupt pickle (more than {_MAX_PICKLE_EXPANSION} "
+            "values when shared references are counted each time)"
+        )
 
 
 def _graph_extent(children: list[list[int]]) -> tuple[int, int]:
@@ -187,8 +215,10 @@ def _graph_extent(children: list[list[int]]) -> tuple[int, int]:
                 state[node] = 2
                 kids = children[node]  # unvisited leaves count 1, cycles too (depth/size 1)
                 depth[node] = 1 + max(depth[c] if state[c] != 1 else 1 for c in kids)
-                size[node] = min(_MAX_PICKLE_EXPANSION + 1,
-                                 1 + sum(size[c] if state[c] != 1 else 1 for c in kids))
+                size[node] = min(
+                    _MAX_PICKLE_EXPANSION + 1,
+                    1 + sum(size[c] if state[c] != 1 else 1 for c in kids),
+                )
     return max(depth, default=0), max(size, default=0)
 
 
@@ -216,7 +246,8 @@ class TorchDtype(_NoState):
 
 @dataclass(frozen=True)
 class _StorageType(_NoState):
-    """Stand-in for ``torch.FloatStorage`` & co: only says which dtype a storage holds (not callable)."""
+    """Stand-in for ``torch.FloatStorage`` & co: only says which dtype a storage holds (not
+    callable)."""
 
     name: str
     dtype: str
@@ -245,7 +276,8 @@ class _Guarded(_NoState):
 
 
 class _DtypeSpec:
-    """Stand-in for ``numpy.dtype(spec, align, copy)`` plus its pickled state; it only records them."""
+    """Stand-in for ``numpy.dtype(spec, align, copy)`` plus its pickled state; it only records
+    them."""
 
     __slots__ = ("args", "state")
 
@@ -322,7 +354,8 @@ class _Inert:
 
 
 class HistoryBuffer(_Inert):
-    """Inert stand-in for ``mmengine.logging.history_buffer.HistoryBuffer`` (state in ``__dict__``)."""
+    """Inert stand-in for ``mmengine.logging.history_buffer.HistoryBuffer`` (state in
+    ``__dict__``)."""
 
     source = "mmengine.logging.history_buffer.HistoryBuffer"
 
@@ -350,8 +383,14 @@ class _Storage(_NoState):
     pickle has been read; a legacy storage view (``root`` set) takes its bytes from its root.
     """
 
-    def __init__(self, key: str, dtype: np.dtype, numel: int,
-                 root: _Storage | None = None, byte_offset: int = 0) -> None:
+    def __init__(
+        self,
+        key: str,
+        dtype: np.dtype,
+        numel: int,
+        root: _Storage | None = None,
+        byte_offset: int = 0,
+    ) -> None:
         self.key, self.dtype, self.numel = key, dtype, numel
         self.root, self.byte_offset = root, byte_offset
         self._raw: memoryview | None = None
@@ -364,7 +403,7 @@ class _Storage(_NoState):
     def raw(self) -> memoryview | None:
         if self.root is not None:
             base = self.root.raw
-            return None if base is None else base[self.byte_offset:self.byte_offset + self.nbytes]
+            return None if base is None else base[self.byte_offset : self.byte_offset + self.nbytes]
         return self._raw
 
     @raw.setter
@@ -375,7 +414,9 @@ class _Storage(_NoState):
 def _encode(text: str, encoding: str = "utf-8") -> bytes:
     """``_codecs.encode`` as protocol-2 pickles use it for bytes: latin-1 only."""
     if not isinstance(text, str) or encoding.replace("-", "").lower() != "latin1":
-        raise CheckpointFormatError(f"unexpected _codecs.encode({type(text).__name__}, {encoding!r})")
+        raise CheckpointFormatError(
+            f"unexpected _codecs.encode({type(text).__name__}, {encoding!r})"
+        )
     return text.encode("latin-1")
 
 
@@ -396,10 +437,16 @@ def _size(value: tuple[int, ...]) -> tuple[int, ...]:
 
 _STATIC_ALLOWED: dict[str, Any] = {
     "collections.OrderedDict": OrderedDict,
-    "builtins.set": set, "builtins.frozenset": frozenset, "builtins.slice": slice,
-    "builtins.complex": complex, "builtins.bytes": _bytes, "builtins.bytearray": _bytearray,
-    "_codecs.encode": _encode, "torch.Size": _size,
-    "numpy.ndarray": _NDARRAY, "numpy.dtype": _DtypeSpec,
+    "builtins.set": set,
+    "builtins.frozenset": frozenset,
+    "builtins.slice": slice,
+    "builtins.complex": complex,
+    "builtins.bytes": _bytes,
+    "builtins.bytearray": _bytearray,
+    "_codecs.encode": _encode,
+    "torch.Size": _size,
+    "numpy.ndarray": _NDARRAY,
+    "numpy.dtype": _DtypeSpec,
     "numpy.core.multiarray._reconstruct": _np_reconstruct,
     "numpy._core.multiarray._reconstruct": _np_reconstruct,
     "numpy.core.multiarray.scalar": _np_scalar,
@@ -408,8 +455,11 @@ _STATIC_ALLOWED: dict[str, Any] = {
     "mmengine.logging.message_hub.MessageHub": MessageHub,
     "mmengine.config.config.ConfigDict": ConfigDict,
     **{f"torch.{name}": TorchDtype(name) for name in _TORCH_DTYPES},
-    **{f"{mod}.{name}": _StorageType(name, dt) for name, dt in _STORAGE_DTYPES.items()
-       for mod in ("torch", "torch.cuda")},
+    **{
+        f"{mod}.{name}": _StorageType(name, dt)
+        for name, dt in _STORAGE_DTYPES.items()
+        for mod in ("torch", "torch.cuda")
+    },
     "torch.storage.UntypedStorage": _StorageType("UntypedStorage", "uint8"),
 }
 
@@ -417,9 +467,13 @@ _STATIC_ALLOWED: dict[str, Any] = {
 class _SafeUnpickler(pickle.Unpickler):
     """Unpickler that resolves globals only from the allow-list and turns tensors into numpy."""
 
-    def __init__(self, stream: io.BytesIO, path: str,
-                 new_storage: Callable[[str, np.dtype, int], _Storage] | None = None,
-                 big_endian: bool = False) -> None:
+    def __init__(
+        self,
+        stream: io.BytesIO,
+        path: str,
+        new_storage: Callable[[str, np.dtype, int], _Storage] | None = None,
+        big_endian: bool = False,
+    ) -> None:
         super().__init__(stream, encoding="utf-8")
         self.stream = stream
         self.path, self.big_endian, self._new_storage = path, big_endian, new_storage
@@ -448,15 +502,21 @@ class _SafeUnpickler(pickle.Unpickler):
         if target is None:
             raise UnsafeCheckpointError(
                 f"refusing {self.path}: it references {module}.{name}, which could run arbitrary "
-                "code; only tensors, storages and plain containers are allowed")
+                "code; only tensors, storages and plain containers are allowed"
+            )
         if isinstance(target, (types.FunctionType, types.MethodType)):
             return _Guarded(target)
         return target
 
     def persistent_load(self, pid: Any) -> _Storage:
         """Resolve ``('storage', storage_type, key, location, numel[, view_metadata])``."""
-        if (self._new_storage is None or not isinstance(pid, tuple) or len(pid) not in (5, 6)
-                or pid[0] not in ("storage", b"storage") or not isinstance(pid[1], _StorageType)):
+        if (
+            self._new_storage is None
+            or not isinstance(pid, tuple)
+            or len(pid) not in (5, 6)
+            or pid[0] not in ("storage", b"storage")
+            or not isinstance(pid[1], _StorageType)
+        ):
             raise CheckpointFormatError(f"{self.path}: unexpected persistent id {pid!r:.200}")
         dtype = _TORCH_DTYPES[pid[1].dtype]
         if dtype is None:
@@ -470,31 +530,58 @@ class _SafeUnpickler(pickle.Unpickler):
         view = pid[5] if len(pid) == 6 else None
         if view is None:
             return storage
-        view_key, offset, view_numel = str(view[0]), operator.index(view[1]), operator.index(view[2])
+        view_key, offset, view_numel = (
+            str(view[0]),
+            operator.index(view[1]),
+            operator.index(view[2]),
+        )
         if view_key not in self.storages:
             if offset < 0 or view_numel < 0 or offset + view_numel > storage.numel:
                 raise CheckpointFormatError(f"{self.path}: storage view {view_key} out of bounds")
-            self.storages[view_key] = _Storage(view_key, storage.dtype, view_numel,
-                                               storage, offset * storage.dtype.itemsize)
+            self.storages[view_key] = _Storage(
+                view_key, storage.dtype, view_numel, storage, offset * storage.dtype.itemsize
+            )
         return self.storages[view_key]
 
     def _rebuild_tensor(self, storage: Any, offset: Any, size: Any, stride: Any) -> np.ndarray:
         return self._tensor(storage, offset, size, stride, None, None)
 
-    def _rebuild_tensor_v2(self, storage: Any, offset: Any, size: Any, stride: Any,
-                           requires_grad: Any = False, hooks: Any = None,
-                           metadata: Any = None) -> np.ndarray:
+    def _rebuild_tensor_v2(
+        self,
+        storage: Any,
+        offset: Any,
+        size: Any,
+        stride: Any,
+        requires_grad: Any = False,
+        hooks: Any = None,
+        metadata: Any = None,
+    ) -> np.ndarray:
         return self._tensor(storage, offset, size, stride, None, metadata)
 
-    def _rebuild_tensor_v3(self, storage: Any, offset: Any, size: Any, stride: Any,
-                           requires_grad: Any, hooks: Any, dtype: Any,
-                           metadata: Any = None) -> np.ndarray:
+    def _rebuild_tensor_v3(
+        self,
+        storage: Any,
+        offset: Any,
+        size: Any,
+        stride: Any,
+        requires_grad: Any,
+        hooks: Any,
+        dtype: Any,
+        metadata: Any = None,
+    ) -> np.ndarray:
         if not isinstance(dtype, TorchDtype) or dtype.numpy is None:
             raise CheckpointFormatError(f"{self.path}: unsupported tensor dtype {dtype!r}")
         return self._tensor(storage, offset, size, stride, dtype.numpy, metadata)
 
-    def _tensor(self, storage: Any, offset: Any, size: Any, stride: Any,
-                dtype: np.dtype | None, metadata: Any) -> np.ndarray:
+    def _tensor(
+        self,
+        storage: Any,
+        offset: Any,
+        size: Any,
+        stride: Any,
+        dtype: np.dtype | None,
+        metadata: Any,
+    ) -> np.ndarray:
         """Make the array for a strided view of ``storage`` (offset/strides in elements)."""
         if not isinstance(storage, _Storage):
             raise CheckpointFormatError(f"{self.path}: tensor built from {type(storage).__name__}")
@@ -502,14 +589,19 @@ class _SafeUnpickler(pickle.Unpickler):
         offset = operator.index(offset)
         size, stride = tuple(map(operator.index, size)), tuple(map(operator.index, stride))
         if len(size) != len(stride) or offset < 0 or min(size + stride, default=0) < 0:
-            raise CheckpointFormatError(f"{self.path}: bad tensor geometry {size}/{stride}/{offset}")
+            raise CheckpointFormatError(
+                f"{self.path}: bad tensor geometry {size}/{stride}/{offset}"
+            )
         available = storage.nbytes // dtype.itemsize
         if 0 not in size and offset + sum((n - 1) * s for n, s in zip(size, stride)) >= available:
             raise CheckpointFormatError(
                 f"{self.path}: tensor {size} stride {stride} offset {offset} overruns storage "
-                f"{storage.key} of {available} elements")
+                f"{storage.key} of {available} elements"
+            )
         out = np.zeros(size, dtype)
-        self.pending.append((out, storage, offset, stride, metadata if isinstance(metadata, dict) else {}))
+        self.pending.append(
+            (out, storage, offset, stride, metadata if isinstance(metadata, dict) else {})
+        )
         if storage.raw is not None:
             self.fill_pending()
         return out
@@ -524,8 +616,12 @@ class _SafeUnpickler(pickle.Unpickler):
                 continue
             if out.size:
                 base = np.frombuffer(raw, out.dtype, count=len(raw) // out.dtype.itemsize)
-                out[...] = as_strided(base[offset:], out.shape,
-                                      tuple(s * out.dtype.itemsize for s in stride), writeable=False)
+                out[...] = as_strided(
+                    base[offset:],
+                    out.shape,
+                    tuple(s * out.dtype.itemsize for s in stride),
+                    writeable=False,
+                )
                 if self.big_endian:
                     out.byteswap(inplace=True)
                 if metadata.get("neg"):
@@ -536,12 +632,15 @@ class _SafeUnpickler(pickle.Unpickler):
 
 
 def _read_zip(data: bytes, path: str) -> Any:
-    """Load the zip layout: ``<root>/data.pkl`` plus one ``<root>/data/<key>`` record per storage."""
+    """Load the zip layout: ``<root>/data.pkl`` plus one ``<root>/data/<key>`` record per
+    storage."""
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
         names = zf.namelist()
         root = names[0].split("/", 1)[0] if names else ""
         if f"{root}/constants.pkl" in names:
-            raise CheckpointFormatError(f"{path} is a TorchScript archive, not a torch.save checkpoint")
+            raise CheckpointFormatError(
+                f"{path} is a TorchScript archive, not a torch.save checkpoint"
+            )
         if f"{root}/data.pkl" not in names:
             raise CheckpointFormatError(f"{path}: zip archive without {root}/data.pkl")
         order = zf.read(f"{root}/byteorder") if f"{root}/byteorder" in names else b"little"
@@ -554,9 +653,10 @@ def _read_zip(data: bytes, path: str) -> Any:
                 raise CheckpointFormatError(f"{path}: missing storage record {record}")
             raw = zf.read(record)
             if len(raw) < storage.nbytes:
-                raise CheckpointFormatError(f"{path}: storage {record} holds {len(raw)} bytes, "
-                                            f"{storage.nbytes} declared")
-            storage.raw = memoryview(raw)[:storage.nbytes]
+                raise CheckpointFormatError(
+                    f"{path}: storage {record} holds {len(raw)} bytes, {storage.nbytes} declared"
+                )
+            storage.raw = memoryview(raw)[: storage.nbytes]
             return storage
 
         pkl = io.BytesIO(zf.read(f"{root}/data.pkl"))
@@ -581,7 +681,9 @@ def _read_legacy(data: bytes, path: str) -> Any:
     def new_storage(key: str, dtype: np.dtype, numel: int) -> _Storage:
         storage = _Storage(key, dtype, numel)
         if storage.nbytes > len(data):
-            raise CheckpointFormatError(f"{path}: storage {key} declares more bytes than the file has")
+            raise CheckpointFormatError(
+                f"{path}: storage {key} declares more bytes than the file has"
+            )
         return storage
 
     unpickler = _SafeUnpickler(stream, path, new_storage)
@@ -598,13 +700,16 @@ def _read_legacy(data: bytes, path: str) -> Any:
             raise CheckpointFormatError(f"{path}: truncated before storage {key}")
         (count,) = struct.unpack_from("<q", data, pos)
         if count != storage.numel:
-            raise CheckpointFormatError(f"{path}: storage {key} has {count} elements, "
-                                        f"{storage.numel} declared")
+            raise CheckpointFormatError(
+                f"{path}: storage {key} has {count} elements, {storage.numel} declared"
+            )
         pos += 8
         if pos + storage.nbytes > len(data):
-            raise CheckpointFormatError(f"{path}: storage {key} truncated: {storage.nbytes} bytes "
-                                        f"declared, {len(data) - pos} left in the file")
-        storage.raw = view[pos:pos + storage.nbytes]
+            raise CheckpointFormatError(
+                f"{path}: storage {key} truncated: {storage.nbytes} bytes "
+                f"declared, {len(data) - pos} left in the file"
+            )
+        storage.raw = view[pos : pos + storage.nbytes]
         pos += storage.nbytes
     unpickler.fill_pending()
     if unpickler.pending:
@@ -613,7 +718,8 @@ def _read_legacy(data: bytes, path: str) -> Any:
 
 
 def read_pth(path: str | os.PathLike) -> Any:
-    """Load a ``torch.save``d object (zip or legacy layout; ``*.xz`` is decompressed first) as plain Python.
+    """Load a ``torch.save``d object (zip or legacy layout; ``*.xz`` is decompressed first) as
+    plain Python.
 
     Returns dicts (OrderedDict kept), lists, tuples, str, int, float, bool, None, and numpy
     arrays in place of tensors and parameters (same dtype, shape and values; C-contiguous
@@ -637,13 +743,27 @@ def read_pth(path: str | os.PathLike) -> Any:
         if name in str(exc):
             raise
         raise type(exc)(f"{name}: {exc}") from exc  # raised where the path is not known
-    except (pickle.UnpicklingError, zipfile.BadZipFile, lzma.LZMAError, zlib.error, EOFError,
-            struct.error, ValueError, TypeError, KeyError, IndexError, AttributeError,
-            OverflowError, RuntimeError, NotImplementedError,
-            OSError) as exc:  # OSError: bz2's for a zip entry that claims bzip2 compression
+    except (
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+        lzma.LZMAError,
+        zlib.error,
+        EOFError,
+        struct.error,
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+        AttributeError,
+        OverflowError,
+        RuntimeError,
+        NotImplementedError,
+        OSError,
+    ) as exc:  # OSError: bz2's for a zip entry that claims bzip2 compression
         raise CheckpointFormatError(
             f"{name} is truncated, corrupt or not a torch checkpoint: {type(exc).__name__}: {exc}"
         ) from exc
     except MemoryError as exc:
-        raise CheckpointFormatError(f"{name}: out of memory while reading it; "
-                                    "a size field is probably corrupt") from exc
+        raise CheckpointFormatError(
+            f"{name}: out of memory while reading it; a size field is probably corrupt"
+        ) from exc

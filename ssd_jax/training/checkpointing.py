@@ -14,32 +14,47 @@ e.g. truncated by a copy or a full disk; a step saved for another config (its tr
 the new config's) is refused with ``CheckpointTreeMismatchError`` naming the differences; and
 ``CheckpointRestoreError`` lists every step tried when none restores.
 """
+
 from __future__ import annotations
 
 import errno
 import logging
 import os
 import re
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from ssd_jax.checkpoints import (CheckpointRestoreError, CheckpointTreeMismatchError,
-                                 RESTORE_ERRORS, check_tree, first_line, restore_newest,
-                                 saved_shapes, template_shapes)
+from ssd_jax.checkpoints import (
+    RESTORE_ERRORS,
+    CheckpointRestoreError,
+    CheckpointTreeMismatchError,
+    check_tree,
+    first_line,
+    restore_newest,
+    saved_shapes,
+    template_shapes,
+)
 from ssd_jax.training.state import TrainState
 
-__all__ = ["CheckpointRestoreError", "CheckpointSaveError", "CheckpointTreeMismatchError",
-           "TrainCheckpointer"]
+__all__ = [
+    "CheckpointRestoreError",
+    "CheckpointSaveError",
+    "CheckpointTreeMismatchError",
+    "TrainCheckpointer",
+]
 
 log = logging.getLogger(__name__)
 
 # errno → what ran out; orbax raises OSError for these, tensorstore a ValueError whose message
 # ends in ``[os_error_code='28']``.
-_SPACE_ERRNOS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded",
-                 errno.EFBIG: "file size limit exceeded"}
+_SPACE_ERRNOS = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file size limit exceeded",
+}
 _SPACE_MESSAGES = {os.strerror(code): reason for code, reason in _SPACE_ERRNOS.items()}
 
 
@@ -47,8 +62,8 @@ class CheckpointSaveError(OSError):
     """A step could not be written for lack of space; the steps saved before are intact."""
 
 
-def _space_reason(exc: BaseException) -> Optional[str]:
-    """"disk full" (or quota, file size) if ``exc`` or an exception it wraps is one; else None."""
+def _space_reason(exc: BaseException) -> str | None:
+    """ "disk full" (or quota, file size) if ``exc`` or an exception it wraps is one; else None."""
     pending, seen = [exc], set()
     while pending:
         e = pending.pop()
@@ -71,25 +86,41 @@ def _space_reason(exc: BaseException) -> Optional[str]:
 
 def _manager(directory: str, keep: int, best: bool = False) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=True, enable_async_checkpointing=False,
-        best_fn=(lambda m: m["score"]) if best else None, best_mode="max",
-        keep_checkpoints_without_metrics=not best)
+        max_to_keep=keep,
+        create=True,
+        enable_async_checkpointing=False,
+        best_fn=(lambda m: m["score"]) if best else None,
+        best_mode="max",
+        keep_checkpoints_without_metrics=not best,
+    )
     # Handlers named up front, so that a fresh manager (a resumed run) can read a step's
     # metadata before restoring it.
-    handlers = {"variables": ocp.StandardCheckpointHandler(),
-                "train_state": ocp.StandardCheckpointHandler(),
-                "meta": ocp.JsonCheckpointHandler()}
-    return ocp.CheckpointManager(os.path.abspath(directory), options=options,
-                                 item_names=tuple(handlers), item_handlers=handlers)
+    handlers = {
+        "variables": ocp.StandardCheckpointHandler(),
+        "train_state": ocp.StandardCheckpointHandler(),
+        "meta": ocp.JsonCheckpointHandler(),
+    }
+    return ocp.CheckpointManager(
+        os.path.abspath(directory),
+        options=options,
+        item_names=tuple(handlers),
+        item_handlers=handlers,
+    )
 
 
 def _train_items(state: TrainState) -> dict[str, Any]:
     host = jax.tree.map(np.asarray, state)
-    return {"variables": {"params": host.params, "batch_stats": host.batch_stats},
-            "train_state": {"step": host.step, "opt_state": host.opt_state, "rng": host.rng,
-                            "nonfinite_in_row": host.nonfinite_in_row,
-                            "nonfinite_longest": host.nonfinite_longest,
-                            "nonfinite_total": host.nonfinite_total}}
+    return {
+        "variables": {"params": host.params, "batch_stats": host.batch_stats},
+        "train_state": {
+            "step": host.step,
+            "opt_state": host.opt_state,
+            "rng": host.rng,
+            "nonfinite_in_row": host.nonfinite_in_row,
+            "nonfinite_longest": host.nonfinite_longest,
+            "nonfinite_total": host.nonfinite_total,
+        },
+    }
 
 
 class TrainCheckpointer:
@@ -100,7 +131,7 @@ class TrainCheckpointer:
         self.best = _manager(os.path.join(workdir, "best"), 1, best=True)
         self._unreadable: set[int] = set()  # steps that restore() found broken
 
-    def save(self, step: int, state: TrainState, meta: dict, metrics: Optional[dict] = None) -> None:
+    def save(self, step: int, state: TrainState, meta: dict, metrics: dict | None = None) -> None:
         """Save ``state`` (unreplicated, on host or device) as ``step``; also as best if
         ``metrics['score']`` beats the best so far.
 
@@ -110,12 +141,15 @@ class TrainCheckpointer:
         ignored by ``restore`` and replaced by the next save of that step.
         """
         items = _train_items(state)
-        args = ocp.args.Composite(variables=ocp.args.StandardSave(items["variables"]),
-                                  train_state=ocp.args.StandardSave(items["train_state"]),
-                                  meta=ocp.args.JsonSave(meta))
+        args = ocp.args.Composite(
+            variables=ocp.args.StandardSave(items["variables"]),
+            train_state=ocp.args.StandardSave(items["train_state"]),
+            meta=ocp.args.JsonSave(meta),
+        )
         if step in self._unreadable and step in self.latest.all_steps():
-            log.warning("replacing unreadable checkpoint step %d in %s", step,
-                        self.latest.directory)
+            log.warning(
+                "replacing unreadable checkpoint step %d in %s", step, self.latest.directory
+            )
             self.latest.delete(step)
         self._unreadable.discard(step)
         if step not in self.latest.all_steps():
@@ -135,13 +169,15 @@ class TrainCheckpointer:
             raise CheckpointSaveError(
                 f"{reason} while saving step {step} to {manager.directory}; earlier checkpoints "
                 f"are intact (latest complete step: {manager.latest_step()}). Free space and "
-                "resume with --resume.") from e
+                "resume with --resume."
+            ) from e
 
-    def latest_step(self) -> Optional[int]:
+    def latest_step(self) -> int | None:
         return self.latest.latest_step()
 
-    def restore(self, state_template: TrainState, step: Optional[int] = None
-                ) -> tuple[TrainState, dict]:
+    def restore(
+        self, state_template: TrainState, step: int | None = None
+    ) -> tuple[TrainState, dict]:
         """The state and meta of ``step`` (default: the latest complete one that restores).
 
         Without ``step``, steps are tried newest first: one whose files are cut, missing or
@@ -154,19 +190,23 @@ class TrainCheckpointer:
         steps = list(self.latest.all_steps())
         if step is not None:
             if step not in steps:
-                raise FileNotFoundError(f"no complete checkpoint step {step} in {directory} "
-                                        f"(complete steps: {sorted(steps)})")
+                raise FileNotFoundError(
+                    f"no complete checkpoint step {step} in {directory} "
+                    f"(complete steps: {sorted(steps)})"
+                )
             try:
                 return self._restore(state_template, step)
             except RESTORE_ERRORS as e:
                 if isinstance(e, CheckpointTreeMismatchError):
                     raise
-                raise CheckpointRestoreError(f"cannot restore step {step} from {directory}: "
-                                             f"{first_line(e)}") from e
+                raise CheckpointRestoreError(
+                    f"cannot restore step {step} from {directory}: {first_line(e)}"
+                ) from e
         if not steps:
             raise FileNotFoundError(f"no complete checkpoint to resume from in {directory}")
         _, result, unreadable = restore_newest(
-            steps, lambda s: self._restore(state_template, s), str(directory))
+            steps, lambda s: self._restore(state_template, s), str(directory)
+        )
         if unreadable:
             log.warning("steps %s will be replaced when training saves them again", unreadable)
         self._unreadable.update(unreadable)
@@ -176,17 +216,30 @@ class TrainCheckpointer:
         template = _train_items(state_template)
         where = f"checkpoint step {step} in {self.latest.directory}"
         for item in ("variables", "train_state"):
-            check_tree(saved_shapes(self.latest, step, item), template_shapes(template[item]),
-                       f"{where} ({item})")
-        restored = self.latest.restore(step, args=ocp.args.Composite(
-            variables=ocp.args.StandardRestore(template["variables"]),
-            train_state=ocp.args.StandardRestore(template["train_state"]),
-            meta=ocp.args.JsonRestore()))
+            check_tree(
+                saved_shapes(self.latest, step, item),
+                template_shapes(template[item]),
+                f"{where} ({item})",
+            )
+        restored = self.latest.restore(
+            step,
+            args=ocp.args.Composite(
+                variables=ocp.args.StandardRestore(template["variables"]),
+                train_state=ocp.args.StandardRestore(template["train_state"]),
+                meta=ocp.args.JsonRestore(),
+            ),
+        )
         v, t = restored["variables"], restored["train_state"]
         state = state_template.replace(
-            step=t["step"], params=v["params"], batch_stats=v["batch_stats"],
-            opt_state=t["opt_state"], rng=t["rng"], nonfinite_in_row=t["nonfinite_in_row"],
-            nonfinite_longest=t["nonfinite_longest"], nonfinite_total=t["nonfinite_total"])
+            step=t["step"],
+            params=v["params"],
+            batch_stats=v["batch_stats"],
+            opt_state=t["opt_state"],
+            rng=t["rng"],
+            nonfinite_in_row=t["nonfinite_in_row"],
+            nonfinite_longest=t["nonfinite_longest"],
+            nonfinite_total=t["nonfinite_total"],
+        )
         return state, dict(restored["meta"])
 
     def close(self) -> None:

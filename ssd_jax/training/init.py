@@ -5,6 +5,7 @@ Order (as scenic documents it): resume from the workdir → initialise from a ch
 count differs; or ``train.pretrained_backbone``: the ImageNet VGG16 ``features.N.*`` .pth
 mmdetection starts from) → from scratch.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,28 +31,42 @@ def initial_variables(config: ml_collections.ConfigDict, variables: dict) -> dic
         except ValueError as e:
             if "bbox_head" not in str(e):
                 raise
-            log.warning("%s does not fit the head (other classes?): loading everything but "
-                        "bbox_head, which is re-initialised", t.load_from)
-            return load_checkpoint_variables(t.load_from, variables,
-                                              allow_missing_prefixes=("bbox_head",),
-                                              ignore_prefixes=("bbox_head",))
+            log.warning(
+                "%s does not fit the head (other classes?): loading everything but "
+                "bbox_head, which is re-initialised",
+                t.load_from,
+            )
+            return load_checkpoint_variables(
+                t.load_from,
+                variables,
+                allow_missing_prefixes=("bbox_head",),
+                ignore_prefixes=("bbox_head",),
+            )
     if t.pretrained_backbone:
         state_dict, _ = read_state_dict(t.pretrained_backbone)
         # open-mmlab://vgg16_caffe: backbone-only keys ``features.N.*`` (or already prefixed).
-        state_dict = {k if k.startswith("backbone.") else f"backbone.{k}": v
-                      for k, v in state_dict.items()
-                      if k.startswith(("features.", "backbone.features."))}
+        state_dict = {
+            k if k.startswith("backbone.") else f"backbone.{k}": v
+            for k, v in state_dict.items()
+            if k.startswith(("features.", "backbone.features."))
+        }
         if not state_dict:
             raise ValueError(f"{t.pretrained_backbone}: no features.N.* (VGG) keys found")
         loaded = state_dict_to_flat(state_dict)
-        merged = merge_strict(loaded, variables, t.pretrained_backbone,
-                              allow_missing_prefixes=("neck", "bbox_head"))
-        log.info("loaded the VGG16 backbone from %s (%d tensors)", t.pretrained_backbone, len(loaded))
+        merged = merge_strict(
+            loaded, variables, t.pretrained_backbone, allow_missing_prefixes=("neck", "bbox_head")
+        )
+        log.info(
+            "loaded the VGG16 backbone from %s (%d tensors)", t.pretrained_backbone, len(loaded)
+        )
         return merged
     if config.model.backbone.type == "SSDVGG":
-        log.warning("train.pretrained_backbone is empty: the VGG16 backbone starts from SSDVGG's "
-                    "own initialisation (mmdetection's without pretrained weights: Kaiming "
-                    "normal, fan_out, bias 0). mmdetection's SSD300/512 start from ImageNet "
-                    "weights, %s (%s); pass that file as --config.train.pretrained_backbone.",
-                    VGG16_CAFFE, VGG16_CAFFE_URL)
+        log.warning(
+            "train.pretrained_backbone is empty: the VGG16 backbone starts from SSDVGG's "
+            "own initialisation (mmdetection's without pretrained weights: Kaiming "
+            "normal, fan_out, bias 0). mmdetection's SSD300/512 start from ImageNet "
+            "weights, %s (%s); pass that file as --config.train.pretrained_backbone.",
+            VGG16_CAFFE,
+            VGG16_CAFFE_URL,
+        )
     return variables

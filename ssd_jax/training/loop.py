@@ -1,4 +1,5 @@
 """``train_and_evaluate(config, workdir)``: the training loop behind ``train.py``."""
+
 from __future__ import annotations
 
 import json
@@ -11,7 +12,6 @@ import jax
 import ml_collections
 import numpy as np
 from tqdm import tqdm
-
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ssd_jax.config import check_batch_divisible, validate_config
@@ -40,11 +40,16 @@ def adopt_classes(config: ml_collections.ConfigDict, source: Any) -> None:
     ``cat_ids``, else label + 1) and model.num_classes to match it."""
     class_names = list(source.class_names)
     if class_names != list(config.class_names):
-        log.info("data has %d classes (%s...); the config had %d", len(class_names),
-                 ", ".join(class_names[:5]), len(config.class_names))
+        log.info(
+            "data has %d classes (%s...); the config had %d",
+            len(class_names),
+            ", ".join(class_names[:5]),
+            len(config.class_names),
+        )
     config.class_names = tuple(class_names)
-    config.category_ids = tuple(int(c) for c in getattr(
-        source, "cat_ids", range(1, len(class_names) + 1)))
+    config.category_ids = tuple(
+        int(c) for c in getattr(source, "cat_ids", range(1, len(class_names) + 1))
+    )
     config.model.num_classes = len(class_names)
 
 
@@ -58,6 +63,7 @@ class MetricWriter:
         if self.enabled:
             try:
                 from tensorboardX import SummaryWriter
+
                 self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
             except ImportError:
                 log.warning("tensorboardX not installed: no TensorBoard logs")
@@ -73,8 +79,9 @@ class MetricWriter:
             self.tb.flush()
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, resume: bool = False
-                       ) -> dict[str, Any]:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, resume: bool = False
+) -> dict[str, Any]:
     """Train (resuming from ``workdir`` when asked and possible), validate, checkpoint.
 
     Returns the final state's host copy of variables and the last validation metrics.
@@ -99,11 +106,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, resume: 
 
     checkpointer = TrainCheckpointer(workdir, keep=t.keep_ckpts)
     state = create_train_state(init_variables(eval_model, config.input_size, t.seed), tx, t.seed)
-    loader = make_train_loader(train_source, config, global_batch_size=global_batch,
-                               process_index=jax.process_index(),
-                               process_count=jax.process_count(), seed=t.seed,
-                               num_workers=config.data.workers,
-                               shuffle=config.data.get("shuffle", True))
+    loader = make_train_loader(
+        train_source,
+        config,
+        global_batch_size=global_batch,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        seed=t.seed,
+        num_workers=config.data.workers,
+        shuffle=config.data.get("shuffle", True),
+    )
     history: dict[str, list] = {"step": [], "loss": [], "eval_step": [], "mAP": []}
     if resume and checkpointer.latest_step() is not None:
         state, meta = checkpointer.restore(state)
@@ -123,13 +135,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, resume: 
     last_eval: dict[str, Any] = {}
     # Log lines above the bar, never on its line.
     with logging_redirect_tqdm(loggers=[logging.getLogger("ssd_jax")]):
-        bar = tqdm(total=total_steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
-                   disable=jax.process_index() != 0)
+        bar = tqdm(
+            total=total_steps,
+            initial=start,
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
+            disable=jax.process_index() != 0,
+        )
         tick, tick_step = time.time(), start
         for step in range(start, total_steps):
             batch = next(loader)
-            pstate, pmetrics = p_step(pstate, shard_batch(
-                {k: batch[k] for k in ("image", "boxes", "labels", "valid")}, devices))
+            pstate, pmetrics = p_step(
+                pstate,
+                shard_batch({k: batch[k] for k in ("image", "boxes", "labels", "valid")}, devices),
+            )
             done = step + 1
             epoch_end = done % steps_per_epoch == 0
             if done % t.log_every == 0 or done == total_steps or epoch_end:
@@ -138,45 +158,74 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, resume: 
                 longest = int(np.asarray(pstate.nonfinite_longest)[0])
                 rate = (done - tick_step) * global_batch / max(time.time() - tick, 1e-9)
                 tick, tick_step = time.time(), done
-                metrics = {"loss": m["loss"], "loss_cls": m["loss_cls"], "loss_bbox": m["loss_bbox"],
-                           "lr": float(schedule(step)), "images_per_s": rate,
-                           "nonfinite_total": int(np.asarray(pstate.nonfinite_total)[0]),
-                           "skipped_images": loader.skipped_images}
+                metrics = {
+                    "loss": m["loss"],
+                    "loss_cls": m["loss_cls"],
+                    "loss_bbox": m["loss_bbox"],
+                    "lr": float(schedule(step)),
+                    "images_per_s": rate,
+                    "nonfinite_total": int(np.asarray(pstate.nonfinite_total)[0]),
+                    "skipped_images": loader.skipped_images,
+                }
                 writer.write(done, metrics)
                 history["step"].append(done)
                 history["loss"].append(m["loss"])
-                bar.set_postfix(loss=f"{m['loss']:.3f}", cls=f"{m['loss_cls']:.3f}",
-                                box=f"{m['loss_bbox']:.3f}", lr=f"{metrics['lr']:.2e}",
-                                img_s=f"{rate:.1f}")
+                bar.set_postfix(
+                    loss=f"{m['loss']:.3f}",
+                    cls=f"{m['loss_cls']:.3f}",
+                    box=f"{m['loss_bbox']:.3f}",
+                    lr=f"{metrics['lr']:.2e}",
+                    img_s=f"{rate:.1f}",
+                )
                 if longest >= t.max_nonfinite_in_row:
                     raise NonFiniteLossError(
-                        f"{longest} consecutive steps, by step {done}, had a non-finite loss (updates "
-                        f"skipped; last batch image ids {batch['image_id'].tolist()}). Try a lower "
-                        "optimizer.lr or a longer warm-up, and check the data for broken boxes.")
+                        f"{longest} consecutive steps, by step {done}, had a non-finite loss "
+                        f"(updates skipped; last batch image ids {batch['image_id'].tolist()}). "
+                        "Try a lower optimizer.lr or a longer warm-up, and check the data for "
+                        "broken boxes."
+                    )
             bar.update(1)
             epoch = done // steps_per_epoch
-            evaluate_now = (epoch_end and val_source is not None and t.eval_every_epochs > 0
-                            and epoch % t.eval_every_epochs == 0) or (done == total_steps and val_source)
+            evaluate_now = (
+                epoch_end
+                and val_source is not None
+                and t.eval_every_epochs > 0
+                and epoch % t.eval_every_epochs == 0
+            ) or (done == total_steps and val_source)
             if evaluate_now:
                 last_eval = validate(p_detect, pstate, val_source, config)
                 history["eval_step"].append(done)
                 history["mAP"].append(last_eval["mAP@0.5"])
-                writer.write(done, {f"val/{k}": v for k, v in last_eval.items() if isinstance(v, float)})
+                writer.write(
+                    done, {f"val/{k}": v for k, v in last_eval.items() if isinstance(v, float)}
+                )
             if done % t.ckpt_every == 0 or epoch_end or done == total_steps:
                 host_state = unreplicate(pstate)
-                checkpointer.save(done, host_state, {
-                    "data_state": loader.get_state(), "epoch": epoch, "config": config.name,
-                    "class_names": list(config.class_names),
-                    "category_ids": list(config.category_ids), "history": history,
-                    "metrics": {k: v for k, v in last_eval.items() if isinstance(v, float)}},
-                    metrics=last_eval if evaluate_now else None)
+                checkpointer.save(
+                    done,
+                    host_state,
+                    {
+                        "data_state": loader.get_state(),
+                        "epoch": epoch,
+                        "config": config.name,
+                        "class_names": list(config.class_names),
+                        "category_ids": list(config.category_ids),
+                        "history": history,
+                        "metrics": {k: v for k, v in last_eval.items() if isinstance(v, float)},
+                    },
+                    metrics=last_eval if evaluate_now else None,
+                )
         bar.close()
     checkpointer.close()
     final = unreplicate(pstate)
     if jax.process_index() == 0:
         write_curves(history, os.path.join(workdir, "curves.png"))
-    return {"variables": final.variables, "metrics": last_eval, "history": history,
-            "step": int(final.step)}
+    return {
+        "variables": final.variables,
+        "metrics": last_eval,
+        "history": history,
+        "step": int(final.step),
+    }
 
 
 def validate(p_detect, pstate, source, config) -> dict[str, Any]:
@@ -186,11 +235,14 @@ def validate(p_detect, pstate, source, config) -> dict[str, Any]:
     ``mAP@0.5`` (for the curves).
     """
     variables = unreplicate({"params": pstate.params, "batch_stats": pstate.batch_stats})
-    batch = max(config.test.batch_size - config.test.batch_size % jax.local_device_count(),
-                jax.local_device_count())
+    batch = max(
+        config.test.batch_size - config.test.batch_size % jax.local_device_count(),
+        jax.local_device_count(),
+    )
     if metric_for(config, source) == "voc":
-        metrics, _ = evaluate_voc(p_detect, variables, source, config, batch_size=batch,
-                                  mode=config.evaluation.voc_mode)
+        metrics, _ = evaluate_voc(
+            p_detect, variables, source, config, batch_size=batch, mode=config.evaluation.voc_mode
+        )
         metrics = {k: v for k, v in metrics.items() if isinstance(v, float)}
         metrics.update({"score": metrics["mAP"], "mAP@0.5": metrics["mAP"]})
     else:

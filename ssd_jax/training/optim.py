@@ -1,4 +1,5 @@
 """Learning-rate schedules and SGD as mmdetection trains SSD (torch.optim.SGD semantics)."""
+
 from __future__ import annotations
 
 import math
@@ -18,8 +19,9 @@ def scaled_lr(config: ml_collections.ConfigDict, global_batch_size: int) -> floa
     return o.lr * global_batch_size / o.base_batch_size
 
 
-def lr_schedule(config: ml_collections.ConfigDict, global_batch_size: int,
-                steps_per_epoch: int) -> optax.Schedule:
+def lr_schedule(
+    config: ml_collections.ConfigDict, global_batch_size: int, steps_per_epoch: int
+) -> optax.Schedule:
     """Step → lr: linear warm-up (iterations) × the epoch schedule (multi-step or cosine).
 
     An "epoch" is ``dataset_repeat`` passes over the data (mmdetection's RepeatDataset);
@@ -37,8 +39,11 @@ def lr_schedule(config: ml_collections.ConfigDict, global_batch_size: int,
 
     def schedule(step):
         step = jnp.asarray(step, dtype)
-        warm = jnp.where(step < s.warmup_iters,
-                         s.warmup_start_factor + (1 - s.warmup_start_factor) * step / ramp, 1.0)
+        warm = jnp.where(
+            step < s.warmup_iters,
+            s.warmup_start_factor + (1 - s.warmup_start_factor) * step / ramp,
+            1.0,
+        )
         epoch = jnp.floor(step / steps_per_epoch)
         if s.type == "multistep":
             factor = s.gamma ** jnp.sum(epoch >= milestones)
@@ -51,10 +56,14 @@ def lr_schedule(config: ml_collections.ConfigDict, global_batch_size: int,
     return schedule
 
 
-def sgd(config: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
+def sgd(
+    config: ml_collections.ConfigDict, schedule: optax.Schedule
+) -> optax.GradientTransformation:
     """torch.optim.SGD(momentum, weight_decay): decay added to every parameter's gradient, then
     heavy-ball momentum ``buf = m·buf + g``, then ``p -= lr·buf``."""
     o = config.optimizer
-    return optax.chain(optax.add_decayed_weights(o.weight_decay),
-                       optax.trace(decay=o.momentum, nesterov=False),
-                       optax.scale_by_learning_rate(schedule))
+    return optax.chain(
+        optax.add_decayed_weights(o.weight_decay),
+        optax.trace(decay=o.momentum, nesterov=False),
+        optax.scale_by_learning_rate(schedule),
+    )

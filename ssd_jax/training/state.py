@@ -1,4 +1,5 @@
 """The train state: everything a resumed run needs besides the data position."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -26,8 +27,14 @@ class TrainState:
 
 def create_train_state(variables: dict, tx: optax.GradientTransformation, seed: int) -> TrainState:
     import jax.numpy as jnp
-    return TrainState(step=jnp.int32(0), params=variables["params"],
-                      batch_stats=variables.get("batch_stats", {}),
-                      opt_state=tx.init(variables["params"]), rng=jax.random.PRNGKey(seed),
-                      nonfinite_in_row=jnp.int32(0), nonfinite_longest=jnp.int32(0),
-                      nonfinite_total=jnp.int32(0))
+
+    return TrainState(
+        step=jnp.int32(0),
+        params=variables["params"],
+        batch_stats=variables.get("batch_stats", {}),
+        opt_state=tx.init(variables["params"]),
+        rng=jax.random.PRNGKey(seed),
+        nonfinite_in_row=jnp.int32(0),
+        nonfinite_longest=jnp.int32(0),
+        nonfinite_total=jnp.int32(0),
+    )

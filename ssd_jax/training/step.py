@@ -1,8 +1,9 @@
 """The data-parallel train step (``jax.pmap`` over local devices, axis ``parallel.AXIS``)."""
+
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -17,10 +18,17 @@ from ssd_jax.preprocess import normalize
 from ssd_jax.training.state import TrainState
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: SSD,
-               tx: optax.GradientTransformation, anchors: jax.Array,
-               config: ml_collections.ConfigDict, grouping: objective.Grouping, num_groups: int
-               ) -> tuple[TrainState, dict[str, jax.Array]]:
+def train_step(
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    *,
+    model: SSD,
+    tx: optax.GradientTransformation,
+    anchors: jax.Array,
+    config: ml_collections.ConfigDict,
+    grouping: objective.Grouping,
+    num_groups: int,
+) -> tuple[TrainState, dict[str, jax.Array]]:
     """One SGD step on this device's shard of the global batch (call under pmap).
 
     The objective is mmdetection's under DDP: the mean over the ``num_groups`` "GPUs" of each
@@ -33,10 +41,19 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: SSD,
 
     def loss_fn(params):
         out = objective.ssd_loss(
-            model, {"params": params, "batch_stats": state.batch_stats}, images, boxes,
-            batch["labels"], batch["valid"], anchors, train=True,
-            **objective.loss_settings(config), group_size=grouping.group_size, axis_name=AXIS,
-            axis_index_groups=grouping.axis_index_groups)
+            model,
+            {"params": params, "batch_stats": state.batch_stats},
+            images,
+            boxes,
+            batch["labels"],
+            batch["valid"],
+            anchors,
+            train=True,
+            **objective.loss_settings(config),
+            group_size=grouping.group_size,
+            axis_name=AXIS,
+            axis_index_groups=grouping.axis_index_groups,
+        )
         return (out.loss_cls.sum() + out.loss_bbox.sum()) / num_groups, out
 
     (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -53,9 +70,11 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: SSD,
         batch_stats=keep(out.batch_stats, state.batch_stats),
         opt_state=keep(new_opt_state, state.opt_state),
         nonfinite_in_row=jnp.where(finite, 0, state.nonfinite_in_row + 1),
-        nonfinite_longest=jnp.maximum(state.nonfinite_longest,
-                                      jnp.where(finite, 0, state.nonfinite_in_row + 1)),
-        nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32))
+        nonfinite_longest=jnp.maximum(
+            state.nonfinite_longest, jnp.where(finite, 0, state.nonfinite_in_row + 1)
+        ),
+        nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32),
+    )
     metrics = {
         "loss": global_loss,  # mean over groups of each group's summed per-image losses
         "loss_cls": jax.lax.psum(out.loss_cls.sum(), AXIS) / num_groups,
@@ -65,8 +84,13 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: SSD,
     return new_state, metrics
 
 
-def make_p_train_step(config: ml_collections.ConfigDict, tx: optax.GradientTransformation,
-                      anchors: Any, global_batch: int, devices: Optional[list] = None):
+def make_p_train_step(
+    config: ml_collections.ConfigDict,
+    tx: optax.GradientTransformation,
+    anchors: Any,
+    global_batch: int,
+    devices: list | None = None,
+):
     """The pmapped step of ``config`` over ``devices`` (default: all local devices of every
     process) for a global batch of ``global_batch`` images; the state's buffers are donated.
 
@@ -76,7 +100,13 @@ def make_p_train_step(config: ml_collections.ConfigDict, tx: optax.GradientTrans
     per_gpu = int(config.train.get("per_gpu_batch", 0))
     groups = objective.grouping(per_gpu, global_batch // num_devices, num_devices, AXIS)
     model = model_for(config, groups.batch_stats)
-    fn = functools.partial(train_step, model=model, tx=tx, anchors=jnp.asarray(anchors),
-                           config=config, grouping=groups,
-                           num_groups=global_batch // per_gpu if per_gpu else 1)
+    fn = functools.partial(
+        train_step,
+        model=model,
+        tx=tx,
+        anchors=jnp.asarray(anchors),
+        config=config,
+        grouping=groups,
+        num_groups=global_batch // per_gpu if per_gpu else 1,
+    )
     return jax.pmap(fn, axis_name=AXIS, donate_argnums=(0,), devices=devices)
