@@ -196,3 +196,41 @@ def test_float32_products_at_full_precision():
         texts[precision] = forward.lower(variables, x).as_text()
     assert texts["fp32"].count("HIGHEST") >= 10
     assert "HIGHEST" not in texts["bf16"]
+
+
+@pytest.mark.parametrize("stride,dilation", [(1, 1), (2, 1), (1, 3)])
+def test_row_product_conv_in_float64(stride, dilation):
+    """In float64 (where ``conv`` picks it on CPU, for any stride) RowProductConv equals the
+    float64 convolution to rounding."""
+    from ssd_jax.models.layers import RowProductConv
+
+    rng = np.random.default_rng(2)
+    with jax.enable_x64(True):
+        x = jnp.asarray(rng.normal(size=(2, 11, 9, 5)))
+        module = RowProductConv(
+            7,
+            3,
+            padding=dilation,
+            dilation=dilation,
+            stride=stride,
+            dtype=jnp.float64,
+            min_channels=0,
+        )
+        assert isinstance(
+            conv(7, 3, stride, dilation, dilation=dilation, dtype=jnp.float64), RowProductConv
+        )
+        params = module.init(jax.random.PRNGKey(0), x)
+        got = np.asarray(module.apply(params, x))
+        want = (
+            jax.lax.conv_general_dilated(
+                x,
+                params["params"]["kernel"],
+                (stride, stride),
+                ((dilation, dilation),) * 2,
+                rhs_dilation=(dilation, dilation),
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            )
+            + params["params"]["bias"]
+        )
+        assert got.dtype == np.float64 and got.shape == want.shape
+        np.testing.assert_allclose(got, np.asarray(want), rtol=0, atol=1e-12)
