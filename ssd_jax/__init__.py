@@ -3,8 +3,6 @@
 import os
 from importlib import metadata
 
-from ssd_jax import host_memory
-
 # XLA CPU flags, each set unless XLA_FLAGS already names it. They take effect when ssd_jax is
 # imported before JAX's first computation.
 _XLA_CPU_FLAGS = {
@@ -31,7 +29,6 @@ for _name, _value in _XLA_CPU_FLAGS.items():
         _flags = f"{_flags} {_name}={_value}".strip()
 os.environ["XLA_FLAGS"] = _flags
 
-host_memory.keep_freed_memory()
 
 from ssd_jax.detector import Detector  # noqa: E402
 

@@ -1,7 +1,8 @@
 """The README's first command, ``bash run_default.sh``, end to end in a reduced form.
 
-32 train + 8 val images, 1 training step, into a temporary workdir; pip is skipped when .venv
-already exists. Checks that every file the README promises is left in the workdir.
+240 train + 40 val images and the config's schedule (8 epochs = 240 steps of batch 8, four
+validations), into a temporary workdir; pip is skipped when .venv already exists. Checks that
+every file the README promises is left in the workdir, and the reduced run's floor.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import subprocess
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-TIMEOUT_S = 600  # about 2 minutes on an idle 2-core machine, mostly XLA compilation
+TIMEOUT_S = 1200  # 3 min 38 s on an idle 2-core Intel Xeon (2026-11-29)
+NUM_TRAIN, NUM_VAL, STEPS = 240, 40, 240
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +25,9 @@ def default_run(tmp_path_factory) -> tuple[pathlib.Path, str]:
     workdir, data = tmp / "runs" / "shapes", tmp / "data" / "shapes"
     env = dict(
         os.environ,
-        RUN_DEFAULT_STEPS="1",
-        RUN_DEFAULT_NUM_TRAIN="32",
-        RUN_DEFAULT_NUM_VAL="8",
+        RUN_DEFAULT_STEPS="0",  # the config's schedule: STEPS
+        RUN_DEFAULT_NUM_TRAIN=str(NUM_TRAIN),
+        RUN_DEFAULT_NUM_VAL=str(NUM_VAL),
         RUN_DEFAULT_WORKDIR=str(workdir),
         RUN_DEFAULT_DATA=str(data),
     )
@@ -48,14 +50,14 @@ def test_data_generated(default_run, tmp_path_factory):
     workdir, _ = default_run
     data = workdir.parents[1] / "data" / "shapes"
     train = json.loads((data / "annotations" / "instances_train.json").read_text())
-    assert len(train["images"]) == 32
-    assert len(list((data / "val").glob("*.jpg"))) == 8
+    assert len(train["images"]) == NUM_TRAIN
+    assert len(list((data / "val").glob("*.jpg"))) == NUM_VAL
 
 
 def test_checkpoint_with_a_step(default_run):
     workdir, _ = default_run
     steps = [p for p in (workdir / "checkpoints").iterdir() if p.is_dir() and p.name.isdigit()]
-    assert [p.name for p in steps] == ["1"]
+    assert str(STEPS) in [p.name for p in steps]
     assert (steps[0] / "variables").is_dir()
 
 
@@ -65,7 +67,12 @@ def test_metrics(default_run):
     assert any("loss" in row for row in rows)
     assert any("val/bbox_mAP_50" in row for row in rows)
     final = json.loads((workdir / "final_metrics.json").read_text())
-    assert 0.0 <= final["mAP@0.5"] <= 1.0
+    # The reduced run's floor (measured 2026-11-29, Intel Xeon, 2 cores: mAP@0.5 0.011,
+    # AR@100 0.082, loss 9.28 → 5.88): well above chance, with room for other CPUs.
+    assert final["mAP@0.5"] >= 0.004, final
+    assert final["metrics"]["AR@100"] >= 0.03, final
+    losses = [row["loss"] for row in rows if "loss" in row]
+    assert losses[-1] <= 0.75 * losses[0], losses
     assert final["timings_s"]["total_s"] > 0
 
 

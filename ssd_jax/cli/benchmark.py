@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ssd_jax import host_memory
 from ssd_jax.cli import common
 
 
@@ -94,6 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown backend(s) {', '.join(unknown)}: choose from {', '.join(BACKENDS)}")
     if backends:
+        host_memory.keep_freed_memory()  # as the inference tools (predict, eval) run
         return common.run_cli(
             lambda: _compare(args, overrides, backends), args.verbose, "ssd-jax-benchmark"
         )

@@ -23,6 +23,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from ssd_jax import host_memory
 from ssd_jax.cli import common
 
 
@@ -149,6 +150,7 @@ def _evaluate(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    host_memory.keep_freed_memory()
     args, overrides = common.parse(build_parser(), argv)
 
     def run() -> None:

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ssd_jax import host_memory
 from ssd_jax.cli import common
 
 RESULTS_FILE = "detections.json"
@@ -30,6 +31,7 @@ MANIFEST = ".ssd_jax_predict.json"  # the files a run wrote into OUT
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    host_memory.keep_freed_memory()
     parser = common.make_parser("ssd-jax-predict", __doc__)
     common.add_config_flags(parser)
     parser.add_argument(
