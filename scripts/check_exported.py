@@ -10,7 +10,24 @@ import sys
 import jax
 import numpy as np
 
+from ssd_jax import box_ops
 from ssd_jax.export import runtime
+
+
+def matched(ref, results) -> list[int]:
+    """Per image, how many of the fixture's reference detections ``results`` match (same label,
+    IoU ≥ 0.99, score within 1e-4)."""
+    counts = []
+    for i, ours in enumerate(results):
+        boxes, scores, labels = (ref[f"det_{k}_{i}"] for k in ("bboxes", "scores", "labels"))
+        iou = np.asarray(box_ops.pairwise_iou(boxes, ours["boxes"]))
+        ok = (
+            (ours["labels"][None] == labels[:, None])
+            & (iou >= 0.99)
+            & (np.abs(ours["scores"][None] - scores[:, None]) <= 1e-4)
+        )
+        counts.append(int(ok.any(axis=1).sum()))
+    return counts
 
 
 def main(path: str, fixture: str) -> None:
@@ -18,23 +35,9 @@ def main(path: str, fixture: str) -> None:
     model = runtime.load(path, "jax")
     results = runtime.predict(model, [ref["image_0"], ref["image_1"]])
     print("device", jax.devices()[0].platform, jax.devices()[0].device_kind)
-    for i, ours in enumerate(results):
-        boxes, scores, labels = (ref[f"det_{k}_{i}"] for k in ("bboxes", "scores", "labels"))
-        lt = np.maximum(boxes[:, None, :2], ours["boxes"][None, :, :2])
-        rb = np.minimum(boxes[:, None, 2:], ours["boxes"][None, :, 2:])
-        inter = np.prod(np.clip(rb - lt, 0, None), -1)
-        area = lambda b: np.prod(b[:, 2:] - b[:, :2], -1)  # noqa: E731
-        iou = inter / (area(boxes)[:, None] + area(ours["boxes"])[None] - inter)
-        ok = [
-            np.any(
-                (ours["labels"] == labels[j])
-                & (iou[j] >= 0.99)
-                & (np.abs(ours["scores"] - scores[j]) <= 1e-4)
-            )
-            for j in range(len(scores))
-        ]
+    for i, (count, ours) in enumerate(zip(matched(ref, results), results)):
         print(
-            f"image {i}: {sum(ok)} of {len(scores)} reference detections matched; "
+            f"image {i}: {count} of {len(ref[f'det_scores_{i}'])} reference detections matched; "
             f"{len(ours['scores'])} ours"
         )
 

@@ -10,33 +10,10 @@ import time
 
 import jax
 import numpy as np
+from check_exported import matched  # scripts/ is on sys.path when run as a script
 
 from ssd_jax import Detector
 from ssd_jax.config import load_config
-
-
-def matched(ref, results) -> list[int]:
-    out = []
-    for i, ours in enumerate(results):
-        boxes, scores, labels = (ref[f"det_{k}_{i}"] for k in ("bboxes", "scores", "labels"))
-        lt = np.maximum(boxes[:, None, :2], ours["boxes"][None, :, :2])
-        rb = np.minimum(boxes[:, None, 2:], ours["boxes"][None, :, 2:])
-        inter = np.prod(np.clip(rb - lt, 0, None), -1)
-        area = lambda b: np.prod(b[:, 2:] - b[:, :2], -1)  # noqa: E731
-        iou = inter / (area(boxes)[:, None] + area(ours["boxes"])[None] - inter)
-        out.append(
-            int(
-                sum(
-                    np.any(
-                        (ours["labels"] == labels[j])
-                        & (iou[j] >= 0.99)
-                        & (np.abs(ours["scores"] - scores[j]) <= 1e-4)
-                    )
-                    for j in range(len(scores))
-                )
-            )
-        )
-    return out
 
 
 def main(fixture: str) -> None:

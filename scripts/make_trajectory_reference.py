@@ -27,6 +27,7 @@ import logging
 import lzma
 import math
 import os
+import runpy
 import shutil
 import tempfile
 import types
@@ -38,89 +39,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA_DIR = os.path.join(REPO, "tests", "data", "trajectory")
 FIXTURES = os.environ.get("SSD_JAX_FIXTURES", os.path.join(REPO, "..", "shared", "fixtures"))
 
-# COCO's 80 category ids, ascending (the ids of instances_train2017.json).
-COCO_IDS = (
-    1,
-    2,
-    3,
-    4,
-    5,
-    6,
-    7,
-    8,
-    9,
-    10,
-    11,
-    13,
-    14,
-    15,
-    16,
-    17,
-    18,
-    19,
-    20,
-    21,
-    22,
-    23,
-    24,
-    25,
-    27,
-    28,
-    31,
-    32,
-    33,
-    34,
-    35,
-    36,
-    37,
-    38,
-    39,
-    40,
-    41,
-    42,
-    43,
-    44,
-    46,
-    47,
-    48,
-    49,
-    50,
-    51,
-    52,
-    53,
-    54,
-    55,
-    56,
-    57,
-    58,
-    59,
-    60,
-    61,
-    62,
-    63,
-    64,
-    65,
-    67,
-    70,
-    72,
-    73,
-    74,
-    75,
-    76,
-    77,
-    78,
-    79,
-    80,
-    81,
-    82,
-    84,
-    85,
-    86,
-    87,
-    88,
-    89,
-    90,
-)
+# COCO's 80 category ids, ascending (the ids of instances_train2017.json): ssd_jax's own table,
+# read from its file (mmdetection's environment does not have ssd_jax's dependencies).
+COCO_IDS = runpy.run_path(os.path.join(REPO, "ssd_jax", "coco_classes.py"))["COCO_CATEGORY_IDS"]
 
 # ---------------------------------------------------------------------------------------------
 # The data set

@@ -22,7 +22,7 @@ import numpy as np
 
 from conftest import load_detector, load_meta, load_reference, load_state_dict
 from ssd_jax import objective
-from ssd_jax.assigner import build_targets
+from ssd_jax.assigner import build_targets, max_iou_assign
 from ssd_jax.porting.convert import torch_to_flax_name
 
 LOSS_RTOL_F64, GRAD_TOL_F64 = 1e-6, 1e-5
@@ -152,3 +152,29 @@ def test_gradients_float32(fixture_name, reference):
                 )
     assert determined >= 1
     assert not problems, problems
+
+
+def test_regression_targets_are_float32_values_in_float64_runs(detector, reference):
+    """mmdetection's bbox2delta casts anchors and boxes to float32 (``.float()``) whatever the
+    model's dtype: in a float64 run the targets are float32 values, cast up."""
+    from ssd_jax import box_coder
+
+    cfg = objective.target_settings(detector.config)
+    boxes, labels = ground_truth(reference)
+    with jax.enable_x64(True):
+        anchors = jnp.asarray(detector.flat_anchors, jnp.float64)
+        b, l, v = objective.pad_ground_truth(boxes, labels, dtype=np.float64)
+        t = build_targets(anchors, jnp.asarray(b[0]), l[0], v[0], **cfg)
+        got = np.asarray(t.box_targets)
+        assert got.dtype == np.float64
+        np.testing.assert_array_equal(got, got.astype(np.float32).astype(np.float64))
+        positive = np.asarray(t.positive)
+        assign_cfg = {
+            k: cfg[k] for k in ("pos_iou_thr", "neg_iou_thr", "min_pos_iou", "gt_max_assign_all")
+        }
+        gt_index = np.maximum(np.asarray(max_iou_assign(anchors, b[0], v[0], **assign_cfg)) - 1, 0)
+        in_float64 = np.asarray(
+            box_coder.encode(anchors, jnp.asarray(b[0][gt_index]), cfg["means"], cfg["stds"])
+        )
+        # float64 encoding would differ (the test can tell the two apart)
+        assert np.abs(got[positive] - in_float64[positive]).max() > 0

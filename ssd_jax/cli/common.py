@@ -128,6 +128,18 @@ def setup_logging(verbose: bool = False) -> None:
     root.propagate = False
 
 
+def add_backend_flag(parser: argparse.ArgumentParser, verb: str) -> None:
+    """``--backend jax|onnxruntime|openvino``: what runs the model (``verb``: "run", ...)."""
+    parser.add_argument(
+        "--backend",
+        default="jax",
+        choices=("jax", "onnxruntime", "openvino"),
+        help="jax: the config's network with --checkpoint's weights; "
+        "onnxruntime / openvino: --checkpoint is an exported .onnx "
+        f"(ssd-jax-export), {verb} as deployed",
+    )
+
+
 def add_distributed_flags(parser: argparse.ArgumentParser) -> None:
     """Multi-host flags (SLURM, TPU pods and Open MPI are detected without them)."""
     parser.add_argument(

@@ -88,14 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace metrics.json / results.bbox.json already in --out",
     )
-    parser.add_argument(
-        "--backend",
-        default="jax",
-        choices=("jax", "onnxruntime", "openvino"),
-        help="jax: the config's network with --checkpoint's weights; "
-        "onnxruntime / openvino: --checkpoint is an exported .onnx "
-        "(ssd-jax-export), evaluated as deployed",
-    )
+    common.add_backend_flag(parser, "evaluated")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     common.add_distributed_flags(parser)
     return parser

@@ -61,14 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="",
         help="COCO annotation file whose image ids (matched by file name) the results should carry",
     )
-    parser.add_argument(
-        "--backend",
-        default="jax",
-        choices=("jax", "onnxruntime", "openvino"),
-        help="jax: the config's network with --checkpoint's weights; "
-        "onnxruntime / openvino: --checkpoint is an exported .onnx "
-        "(ssd-jax-export), run as deployed",
-    )
+    common.add_backend_flag(parser, "run")
     parser.add_argument(
         "--overwrite",
         action="store_true",
