@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import importlib
 import os
 import pathlib
@@ -101,14 +100,3 @@ def reference(fixture_name):
 @pytest.fixture(scope="session")
 def detector(fixture_name):
     return load_detector(fixture_name)
-
-
-@pytest.fixture(autouse=True)
-def collect_dropped_loaders():
-    """Collect garbage after each test, while nothing else runs. A train loader with workers
-    that a test drops is otherwise closed by its ``__del__`` whenever the collector happens to
-    run, e.g. inside a later test's grain iterator while it holds its thread pool's lock; grain
-    0.2's process-prefetch close then waited for ever on a dead worker's queue (seen once, in
-    tests/test_data_pipeline.py, in a fresh clone)."""
-    yield
-    gc.collect()

@@ -193,9 +193,8 @@ def test_train_batches_do_not_depend_on_worker_count(train_source, cfg):
     serial = take(
         make_train_loader(train_source, cfg, global_batch_size=4, seed=5, num_workers=0), 3
     )
-    parallel = take(
-        make_train_loader(train_source, cfg, global_batch_size=4, seed=5, num_workers=2), 3
-    )
+    with make_train_loader(train_source, cfg, global_batch_size=4, seed=5, num_workers=2) as loader:
+        parallel = take(loader, 3)
     assert_batches_equal(serial, parallel)
     other_seed = take(
         make_train_loader(train_source, cfg, global_batch_size=4, seed=6, num_workers=0), 3
@@ -210,14 +209,14 @@ def test_train_state_restores_the_next_batches(train_source, cfg, num_workers):
             train_source, cfg, global_batch_size=4, seed=7, num_workers=num_workers
         )
 
-    loader = loader_()
-    take(loader, 2)
-    state = json.loads(json.dumps(loader.get_state()))
-    expected = take(loader, 3)
-    resumed = loader_()
-    resumed.set_state(state)
-    assert resumed.skipped_images == state["skipped_images"]
-    assert_batches_equal(take(resumed, 3), expected)
+    with loader_() as loader:
+        take(loader, 2)
+        state = json.loads(json.dumps(loader.get_state()))
+        expected = take(loader, 3)
+    with loader_() as resumed:
+        resumed.set_state(state)
+        assert resumed.skipped_images == state["skipped_images"]
+        assert_batches_equal(take(resumed, 3), expected)
 
 
 def test_train_processes_read_disjoint_shards(train_source, cfg):

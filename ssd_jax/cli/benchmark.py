@@ -288,11 +288,14 @@ def input_rate(config, batch: int, batches: int = 6) -> dict:
             loader = make_train_loader(
                 source, config, global_batch_size=batch, seed=0, num_workers=workers
             )
-            next(loader)
-            t0 = time.perf_counter()
-            for _ in range(batches):
+            with loader:
                 next(loader)
-            out[f"workers_{workers}_images_per_s"] = batch * batches / (time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                for _ in range(batches):
+                    next(loader)
+                out[f"workers_{workers}_images_per_s"] = (
+                    batch * batches / (time.perf_counter() - t0)
+                )
     return out
 
 

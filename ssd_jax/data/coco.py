@@ -7,6 +7,7 @@ Annotations are parsed as mmdetection's ``CocoDataset.parse_data_info`` (mmdet 3
 training; see ``drop_reason``. Images are filtered as its ``filter_data`` with
 ``filter_cfg=dict(filter_empty_gt=True, min_size=32)``; see ``CocoSource``.
 """
+
 from __future__ import annotations
 
 import collections
@@ -17,7 +18,8 @@ import logging
 import math
 import os
 import reprlib
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 from pycocotools.coco import COCO
@@ -31,8 +33,15 @@ class CocoFormatError(ValueError):
     names the file, the entry (``images[3] (id 7)``) and the problem."""
 
 
-def drop_reason(bbox: Any, area: float, category_known: bool, image_hw: tuple[float, float],
-                *, ignore: bool = False, crowd: bool = False) -> str | None:
+def drop_reason(
+    bbox: Any,
+    area: float,
+    category_known: bool,
+    image_hw: tuple[float, float],
+    *,
+    ignore: bool = False,
+    crowd: bool = False,
+) -> str | None:
     """Why mmdetection leaves an annotation out of SSD's ground truth, or None to keep it.
 
     Checks in mmdet's order: "ignore" (``ann['ignore']``); "non_finite" (a corner x, y, x + w
@@ -89,8 +98,14 @@ class CocoSource:
     image, annotation or category ids.
     """
 
-    def __init__(self, ann_file: str | os.PathLike, img_dir: str | os.PathLike, *,
-                 filter_train: bool = False, min_size: int = 32) -> None:
+    def __init__(
+        self,
+        ann_file: str | os.PathLike,
+        img_dir: str | os.PathLike,
+        *,
+        filter_train: bool = False,
+        min_size: int = 32,
+    ) -> None:
         self.ann_file = os.path.abspath(os.fspath(ann_file))
         self.img_dir = os.path.abspath(os.fspath(img_dir))
         self.filter_train = filter_train
@@ -109,8 +124,9 @@ class CocoSource:
         image_ids, file_names, sizes, boxes, labels, counts = [], [], [], [], [], []
         crowds, crowd_counts = [], []
         for img_id, info in coco.imgs.items():
-            img_boxes, img_labels, img_crowd = self._parse_image(coco.imgToAnns[img_id], info,
-                                                                 cat2label)
+            img_boxes, img_labels, img_crowd = self._parse_image(
+                coco.imgToAnns[img_id], info, cat2label
+            )
             if min_size is not None:
                 reason = _filter_reason(img_id, info, ids_with_known_cat, min_size)
                 if reason:
@@ -125,8 +141,12 @@ class CocoSource:
             crowds.extend(img_crowd)
             crowd_counts.append(len(img_crowd))
         if self.filtered:
-            log.info("%s: left out %d images (%s)", self.ann_file, sum(self.filtered.values()),
-                     dict(self.filtered))
+            log.info(
+                "%s: left out %d images (%s)",
+                self.ann_file,
+                sum(self.filtered.values()),
+                dict(self.filtered),
+            )
         self._image_ids = np.asarray(image_ids, np.int64)
         self._file_names = file_names
         self._sizes = np.asarray(sizes, np.int64).reshape(-1, 2)  # (N, 2) height, width
@@ -136,15 +156,20 @@ class CocoSource:
         self._crowd = np.asarray(crowds, np.float32).reshape(-1, 4)
         self._crowd_offsets = np.concatenate([[0], np.cumsum(crowd_counts, dtype=np.int64)])
 
-    def _parse_image(self, anns: list[dict], info: Mapping[str, Any],
-                     cat2label: Mapping[int, int]
-                     ) -> tuple[list[list[float]], list[int], list[list[float]]]:
+    def _parse_image(
+        self, anns: list[dict], info: Mapping[str, Any], cat2label: Mapping[int, int]
+    ) -> tuple[list[list[float]], list[int], list[list[float]]]:
         """mmdet ``parse_data_info`` for one image → kept xyxy boxes, labels, crowd boxes."""
         boxes, labels, crowd = [], [], []
         for ann in anns:
-            reason = drop_reason(ann["bbox"], ann["area"], ann["category_id"] in cat2label,
-                                 (info["height"], info["width"]), ignore=bool(ann.get("ignore")),
-                                 crowd=bool(ann.get("iscrowd")))
+            reason = drop_reason(
+                ann["bbox"],
+                ann["area"],
+                ann["category_id"] in cat2label,
+                (info["height"], info["width"]),
+                ignore=bool(ann.get("ignore")),
+                crowd=bool(ann.get("iscrowd")),
+            )
             if reason == "crowd":
                 x, y, w, h = (float(v) for v in ann["bbox"])
                 crowd.append([x, y, x + w, y + h])
@@ -166,8 +191,14 @@ class CocoSource:
 
     def _drop(self, ann: Mapping[str, Any], reason: str) -> None:
         self.dropped[reason] += 1
-        log.warning("%s: annotation id %s (image %s, bbox %s): dropped, %s", self.ann_file,
-                    ann["id"], ann["image_id"], ann["bbox"], reason)
+        log.warning(
+            "%s: annotation id %s (image %s, bbox %s): dropped, %s",
+            self.ann_file,
+            ann["id"],
+            ann["image_id"],
+            ann["bbox"],
+            reason,
+        )
 
     def __len__(self) -> int:
         return len(self._image_ids)
@@ -176,18 +207,26 @@ class CocoSource:
         lo, hi = self._offsets[index], self._offsets[index + 1]
         c_lo, c_hi = self._crowd_offsets[index], self._crowd_offsets[index + 1]
         height, width = self._sizes[index]
-        return {"image_id": int(self._image_ids[index]), "file_name": self._file_names[index],
-                "height": int(height), "width": int(width),
-                "boxes": self._boxes[lo:hi].copy(), "labels": self._labels[lo:hi].copy(),
-                "crowd_boxes": self._crowd[c_lo:c_hi].copy()}
+        return {
+            "image_id": int(self._image_ids[index]),
+            "file_name": self._file_names[index],
+            "height": int(height),
+            "width": int(width),
+            "boxes": self._boxes[lo:hi].copy(),
+            "labels": self._labels[lo:hi].copy(),
+            "crowd_boxes": self._crowd[c_lo:c_hi].copy(),
+        }
 
     def __repr__(self) -> str:
-        return (f"CocoSource(ann_file={self.ann_file!r}, img_dir={self.img_dir!r}, "
-                f"filter_train={self.filter_train}, images={len(self)})")
+        return (
+            f"CocoSource(ann_file={self.ann_file!r}, img_dir={self.img_dir!r}, "
+            f"filter_train={self.filter_train}, images={len(self)})"
+        )
 
 
-def _filter_reason(img_id: int, info: Mapping[str, Any], ids_with_known_cat: set[int],
-                   min_size: int) -> str | None:
+def _filter_reason(
+    img_id: int, info: Mapping[str, Any], ids_with_known_cat: set[int], min_size: int
+) -> str | None:
     if img_id not in ids_with_known_cat:
         return "no_annotations"
     if min(info["width"], info["height"]) < min_size:
@@ -200,21 +239,24 @@ def _load_json(path: str) -> dict[str, Any]:
         with open(path, "rb") as f:
             data = json.load(f)
     except json.JSONDecodeError as e:
-        raise CocoFormatError(f"{path}: unreadable or truncated JSON at line {e.lineno} column "
-                              f"{e.colno} (char {e.pos}): {e.msg}") from e
+        raise CocoFormatError(
+            f"{path}: unreadable or truncated JSON at line {e.lineno} column "
+            f"{e.colno} (char {e.pos}): {e.msg}"
+        ) from e
     except UnicodeDecodeError as e:
         raise CocoFormatError(f"{path}: not UTF-8 JSON: {e}") from e
     except (ValueError, RecursionError) as e:  # an integer of > 4300 digits; deep nesting
         raise CocoFormatError(f"{path}: unreadable JSON: {e}") from e
     if not isinstance(data, dict):
-        raise CocoFormatError(f"{path}: expected a JSON object at the top, got "
-                              f"{type(data).__name__}")
+        raise CocoFormatError(
+            f"{path}: expected a JSON object at the top, got {type(data).__name__}"
+        )
     _validate(path, data)
     return data
 
 
 def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and -2**63 <= v < 2**63
+    return isinstance(v, int) and not isinstance(v, bool) and -(2**63) <= v < 2**63
 
 
 def _is_number(v: Any) -> bool:
@@ -238,12 +280,19 @@ def _is_text(v: Any) -> bool:
 #: What each entry must hold: key -> (check, what the value must be). NaN, infinite or negative
 #: box numbers pass here; ``drop_reason`` drops and counts those boxes.
 _FIELDS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
-    "images": {"id": (_is_int, "an integer"), "file_name": (_is_text, "a non-empty string"),
-               "height": (_is_size, "a positive integer"),
-               "width": (_is_size, "a positive integer")},
-    "annotations": {"id": (_is_int, "an integer"), "image_id": (_is_int, "an integer"),
-                    "category_id": (_is_int, "an integer"),
-                    "bbox": (_is_xywh, "[x, y, w, h] numbers"), "area": (_is_number, "a number")},
+    "images": {
+        "id": (_is_int, "an integer"),
+        "file_name": (_is_text, "a non-empty string"),
+        "height": (_is_size, "a positive integer"),
+        "width": (_is_size, "a positive integer"),
+    },
+    "annotations": {
+        "id": (_is_int, "an integer"),
+        "image_id": (_is_int, "an integer"),
+        "category_id": (_is_int, "an integer"),
+        "bbox": (_is_xywh, "[x, y, w, h] numbers"),
+        "area": (_is_number, "a number"),
+    },
     "categories": {"id": (_is_int, "an integer"), "name": (_is_text, "a non-empty string")},
 }
 #: Optional annotation flags, read as true/false (as mmdetection does): numbers or booleans.
@@ -263,21 +312,25 @@ def _validate(path: str, data: Mapping[str, Any]) -> None:
         for i, entry in enumerate(entries):
             missing = [k for k in fields if not isinstance(entry, dict) or k not in entry]
             if missing:
-                raise CocoFormatError(f"{path}: {section}[{i}] lacks {missing}: "
-                                      f"{reprlib.repr(entry)}")
+                raise CocoFormatError(
+                    f"{path}: {section}[{i}] lacks {missing}: {reprlib.repr(entry)}"
+                )
             where = f"{path}: {section}[{i}] (id {reprlib.repr(entry['id'])})"
             for key, (check, what) in fields.items():
                 if not check(entry[key]):
-                    raise CocoFormatError(f"{where} {key} is not {what}: "
-                                          f"{reprlib.repr(entry[key])}")
+                    raise CocoFormatError(
+                        f"{where} {key} is not {what}: {reprlib.repr(entry[key])}"
+                    )
             for key in _FLAGS if section == "annotations" else ():
                 if key in entry and not (_is_number(entry[key]) or isinstance(entry[key], bool)):
-                    raise CocoFormatError(f"{where} {key} is not a number or true/false: "
-                                          f"{reprlib.repr(entry[key])}")
+                    raise CocoFormatError(
+                        f"{where} {key} is not a number or true/false: {reprlib.repr(entry[key])}"
+                    )
             j = first_index.setdefault(entry["id"], i)
             if j != i:
-                raise CocoFormatError(f"{path}: {section}[{i}] repeats id {entry['id']} of "
-                                      f"{section}[{j}]")
+                raise CocoFormatError(
+                    f"{path}: {section}[{i}] repeats id {entry['id']} of {section}[{j}]"
+                )
 
 
 def _build_coco(path: str, data: dict[str, Any]) -> COCO:
@@ -286,6 +339,11 @@ def _build_coco(path: str, data: dict[str, Any]) -> COCO:
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
-    log.debug("%s: %d images, %d annotations, %d categories", path, len(coco.imgs),
-              len(coco.anns), len(coco.cats))
+    log.debug(
+        "%s: %d images, %d annotations, %d categories",
+        path,
+        len(coco.imgs),
+        len(coco.anns),
+        len(coco.cats),
+    )
     return coco

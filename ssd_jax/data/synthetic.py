@@ -11,6 +11,7 @@ size. Boxes are the tight boxes of each whole shape's pixels (occluded parts inc
 the image. The same seed gives the same bytes; images are seeded one by one, so the train set
 does not depend on ``num_val``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,26 +19,31 @@ import json
 import os
 import pathlib
 import time
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
 
 SHAPE_CLASSES = ("ellipse", "rectangle", "triangle", "star")
-MIN_SIZE, MAX_SIZE = 0.125, 0.5   # sqrt(w·h) of a shape before rotation, fraction of the image
-MAX_ASPECT = 2.0                  # w / h in [1/MAX_ASPECT, MAX_ASPECT]
+MIN_SIZE, MAX_SIZE = 0.125, 0.5  # sqrt(w·h) of a shape before rotation, fraction of the image
+MAX_ASPECT = 2.0  # w / h in [1/MAX_ASPECT, MAX_ASPECT]
 MAX_ROTATION = np.deg2rad(30.0)
 MAX_OBJECTS = 6
-MIN_VISIBLE = 0.5                 # fraction of a shape's pixels left uncovered by later shapes
-MIN_BOX_SIDE = 4                  # px, after clipping to the image
-MIN_CONTRAST = 90.0               # mean |shape colour − pixels beneath| summed over RGB
-BLOTCH_AMPLITUDE = 70.0           # ± per channel around the background colour
+MIN_VISIBLE = 0.5  # fraction of a shape's pixels left uncovered by later shapes
+MIN_BOX_SIDE = 4  # px, after clipping to the image
+MIN_CONTRAST = 90.0  # mean |shape colour − pixels beneath| summed over RGB
+BLOTCH_AMPLITUDE = 70.0  # ± per channel around the background colour
 JPEG_QUALITY = 92
-_SHIFT = 4                        # cv2.fillPoly sub-pixel bits
+_SHIFT = 4  # cv2.fillPoly sub-pixel bits
 
 
-def write_shapes_dataset(root: str | os.PathLike, num_train: int = 3000, num_val: int = 200,
-                         image_size: int = 128, seed: int = 0) -> dict[str, str]:
+def write_shapes_dataset(
+    root: str | os.PathLike,
+    num_train: int = 3000,
+    num_val: int = 200,
+    image_size: int = 128,
+    seed: int = 0,
+) -> dict[str, str]:
     """Write the data set under ``root``; returns the paths of its annotation files and folders.
 
     Keys: ``'root'``, ``'train_images'``, ``'val_images'``, ``'train_annotations'``,
@@ -55,8 +61,7 @@ def write_shapes_dataset(root: str | os.PathLike, num_train: int = 3000, num_val
     return paths
 
 
-def write_split(image_dir: pathlib.Path, count: int, image_size: int, seed: Sequence[int]
-                ) -> dict:
+def write_split(image_dir: pathlib.Path, count: int, image_size: int, seed: Sequence[int]) -> dict:
     """Write ``count`` JPEGs to ``image_dir``; returns their COCO ``instances`` dict."""
     image_dir.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
@@ -68,20 +73,35 @@ def write_split(image_dir: pathlib.Path, count: int, image_size: int, seed: Sequ
         if not ok:
             raise RuntimeError(f"JPEG encoding of {file_name} failed")
         (image_dir / file_name).write_bytes(data.tobytes())
-        images.append({"id": i + 1, "file_name": file_name, "height": image_size,
-                       "width": image_size})
+        images.append(
+            {"id": i + 1, "file_name": file_name, "height": image_size, "width": image_size}
+        )
         for label, box, area in objects:
-            annotations.append({"id": len(annotations) + 1, "image_id": i + 1,
-                                "category_id": label + 1, "bbox": box, "area": area,
-                                "iscrowd": 0})
-    categories = [{"id": k + 1, "name": name, "supercategory": "shape"}
-                  for k, name in enumerate(SHAPE_CLASSES)]
-    return {"info": {"description": "ssd_jax synthetic shapes", "seed": list(seed)},
-            "images": images, "annotations": annotations, "categories": categories}
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": i + 1,
+                    "category_id": label + 1,
+                    "bbox": box,
+                    "area": area,
+                    "iscrowd": 0,
+                }
+            )
+    categories = [
+        {"id": k + 1, "name": name, "supercategory": "shape"}
+        for k, name in enumerate(SHAPE_CLASSES)
+    ]
+    return {
+        "info": {"description": "ssd_jax synthetic shapes", "seed": list(seed)},
+        "images": images,
+        "annotations": annotations,
+        "categories": categories,
+    }
 
 
-def render_image(rng: np.random.Generator, size: int
-                 ) -> tuple[np.ndarray, list[tuple[int, list[float], float]]]:
+def render_image(
+    rng: np.random.Generator, size: int
+) -> tuple[np.ndarray, list[tuple[int, list[float], float]]]:
     """One uint8 RGB (size, size, 3) image and its objects ``(label, [x, y, w, h] px, area px²)``.
 
     ``area`` is the shape's pixel count inside the image (COCO's small/medium/large ranges).
@@ -103,8 +123,9 @@ def render_image(rng: np.random.Generator, size: int
     return np.clip(image, 0, 255, out=image).astype(np.uint8), objects
 
 
-def place_shape(rng: np.random.Generator, size: int, owner: np.ndarray, areas: list[int],
-                tries: int = 20) -> Optional[tuple[int, np.ndarray]]:
+def place_shape(
+    rng: np.random.Generator, size: int, owner: np.ndarray, areas: list[int], tries: int = 20
+) -> tuple[int, np.ndarray] | None:
     """A random shape's label and (size, size) bool mask that leaves earlier shapes visible."""
     for _ in range(tries):
         label = int(rng.integers(len(SHAPE_CLASSES)))
@@ -176,13 +197,15 @@ def background(rng: np.random.Generator, size: int) -> np.ndarray:
     if kind == 2:
         cells = int(rng.integers(3, 7))
         blotches = rng.uniform(-BLOTCH_AMPLITUDE, BLOTCH_AMPLITUDE, (cells, cells, 3))
-        blotches = cv2.resize(blotches.astype(np.float32), (size, size),
-                              interpolation=cv2.INTER_CUBIC)
+        blotches = cv2.resize(
+            blotches.astype(np.float32), (size, size), interpolation=cv2.INTER_CUBIC
+        )
         return (c0 + blotches).clip(0, 255)
     angle = rng.uniform(0, np.pi)
     coords = np.arange(size, dtype=np.float32)
     along = coords[None, :] * np.cos(angle, dtype=np.float32) + coords[:, None] * np.sin(
-        angle, dtype=np.float32)
+        angle, dtype=np.float32
+    )
     if kind == 0:
         t = (along - along.min()) / max(float(np.ptp(along)), 1.0)
     else:
@@ -193,7 +216,7 @@ def background(rng: np.random.Generator, size: int) -> np.ndarray:
     return c0 + (c1 - c0) * t[..., None]
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("out_dir")
     parser.add_argument("--num-train", type=int, default=3000)
@@ -201,11 +224,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    print(f"writing {args.num_train} train + {args.num_val} val images of {args.image_size} px "
-          f"to {args.out_dir} ...", flush=True)
+    print(
+        f"writing {args.num_train} train + {args.num_val} val images of {args.image_size} px "
+        f"to {args.out_dir} ...",
+        flush=True,
+    )
     start = time.time()
-    paths = write_shapes_dataset(args.out_dir, args.num_train, args.num_val, args.image_size,
-                                 args.seed)
+    paths = write_shapes_dataset(
+        args.out_dir, args.num_train, args.num_val, args.image_size, args.seed
+    )
     print(f"done in {time.time() - start:.1f} s")
     for key, path in paths.items():
         print(f"  {key}: {path}")

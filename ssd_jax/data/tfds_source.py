@@ -8,6 +8,7 @@ its version ("coco/2017:1.1.0"): it then builds the dataset from the files' meta
 without a version makes TFDS construct the dataset's builder class, and COCO's builder needs
 TensorFlow (its ``_info`` uses ``tf.int64``).
 """
+
 from __future__ import annotations
 
 import os
@@ -17,9 +18,11 @@ import numpy as np
 
 from ssd_jax.data.coco import drop_reason
 
-_NEEDS_TF = ("TFDS needs TensorFlow to construct the builder of {name!r}: pip install "
-             "tensorflow-cpu to use TFDS sources, or name a prepared dataset with its version "
-             "(e.g. 'coco/2017:1.1.0'), which TFDS reads from data_dir without TensorFlow.")
+_NEEDS_TF = (
+    "TFDS needs TensorFlow to construct the builder of {name!r}: pip install "
+    "tensorflow-cpu to use TFDS sources, or name a prepared dataset with its version "
+    "(e.g. 'coco/2017:1.1.0'), which TFDS reads from data_dir without TensorFlow."
+)
 
 
 class TfdsSource:
@@ -39,8 +42,12 @@ class TfdsSource:
     ``filter_train``: finding empty images would mean decoding the whole split first.
     """
 
-    def __init__(self, name: str = "coco/2017", split: str = "train",
-                 data_dir: str | os.PathLike | None = None) -> None:
+    def __init__(
+        self,
+        name: str = "coco/2017",
+        split: str = "train",
+        data_dir: str | os.PathLike | None = None,
+    ) -> None:
         import tensorflow_datasets as tfds
 
         self.name, self.split = name, split
@@ -50,8 +57,7 @@ class TfdsSource:
             if "tensorflow" in str(e) and "tensorflow_datasets" not in str(e):
                 raise ModuleNotFoundError(_NEEDS_TF.format(name=name)) from e
             raise
-        self.class_names: list[str] = list(
-            self._ds.dataset_info.features["objects"]["label"].names)
+        self.class_names: list[str] = list(self._ds.dataset_info.features["objects"]["label"].names)
 
     def __len__(self) -> int:
         return len(self._ds)
@@ -73,15 +79,22 @@ def example_to_record(example: dict[str, Any]) -> dict[str, Any]:
     labels = np.asarray(objects["label"], np.int64).reshape(-1)
     crowd = np.asarray(objects["is_crowd"], bool).reshape(-1)
     if not len(xyxy) == len(labels) == len(crowd):
-        raise ValueError(f"image {example['image/id']}: objects have {len(xyxy)} bboxes, "
-                         f"{len(labels)} labels and {len(crowd)} is_crowd flags")
+        raise ValueError(
+            f"image {example['image/id']}: objects have {len(xyxy)} bboxes, "
+            f"{len(labels)} labels and {len(crowd)} is_crowd flags"
+        )
     reasons = [_reason(box, bool(c), (height, width)) for box, c in zip(xyxy, crowd)]
     keep = np.array([r is None for r in reasons], bool)
     is_crowd = np.array([r == "crowd" for r in reasons], bool)
-    return {"image_id": int(example["image/id"]), "image": image, "height": int(height),
-            "width": int(width), "boxes": xyxy[keep].astype(np.float32).reshape(-1, 4),
-            "labels": labels[keep].astype(np.int32),
-            "crowd_boxes": xyxy[is_crowd].astype(np.float32).reshape(-1, 4)}
+    return {
+        "image_id": int(example["image/id"]),
+        "image": image,
+        "height": int(height),
+        "width": int(width),
+        "boxes": xyxy[keep].astype(np.float32).reshape(-1, 4),
+        "labels": labels[keep].astype(np.int32),
+        "crowd_boxes": xyxy[is_crowd].astype(np.float32).reshape(-1, 4),
+    }
 
 
 def _reason(xyxy: np.ndarray, crowd: bool, image_hw: tuple[int, int]) -> str | None:

@@ -20,9 +20,11 @@ RGB throughout. This changes no result: the Expand canvas is filled with the mea
 channel order, OpenCV's RGB↔HSV on RGB equals BGR↔HSV on BGR, and PhotoMetricDistortion's random
 channel permutation is uniform over all six orders either way.
 """
+
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -52,9 +54,15 @@ class CropResult(NamedTuple):
     patch: tuple[int, int, int, int]
 
 
-def expand(image: np.ndarray, boxes: np.ndarray, rng: np.random.Generator, *,
-           mean: Sequence[float], ratio_range: Sequence[float] = (1.0, 4.0),
-           prob: float = EXPAND_PROB) -> tuple[np.ndarray, np.ndarray]:
+def expand(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    mean: Sequence[float],
+    ratio_range: Sequence[float] = (1.0, 4.0),
+    prob: float = EXPAND_PROB,
+) -> tuple[np.ndarray, np.ndarray]:
     """mmdet ``Expand``: with probability ``prob``, place the image on a larger mean-filled canvas.
 
     The canvas is (int(h·r), int(w·r), 3) with r ~ U(ratio_range), filled with ``mean`` (RGB,
@@ -70,14 +78,19 @@ def expand(image: np.ndarray, boxes: np.ndarray, rng: np.random.Generator, *,
     canvas[...] = np.asarray(mean, np.float64).astype(image.dtype)
     left = int(rng.uniform(0.0, w * ratio - w))
     top = int(rng.uniform(0.0, h * ratio - h))
-    canvas[top:top + h, left:left + w] = image
+    canvas[top : top + h, left : left + w] = image
     shift = np.array([left, top, left, top], np.float32)
     return canvas, (boxes + shift).astype(np.float32)
 
 
-def min_iou_random_crop(image: np.ndarray, boxes: np.ndarray, rng: np.random.Generator, *,
-                        min_ious: Sequence[float] = (0.1, 0.3, 0.5, 0.7, 0.9),
-                        min_crop_size: float = 0.3) -> CropResult:
+def min_iou_random_crop(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    min_ious: Sequence[float] = (0.1, 0.3, 0.5, 0.7, 0.9),
+    min_crop_size: float = 0.3,
+) -> CropResult:
     """mmdet ``MinIoURandomCrop``: a random patch overlapping every box by at least a random IoU.
 
     A mode is drawn uniformly from ``(1, *min_ious, 0)`` (mmdet's ``sample_mode``, including the
@@ -107,8 +120,9 @@ def min_iou_random_crop(image: np.ndarray, boxes: np.ndarray, rng: np.random.Gen
     return CropResult(image, boxes, np.ones(len(boxes), bool), (0, 0, w, h))
 
 
-def _sample_patch(h: int, w: int, min_crop_size: float,
-                  rng: np.random.Generator) -> tuple[int, int, int, int] | None:
+def _sample_patch(
+    h: int, w: int, min_crop_size: float, rng: np.random.Generator
+) -> tuple[int, int, int, int] | None:
     """One candidate patch (x1, y1, x2, y2) in int pixels, or None when mmdet would reject it."""
     new_w = rng.uniform(min_crop_size * w, w)
     new_h = rng.uniform(min_crop_size * h, h)
@@ -151,8 +165,9 @@ def _centres_inside(boxes: np.ndarray, patch: Sequence[int]) -> np.ndarray:
     return (cx > patch[0]) & (cy > patch[1]) & (cx < patch[2]) & (cy < patch[3])
 
 
-def _crop(image: np.ndarray, boxes: np.ndarray, keep: np.ndarray,
-          patch: tuple[int, int, int, int]) -> CropResult:
+def _crop(
+    image: np.ndarray, boxes: np.ndarray, keep: np.ndarray, patch: tuple[int, int, int, int]
+) -> CropResult:
     x1, y1, x2, y2 = patch
     kept = boxes[keep] - np.array([x1, y1, x1, y1], np.float32)
     kept[:, 0::2] = np.clip(kept[:, 0::2], 0, x2 - x1)
@@ -179,8 +194,9 @@ def flip_horizontal(image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, n
     return np.ascontiguousarray(image[:, ::-1]), flipped
 
 
-def random_flip(image: np.ndarray, boxes: np.ndarray, rng: np.random.Generator, *,
-                prob: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+def random_flip(
+    image: np.ndarray, boxes: np.ndarray, rng: np.random.Generator, *, prob: float = 0.5
+) -> tuple[np.ndarray, np.ndarray]:
     """mmdet ``RandomFlip(prob)``, default direction: horizontal with probability ``prob``."""
     if rng.uniform(0.0, 1.0) < prob:
         return flip_horizontal(image, boxes)
@@ -189,29 +205,39 @@ def random_flip(image: np.ndarray, boxes: np.ndarray, rng: np.random.Generator, 
 
 class PhotometricParams(NamedTuple):
     """One draw of mmdetection's ``PhotoMetricDistortion._random_flags`` (same order)."""
-    mode: int            # 1: contrast before the HSV steps, 0: after
+
+    mode: int  # 1: contrast before the HSV steps, 0: after
     brightness_on: bool
     contrast_on: bool
     saturation_on: bool
     hue_on: bool
     swap_on: bool
-    delta: float         # brightness, added
-    alpha: float         # contrast, multiplied
-    saturation: float    # S multiplied
-    hue: float           # degrees added to H
-    order: np.ndarray    # (3,) channel permutation
+    delta: float  # brightness, added
+    alpha: float  # contrast, multiplied
+    saturation: float  # S multiplied
+    hue: float  # degrees added to H
+    order: np.ndarray  # (3,) channel permutation
 
 
-def draw_photometric(rng: np.random.Generator, *, brightness_delta: float = 32,
-                     contrast_range: Sequence[float] = (0.5, 1.5),
-                     saturation_range: Sequence[float] = (0.5, 1.5),
-                     hue_delta: float = 18) -> PhotometricParams:
+def draw_photometric(
+    rng: np.random.Generator,
+    *,
+    brightness_delta: float = 32,
+    contrast_range: Sequence[float] = (0.5, 1.5),
+    saturation_range: Sequence[float] = (0.5, 1.5),
+    hue_delta: float = 18,
+) -> PhotometricParams:
     """The random choices of one distortion: six coin flips, then the values (mmdet's order)."""
     flags = rng.integers(2, size=6)
     return PhotometricParams(
-        int(flags[0]), *map(bool, flags[1:]), rng.uniform(-brightness_delta, brightness_delta),
-        rng.uniform(*contrast_range), rng.uniform(*saturation_range),
-        rng.uniform(-hue_delta, hue_delta), rng.permutation(3))
+        int(flags[0]),
+        *map(bool, flags[1:]),
+        rng.uniform(-brightness_delta, brightness_delta),
+        rng.uniform(*contrast_range),
+        rng.uniform(*saturation_range),
+        rng.uniform(-hue_delta, hue_delta),
+        rng.permutation(3),
+    )
 
 
 def apply_photometric(image: np.ndarray, p: PhotometricParams) -> np.ndarray:
@@ -247,16 +273,18 @@ def apply_photometric(image: np.ndarray, p: PhotometricParams) -> np.ndarray:
     return img
 
 
-def photometric_distortion(image: np.ndarray, rng: np.random.Generator, **ranges: Any
-                           ) -> np.ndarray:
+def photometric_distortion(
+    image: np.ndarray, rng: np.random.Generator, **ranges: Any
+) -> np.ndarray:
     """mmdet ``PhotoMetricDistortion``: ``apply_photometric(image, draw_photometric(rng,
     **ranges))``. Image RGB here, BGR in mmdetection: OpenCV's RGB↔HSV on RGB equals BGR↔HSV on
     BGR, and the permutation is uniform over the six orders either way."""
     return apply_photometric(image, draw_photometric(rng, **ranges))
 
 
-def train_transform(record: dict[str, Any], image: np.ndarray, rng: np.random.Generator,
-                    cfg: Any) -> dict[str, np.ndarray]:
+def train_transform(
+    record: dict[str, Any], image: np.ndarray, rng: np.random.Generator, cfg: Any
+) -> dict[str, np.ndarray]:
     """mmdetection's SSD train pipeline on one decoded image.
 
     Args:
@@ -289,15 +317,21 @@ def train_transform(record: dict[str, Any], image: np.ndarray, rng: np.random.Ge
     is_gt = np.arange(len(boxes)) < len(labels)
     image, boxes = expand(image, boxes, rng, mean=cfg.model.mean, ratio_range=aug.expand_ratio)
     if aug.min_iou_crop:
-        crop = min_iou_random_crop(image, boxes, rng, min_ious=aug.min_ious,
-                                   min_crop_size=aug.min_crop_size)
+        crop = min_iou_random_crop(
+            image, boxes, rng, min_ious=aug.min_ious, min_crop_size=aug.min_crop_size
+        )
         image, boxes, is_gt = crop.image, crop.boxes, is_gt[crop.keep]
-        labels = labels[crop.keep[:len(labels)]]
+        labels = labels[crop.keep[: len(labels)]]
     image, boxes = resize(image, boxes, cfg.input_size)
     image, boxes = random_flip(image, boxes, rng, prob=aug.flip_prob)
     if aug.photometric:
         image = photometric_distortion(
-            image, rng, brightness_delta=aug.brightness_delta, contrast_range=aug.contrast_range,
-            saturation_range=aug.saturation_range, hue_delta=aug.hue_delta)
+            image,
+            rng,
+            brightness_delta=aug.brightness_delta,
+            contrast_range=aug.contrast_range,
+            saturation_range=aug.saturation_range,
+            hue_delta=aug.hue_delta,
+        )
     boxes = boxes[is_gt]
     return {"image": image, "boxes": boxes, "labels": labels}

@@ -10,6 +10,7 @@ indices (all four coordinates shift; widths are ``x2 - x1 + 1`` in the legacy co
 mmdetection's VOC metric uses). Objects of unknown class names are skipped, a missing
 ``<difficult>`` means 0, and a missing ``<size>`` is read from the image.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,9 +22,27 @@ import numpy as np
 from PIL import Image
 
 VOC_CLASSES = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
-    "tvmonitor")
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
 
 
 class VocSource:
@@ -88,10 +107,15 @@ def parse_voc_xml(root: ET.Element, image_path: str) -> dict[str, Any]:
             continue
         flag = obj.find("difficult")
         bndbox = obj.find("bndbox")
-        boxes.append([int(float(bndbox.find(k).text)) - 1
-                      for k in ("xmin", "ymin", "xmax", "ymax")])
+        boxes.append(
+            [int(float(bndbox.find(k).text)) - 1 for k in ("xmin", "ymin", "xmax", "ymax")]
+        )
         labels.append(VOC_CLASSES.index(name))
         difficult.append(flag is not None and int(flag.text) != 0)
-    return {"height": height, "width": width,
-            "boxes": np.array(boxes, np.float32).reshape(-1, 4),
-            "labels": np.array(labels, np.int32), "difficult": np.array(difficult, bool)}
+    return {
+        "height": height,
+        "width": width,
+        "boxes": np.array(boxes, np.float32).reshape(-1, 4),
+        "labels": np.array(labels, np.int32),
+        "difficult": np.array(difficult, bool),
+    }

@@ -116,106 +116,112 @@ def train_and_evaluate(
         num_workers=config.data.workers,
         shuffle=config.data.get("shuffle", True),
     )
-    history: dict[str, list] = {"step": [], "loss": [], "eval_step": [], "mAP": []}
-    if resume and checkpointer.latest_step() is not None:
-        state, meta = checkpointer.restore(state)
-        loader.set_state(meta["data_state"])
-        history = meta.get("history", history)
-        log.info("resumed from step %d", int(state.step))
-    else:
-        variables = initial_variables(config, state.variables)
-        state = create_train_state(variables, tx, t.seed)
+    try:
+        history: dict[str, list] = {"step": [], "loss": [], "eval_step": [], "mAP": []}
+        if resume and checkpointer.latest_step() is not None:
+            state, meta = checkpointer.restore(state)
+            loader.set_state(meta["data_state"])
+            history = meta.get("history", history)
+            log.info("resumed from step %d", int(state.step))
+        else:
+            variables = initial_variables(config, state.variables)
+            state = create_train_state(variables, tx, t.seed)
 
-    p_step = make_p_train_step(config, tx, np.concatenate(anchors), global_batch)
-    p_detect = make_p_detect(config, eval_model, anchors) if val_source is not None else None
-    writer = MetricWriter(workdir)
-    start = int(state.step)
-    pstate = replicate(state)
-    metrics: dict[str, float] = {}
-    last_eval: dict[str, Any] = {}
-    # Log lines above the bar, never on its line.
-    with logging_redirect_tqdm(loggers=[logging.getLogger("ssd_jax")]):
-        bar = tqdm(
-            total=total_steps,
-            initial=start,
-            desc="train",
-            unit="step",
-            dynamic_ncols=True,
-            disable=jax.process_index() != 0,
-        )
-        tick, tick_step = time.time(), start
-        for step in range(start, total_steps):
-            batch = next(loader)
-            pstate, pmetrics = p_step(
-                pstate,
-                shard_batch({k: batch[k] for k in ("image", "boxes", "labels", "valid")}, devices),
+        p_step = make_p_train_step(config, tx, np.concatenate(anchors), global_batch)
+        p_detect = make_p_detect(config, eval_model, anchors) if val_source is not None else None
+        writer = MetricWriter(workdir)
+        start = int(state.step)
+        pstate = replicate(state)
+        metrics: dict[str, float] = {}
+        last_eval: dict[str, Any] = {}
+        # Log lines above the bar, never on its line.
+        with logging_redirect_tqdm(loggers=[logging.getLogger("ssd_jax")]):
+            bar = tqdm(
+                total=total_steps,
+                initial=start,
+                desc="train",
+                unit="step",
+                dynamic_ncols=True,
+                disable=jax.process_index() != 0,
             )
-            done = step + 1
-            epoch_end = done % steps_per_epoch == 0
-            if done % t.log_every == 0 or done == total_steps or epoch_end:
-                m = jax.tree.map(lambda a: float(np.asarray(a)[0]), pmetrics)
-                # The longest streak so far, so that one between two log steps is not missed.
-                longest = int(np.asarray(pstate.nonfinite_longest)[0])
-                rate = (done - tick_step) * global_batch / max(time.time() - tick, 1e-9)
-                tick, tick_step = time.time(), done
-                metrics = {
-                    "loss": m["loss"],
-                    "loss_cls": m["loss_cls"],
-                    "loss_bbox": m["loss_bbox"],
-                    "lr": float(schedule(step)),
-                    "images_per_s": rate,
-                    "nonfinite_total": int(np.asarray(pstate.nonfinite_total)[0]),
-                    "skipped_images": loader.skipped_images,
-                }
-                writer.write(done, metrics)
-                history["step"].append(done)
-                history["loss"].append(m["loss"])
-                bar.set_postfix(
-                    loss=f"{m['loss']:.3f}",
-                    cls=f"{m['loss_cls']:.3f}",
-                    box=f"{m['loss_bbox']:.3f}",
-                    lr=f"{metrics['lr']:.2e}",
-                    img_s=f"{rate:.1f}",
+            tick, tick_step = time.time(), start
+            for step in range(start, total_steps):
+                batch = next(loader)
+                pstate, pmetrics = p_step(
+                    pstate,
+                    shard_batch(
+                        {k: batch[k] for k in ("image", "boxes", "labels", "valid")}, devices
+                    ),
                 )
-                if longest >= t.max_nonfinite_in_row:
-                    raise NonFiniteLossError(
-                        f"{longest} consecutive steps, by step {done}, had a non-finite loss "
-                        f"(updates skipped; last batch image ids {batch['image_id'].tolist()}). "
-                        "Try a lower optimizer.lr or a longer warm-up, and check the data for "
-                        "broken boxes."
+                done = step + 1
+                epoch_end = done % steps_per_epoch == 0
+                if done % t.log_every == 0 or done == total_steps or epoch_end:
+                    m = jax.tree.map(lambda a: float(np.asarray(a)[0]), pmetrics)
+                    # The longest streak so far, so that one between two log steps is not missed.
+                    longest = int(np.asarray(pstate.nonfinite_longest)[0])
+                    rate = (done - tick_step) * global_batch / max(time.time() - tick, 1e-9)
+                    tick, tick_step = time.time(), done
+                    metrics = {
+                        "loss": m["loss"],
+                        "loss_cls": m["loss_cls"],
+                        "loss_bbox": m["loss_bbox"],
+                        "lr": float(schedule(step)),
+                        "images_per_s": rate,
+                        "nonfinite_total": int(np.asarray(pstate.nonfinite_total)[0]),
+                        "skipped_images": loader.skipped_images,
+                    }
+                    writer.write(done, metrics)
+                    history["step"].append(done)
+                    history["loss"].append(m["loss"])
+                    bar.set_postfix(
+                        loss=f"{m['loss']:.3f}",
+                        cls=f"{m['loss_cls']:.3f}",
+                        box=f"{m['loss_bbox']:.3f}",
+                        lr=f"{metrics['lr']:.2e}",
+                        img_s=f"{rate:.1f}",
                     )
-            bar.update(1)
-            epoch = done // steps_per_epoch
-            evaluate_now = (
-                epoch_end
-                and val_source is not None
-                and t.eval_every_epochs > 0
-                and epoch % t.eval_every_epochs == 0
-            ) or (done == total_steps and val_source)
-            if evaluate_now:
-                last_eval = validate(p_detect, pstate, val_source, config)
-                history["eval_step"].append(done)
-                history["mAP"].append(last_eval["mAP@0.5"])
-                writer.write(
-                    done, {f"val/{k}": v for k, v in last_eval.items() if isinstance(v, float)}
-                )
-            if done % t.ckpt_every == 0 or epoch_end or done == total_steps:
-                host_state = unreplicate(pstate)
-                checkpointer.save(
-                    done,
-                    host_state,
-                    {
-                        "data_state": loader.get_state(),
-                        "epoch": epoch,
-                        "config": config.name,
-                        "class_names": list(config.class_names),
-                        "category_ids": list(config.category_ids),
-                        "history": history,
-                        "metrics": {k: v for k, v in last_eval.items() if isinstance(v, float)},
-                    },
-                    metrics=last_eval if evaluate_now else None,
-                )
-        bar.close()
+                    if longest >= t.max_nonfinite_in_row:
+                        ids = batch["image_id"].tolist()
+                        raise NonFiniteLossError(
+                            f"{longest} consecutive steps, by step {done}, had a non-finite loss "
+                            f"(updates skipped; last batch image ids {ids}). "
+                            "Try a lower optimizer.lr or a longer warm-up, and check the data for "
+                            "broken boxes."
+                        )
+                bar.update(1)
+                epoch = done // steps_per_epoch
+                evaluate_now = (
+                    epoch_end
+                    and val_source is not None
+                    and t.eval_every_epochs > 0
+                    and epoch % t.eval_every_epochs == 0
+                ) or (done == total_steps and val_source)
+                if evaluate_now:
+                    last_eval = validate(p_detect, pstate, val_source, config)
+                    history["eval_step"].append(done)
+                    history["mAP"].append(last_eval["mAP@0.5"])
+                    writer.write(
+                        done, {f"val/{k}": v for k, v in last_eval.items() if isinstance(v, float)}
+                    )
+                if done % t.ckpt_every == 0 or epoch_end or done == total_steps:
+                    host_state = unreplicate(pstate)
+                    checkpointer.save(
+                        done,
+                        host_state,
+                        {
+                            "data_state": loader.get_state(),
+                            "epoch": epoch,
+                            "config": config.name,
+                            "class_names": list(config.class_names),
+                            "category_ids": list(config.category_ids),
+                            "history": history,
+                            "metrics": {k: v for k, v in last_eval.items() if isinstance(v, float)},
+                        },
+                        metrics=last_eval if evaluate_now else None,
+                    )
+            bar.close()
+    finally:
+        loader.close()  # its worker processes stop here, also on an error
     checkpointer.close()
     final = unreplicate(pstate)
     if jax.process_index() == 0:
