@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import jax.numpy as jnp
 
@@ -56,3 +57,55 @@ def quiet() -> Iterator[None]:
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
+
+
+def relu6_as_clip(model: Any) -> int:
+    """Rewrite jax2onnx's ``relu6`` (``Min(Max(x, 0), 6)``) as one ONNX ``Clip(x, 0, 6)``, in
+    place; returns how many were rewritten.
+
+    ONNX Runtime fuses ``Conv`` + ``Clip`` into one blocked convolution, but not
+    ``Conv`` + ``Max`` + ``Min``: around each unfused activation it converts the blocked layout
+    back and forth, and SSDLite ran 2× slower than with the same graph using Clip.
+    """
+    from onnx import helper, numpy_helper
+
+    scalars = {
+        init.name: float(numpy_helper.to_array(init))
+        for init in model.graph.initializer
+        if not init.dims
+    }
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    graph_outputs = {o.name for o in model.graph.output}
+
+    def split(node, bound: float) -> tuple[str, str] | None:
+        """(tensor input, constant input) of a two-input node whose constant is ``bound``."""
+        if len(node.input) != 2:
+            return None
+        a, b = node.input
+        if scalars.get(b) == bound and a not in scalars:
+            return a, b
+        if scalars.get(a) == bound and b not in scalars:
+            return b, a
+        return None
+
+    replaced: dict[int, Any] = {}  # id(Max node) -> Clip node
+    dropped: set[int] = set()  # id(Min node)
+    for node in model.graph.node:
+        low = split(node, 0.0) if node.op_type == "Max" else None
+        users = consumers.get(node.output[0], []) if low else []
+        if not low or len(users) != 1 or node.output[0] in graph_outputs:
+            continue
+        high = split(users[0], 6.0) if users[0].op_type == "Min" else None
+        if not high or high[0] != node.output[0]:
+            continue
+        replaced[id(node)] = helper.make_node(
+            "Clip", [low[0], low[1], high[1]], list(users[0].output), name=f"{node.name}_clip"
+        )
+        dropped.add(id(users[0]))
+    nodes = [replaced.get(id(n), n) for n in model.graph.node if id(n) not in dropped]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return len(replaced)

@@ -101,6 +101,7 @@ def export_onnx(detector, path: str | os.PathLike, raw: bool = False) -> dict[st
             max_per_img=s.max_per_img,
             batch_dim=BATCH,
         )
+    jax2onnx_compat.relu6_as_clip(model)
     onnx.helper.set_model_props(model, metadata(detector, "raw" if raw else "detect"))
     onnx.checker.check_model(model)
 
