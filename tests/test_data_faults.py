@@ -279,9 +279,10 @@ def test_boxes_cut_to_nothing_by_the_border_are_not_trained_on(tmp_path):
     assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
 
 
-def _children() -> dict[int, str]:
-    """pid → command line of this process's live children (from /proc; Linux only)."""
-    me, found = os.getpid(), {}
+def _children(parent: int | None = None) -> dict[int, str]:
+    """pid → command line of the live children of ``parent`` (default: this process), from
+    /proc (Linux only)."""
+    me, found = parent or os.getpid(), {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -352,3 +353,57 @@ def test_closing_a_loader_whose_worker_was_just_killed_returns(odd_images, cfg):
     assert len(workers) == 2, _children()
     os.kill(workers[0], signal.SIGKILL)
     _assert_close_stops_workers(loader, workers)
+
+
+_ORPHAN_DRIVER = """
+import os, sys, time
+from ssd_jax.config import load_config
+from ssd_jax.data.coco import CocoSource
+from ssd_jax.data.pipeline import make_train_loader
+
+root, config, size = sys.argv[1], sys.argv[2], sys.argv[3]
+cfg = load_config(config, [f"input_size={size}", "train.max_boxes=4"])
+source = CocoSource(os.path.join(root, "ann.json"), root, filter_train=True)
+loader = make_train_loader(source, cfg, global_batch_size=4, seed=0, num_workers=2)
+next(loader)
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the workers through /proc")
+def test_workers_exit_when_the_training_process_is_killed(odd_images):
+    """kill -9 of the training process (or the out-of-memory killer) leaves no orphan worker."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _ORPHAN_DRIVER, str(odd_images), str(CONFIG), str(INPUT_SIZE)],
+        stdout=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        children = _children(proc.pid)
+        workers = [pid for pid, cmd in children.items() if "spawn_main" in cmd]
+        assert len(workers) == 2, children
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 15
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    orphans = [pid for pid in workers if _alive(pid)]
+    for pid in orphans:
+        os.kill(pid, signal.SIGKILL)
+    assert not orphans, f"workers {orphans} outlived the killed training process"

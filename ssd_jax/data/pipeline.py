@@ -24,7 +24,9 @@ import json
 import logging
 import math
 import multiprocessing
+import os
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -191,6 +193,32 @@ def load_image(record: dict[str, Any]) -> np.ndarray | str:
         return message if path in message else f"{path}: {message}"
 
 
+_watching_parent = False
+
+
+def _exit_with_parent() -> None:
+    """In a grain worker process: start a thread that ends the process once its parent is gone.
+
+    A training process killed with SIGKILL (or by the out-of-memory killer) cannot stop its
+    workers, and grain 0.2's workers then live on as orphans, blocked on a queue nobody reads.
+    A no-op outside grain's worker processes and after the first call.
+    """
+    global _watching_parent
+    if _watching_parent:
+        return
+    _watching_parent = True
+    if not multiprocessing.current_process().name.startswith("grain-"):
+        return
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_WORKER_CHECK_INTERVAL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 class _TrainExample(grain.RandomMapTransform):
     """record → augmented, padded example; or {"error", "image_id"} for an unreadable image."""
 
@@ -199,6 +227,7 @@ class _TrainExample(grain.RandomMapTransform):
         self._max_boxes = int(cfg.train.max_boxes)
 
     def random_map(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        _exit_with_parent()
         image = load_image(record)
         if isinstance(image, str):
             return {"error": image, "image_id": record["image_id"]}
@@ -225,6 +254,7 @@ class _EvalExample(grain.MapTransform):
         self._size = int(size)
 
     def map(self, record: dict[str, Any] | None) -> dict[str, Any]:
+        _exit_with_parent()
         if record is None:
             return self._padding()
         image = load_image(record)
