@@ -42,7 +42,6 @@ def _conv_nhwc(
     bias: jax.Array | np.ndarray | None,
     stride: int,
     padding: int,
-    dilation: int = 1,
     groups: int = 1,
 ) -> jax.Array:
     """One convolution: x NHWC, kernel HWIO (I = C_in / groups), bias (C_out,) or None."""
@@ -51,7 +50,6 @@ def _conv_nhwc(
         jnp.asarray(kernel, x.dtype),
         window_strides=(stride, stride),
         padding=((padding, padding), (padding, padding)),
-        rhs_dilation=(dilation, dilation),
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
         feature_group_count=groups,
     )
