@@ -64,6 +64,21 @@ def grouping(
     )
 
 
+def fitting_per_gpu_batch(per_gpu_batch: int, global_batch: int, num_devices: int) -> int:
+    """``per_gpu_batch`` if ``grouping`` accepts it for ``global_batch`` images on
+    ``num_devices`` devices, else the accepted group size nearest to it (the larger on a tie):
+    a divisor of the per-device batch, or a multiple of it spanning a divisor of the devices.
+    0 (one group of the whole batch) stays 0."""
+    local = global_batch // num_devices
+    if per_gpu_batch == 0:
+        return 0
+    valid = [d for d in range(1, local + 1) if local % d == 0]
+    valid += [local * k for k in range(2, num_devices + 1) if num_devices % k == 0]
+    if per_gpu_batch in valid:
+        return per_gpu_batch
+    return min(valid, key=lambda v: (abs(v - per_gpu_batch), -v))
+
+
 def target_settings(config: ml_collections.ConfigDict) -> dict:
     """Keyword arguments of ``build_targets`` from a config (train_cfg + bbox_coder)."""
     t = config.train

@@ -10,6 +10,8 @@ import pathlib
 import subprocess
 import sys
 
+import hypothesis
+import hypothesis.strategies as st
 import jax
 import numpy as np
 import pytest
@@ -115,3 +117,26 @@ def test_grouping(per_gpu, local, devices, expect):
 def test_grouping_refuses_what_does_not_fit(per_gpu, local, devices):
     with pytest.raises(ConfigError, match="per_gpu_batch"):
         objective.grouping(per_gpu, local, devices, "batch")
+
+
+@pytest.mark.parametrize(
+    "per_gpu, batch, devices, expect",
+    [(24, 8, 1, 8), (24, 48, 2, 24), (24, 16, 2, 16), (3, 8, 1, 4), (6, 8, 1, 8), (0, 8, 1, 0)],
+)
+def test_fitting_per_gpu_batch_is_the_nearest_grouping_that_fits(per_gpu, batch, devices, expect):
+    # ssd-jax-benchmark times SSDLite's recipe (24 images per "GPU") at any batch this way
+    assert objective.fitting_per_gpu_batch(per_gpu, batch, devices) == expect
+
+
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(
+    per_gpu=st.integers(1, 64), local=st.integers(1, 32), devices=st.sampled_from([1, 2, 4, 8])
+)
+def test_fitting_per_gpu_batch_always_fits_and_keeps_what_fits(per_gpu, local, devices):
+    fitted = objective.fitting_per_gpu_batch(per_gpu, local * devices, devices)
+    objective.grouping(fitted, local, devices, "batch")  # accepted
+    try:
+        objective.grouping(per_gpu, local, devices, "batch")
+    except ConfigError:
+        return
+    assert fitted == per_gpu

@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import resource
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -206,9 +207,17 @@ def benchmark(args: Any, overrides: list[str]) -> dict:
         devices = jax.local_device_count()
         tx = optim.sgd(config, optim.lr_schedule(config, n, 1000))
         state = replicate(create_train_state(det.variables, tx, 0))
-        per_gpu = config.train.get("per_gpu_batch", 0)
-        if per_gpu and (n // devices) % per_gpu and per_gpu % (n // devices):
-            config.train.per_gpu_batch = 0  # a batch that does not fit the config's "GPUs"
+        per_gpu = int(config.train.get("per_gpu_batch", 0))
+        used = objective.fitting_per_gpu_batch(per_gpu, n, devices)
+        report["per_gpu_batch"] = {"config": per_gpu, "used": used}
+        if used != per_gpu:
+            note = (
+                f"train.per_gpu_batch={per_gpu} does not fit a batch of {n} on {devices} "
+                f"device(s): timing the train step with BatchNorm/loss groups of {used} images"
+            )
+            report["per_gpu_batch"]["note"] = note
+            print(f"ssd-jax-benchmark: {note}", file=sys.stderr)
+            config.train.per_gpu_batch = used
         p_step = make_p_train_step(config, tx, det.flat_anchors, n)
         batch = shard_batch(
             {

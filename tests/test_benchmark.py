@@ -1,0 +1,26 @@
+"""ssd-jax-benchmark runs at whatever batch a user names: a config whose per-GPU group does not
+fit the batch is timed with the nearest grouping that does, and the report says so."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+from ssd_jax.cli import benchmark
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_benchmark_runs_a_batch_that_the_per_gpu_group_does_not_fit(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    argv = ["--config", str(REPO / "configs" / "ssdlite_shapes.py"), "--batch-size", "4"]
+    argv += ["--iters", "1", "--skip-input", "--out", str(out), "--config.input_size=64"]
+    argv += ["--config.train.per_gpu_batch=24"]  # SSDLite's recipe: 8 GPUs × 24 images
+    assert benchmark.main(argv) == 0
+    report = json.loads(out.read_text())
+    assert report["per_gpu_batch"]["config"] == 24
+    assert report["per_gpu_batch"]["used"] == 4
+    assert "does not fit" in report["per_gpu_batch"]["note"]
+    assert "groups of 4 images" in capsys.readouterr().err
+    assert report["train"]["images_per_s"] > 0
+    assert report["peak_host_memory_mb"] > 0
