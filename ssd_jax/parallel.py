@@ -18,7 +18,10 @@ AXIS = "batch"
 
 
 def replicate(tree: Any) -> Any:
-    """Copies on every local device, with a leading device axis (pmap's replicated layout)."""
+    """Copies on every local device, with a leading device axis (pmap's replicated layout).
+    A tree without arrays (an exported model's empty variables) is returned as it is."""
+    if not jax.tree.leaves(tree):
+        return tree
     n = jax.local_device_count()
     stacked = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x)[None], (n,) + np.shape(x)), tree)
     return jax.pmap(lambda x: x, axis_name=AXIS)(stacked)  # laid out as the steps return it

@@ -431,3 +431,37 @@ def test_eval_script_voc_end_to_end(tmp_path):
     assert written["per_class_AP"]["person"] is None  # nan → null: only a difficult gt
     assert {r["image_id"] for r in results} <= set(VOC_IMAGES)
     assert {r["category_id"] for r in results} <= set(range(1, 21))
+
+
+# ---------------------------------------------------------------------------------------------
+# The deployed file: ssd-jax-eval --backend onnxruntime|openvino on an ssd-jax-export .onnx.
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_eval_of_the_exported_file_gives_mmdetections_numbers(tmp_path, backend):
+    """The exported SSDLite fixture (detections inside the ONNX file) evaluated as deployed
+    gives the same 12 COCO numbers as mmdetection's detections and as the JAX backend (an
+    exported model has no variables: evaluation once crashed replicating them)."""
+    from conftest import load_detector, require
+
+    require("onnx")
+    require("onnxruntime" if backend == "onnxruntime" else "openvino")
+    from ssd_jax.export import export
+
+    ref = load_reference("ssdlite_mobilenetv2_320_coco")
+    ann_file, img_dir = write_reference_dataset(tmp_path / "data", ref)
+    expected = mmdet_metrics(ref, ann_file)
+    assert 0.05 < expected["bbox_mAP"] < 0.95
+    onnx_file = tmp_path / "ssdlite.onnx"
+    export(load_detector("ssdlite_mobilenetv2_320_coco"), onnx_file, "onnx")
+    config = REPO / "configs" / "ssdlite_mobilenetv2_320_coco.py"
+    common = [f"--config={config}", f"--ann-file={ann_file}", f"--img-dir={img_dir}"]
+    common += ["--batch-size=2", "--num-workers=0", "--no-progress"]
+    deployed = evaluate(
+        common + [f"--checkpoint={onnx_file}", f"--backend={backend}", f"--out={tmp_path / 'o'}"]
+    )
+    assert_same_metrics(deployed, expected)
+    written, results = read_outputs(tmp_path / "o")
+    assert_same_metrics(written, expected)
+    counts = [sum(r["image_id"] == i for r in results) for i in (1, 2)]
+    assert counts == [len(ref["det_scores_0"]), len(ref["det_scores_1"])]
