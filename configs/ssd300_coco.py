@@ -85,7 +85,7 @@ def get_config() -> ml_collections.ConfigDict:
         log_every=50,
         ckpt_every=2000,
         keep_ckpts=3,
-        eval_every_epochs=1,
+        eval_every_epochs=1,  # mmdet schedule_2x's train_cfg val_interval=1
         max_nonfinite_in_row=10,
         # vgg16_caffe-292e1171.pth (README "Where to get the weights"), or "none": from scratch
         pretrained_backbone="",
