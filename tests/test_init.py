@@ -36,6 +36,7 @@ from flax import traverse_util
 from conftest import REPO
 from ssd_jax.config import load_config
 from ssd_jax.detector import anchor_generator
+from ssd_jax.errors import ConfigError
 from ssd_jax.models import build_model
 from ssd_jax.models.init import KAIMING, XAVIER_UNIFORM, conv_init, fans
 from ssd_jax.models.ssd import part_conv_init
@@ -400,11 +401,33 @@ class _Records(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-@pytest.mark.parametrize("name", ["ssd300_coco", "ssdlite_mobilenetv2_320_coco"])
-def test_scratch_vgg_warns_naming_mmdetections_pretrained_file(name):
-    """SSD300/512 without ``train.pretrained_backbone`` start from SSDVGG's own init (as tested
-    above) and say which file mmdetection would have loaded; SSDLite trains from scratch."""
+@pytest.mark.parametrize("name", ["ssd300_coco", "ssd512_coco"])
+def test_vgg_without_pretrained_backbone_is_refused_naming_the_file(name):
+    """SSD300/512 with neither train.pretrained_backbone nor train.load_from: a one-line
+    ConfigError naming mmdetection's file and the setting that trains from scratch."""
     config = load_config(REPO / "configs" / f"{name}.py")
+    variables = {"params": {"x": np.zeros(1)}, "batch_stats": {}}
+    with pytest.raises(ConfigError) as refused:
+        initial_variables(config, variables)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert "vgg16_caffe-292e1171.pth" in message
+    assert "--config.train.pretrained_backbone=none" in message
+
+
+@pytest.mark.parametrize(
+    "name, overrides",
+    [
+        ("ssd300_coco", ["train.pretrained_backbone=none"]),
+        ("ssd512_coco", ["train.pretrained_backbone=none"]),
+        ("ssdlite_mobilenetv2_320_coco", []),  # trained from scratch in mmdetection too
+    ],
+)
+def test_scratch_on_purpose_keeps_the_fresh_init_silently(name, overrides):
+    """``pretrained_backbone=none`` (and SSDLite, which has no pretrained backbone) start from
+    the model's own init, which the tests above hold to mmdetection's: nothing loaded, no
+    warning."""
+    config = load_config(REPO / "configs" / f"{name}.py", overrides)
     records = _Records()
     logger = logging.getLogger("ssd_jax.training.init")
     logger.addHandler(records)
@@ -413,7 +436,4 @@ def test_scratch_vgg_warns_naming_mmdetections_pretrained_file(name):
         assert initial_variables(config, variables) is variables
     finally:
         logger.removeHandler(records)
-    if name.startswith("ssd300"):
-        assert len(records.messages) == 1 and "vgg16_caffe-292e1171.pth" in records.messages[0]
-    else:
-        assert records.messages == []
+    assert records.messages == []

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 
 import jax
 import numpy as np
 from flax import traverse_util
 
-from conftest import FIXTURE_CONFIGS, fixture_dir, require
+from conftest import FIXTURE_CONFIGS, REPO, fixture_dir, require
 from ssd_jax.config import load_config
 from ssd_jax.models import build_model
 from ssd_jax.models.assembly import anchor_generator
@@ -57,3 +59,29 @@ def test_fine_tune_with_other_classes_reinitialises_the_head(tmp_path, caplog):
         out[("params", "neck", "l2_norm", "weight")], sd["neck.l2_norm.weight"]
     )
     assert not out[("params", "bbox_head", "cls_convs_0_0", "kernel")].any()
+
+
+def test_training_vgg_without_its_backbone_stops_at_once_with_one_line(tmp_path):
+    """``train.py`` on SSD300 with no pretrained_backbone: exit 2 and one line naming the file,
+    before the data is even read (the annotation file here does not exist; "not found" would
+    mean the refusal came after the data, and the compile)."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "train.py"),
+            "--config",
+            str(FIXTURE_CONFIGS["ssd300_coco"]),
+            "--workdir",
+            str(tmp_path / "work"),
+            f"--config.data.ann_file={tmp_path / 'missing.json'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "vgg16_caffe-292e1171.pth" in lines[0]
+    assert "--config.train.pretrained_backbone=none" in lines[0]

@@ -34,9 +34,11 @@ def build_source(
     """The ``split`` ('train' or 'val') source of ``data`` (default ``config.data.source``, or
     'coco' when ``ann_file`` is given); empty arguments fall back to the config.
 
-    Train: ``data.ann_file`` / ``img_dir`` (COCO-format, images without annotations and boxes
-    smaller than ``data.min_size`` filtered as mmdetection's ``filter_cfg``), ``data.tfds_name``
-    split 'train', or VOC ``data.voc_split``. Val: ``data.val_ann_file`` / ``val_img_dir``, TFDS
+    Train: ``data.ann_file`` / ``img_dir`` (COCO-format; images are left out as mmdetection's
+    ``filter_cfg=dict(filter_empty_gt=True, min_size=...)`` leaves them out: those without any
+    annotation of a listed category, and those whose shorter side is below ``data.min_size``
+    pixels; no box is filtered by size), ``data.tfds_name`` split 'train', or VOC
+    ``data.voc_split``. Val: ``data.val_ann_file`` / ``val_img_dir``, TFDS
     split 'validation', VOC ``data.val_voc_split``. A COCO val split that is not configured gives
     None, unless ``required``.
     """

@@ -33,9 +33,6 @@ from ssd_jax.preprocess import resize_image
 
 EXPAND_PROB = 0.5  # mmdet Expand(prob=0.5): the SSD configs keep the class default
 CROP_TRIALS = 50  # mmdet MinIoURandomCrop: patches tried per sampled mode
-# mmdet MinIoURandomCrop loops over modes until a patch is accepted, forever on an image too small
-# to crop (e.g. 1 px wide). After this many modes the image is kept as it is (mode 1) instead.
-MAX_CROP_MODES = 100
 _IOU_EPS = 1e-6  # mmdet bbox_overlaps: union floored at eps
 
 
@@ -101,14 +98,16 @@ def min_iou_random_crop(
     A patch is accepted when ``min(IoU(patch, boxes)) >= mode`` and at least one box centre lies
     strictly inside it (no box: any patch is accepted). Boxes whose centres are strictly inside are
     kept, shifted to the patch and clipped to it; the others are dropped. If all ``CROP_TRIALS``
-    fail, a new mode is drawn (after ``MAX_CROP_MODES`` modes, the input is returned unchanged).
+    fail, a new mode is drawn, as in mmdetection: the loop ends at the latest when mode 1 comes
+    up (probability 1/(len(min_ious) + 2) per mode), so an image that no patch can serve (e.g. its
+    only box centred on the border) comes back unchanged after a geometric number of modes.
     """
     h, w = image.shape[:2]
     modes = (1.0, *map(float, min_ious), 0.0)
-    for _ in range(MAX_CROP_MODES):
+    while True:
         min_iou = modes[rng.integers(len(modes))]  # mmdet: random.choice(self.sample_mode)
         if min_iou == 1.0:
-            break
+            return CropResult(image, boxes, np.ones(len(boxes), bool), (0, 0, w, h))
         for _ in range(CROP_TRIALS):
             patch = _sample_patch(h, w, min_crop_size, rng)
             if patch is None:
@@ -117,7 +116,6 @@ def min_iou_random_crop(
             if len(boxes) and (_iou_with_patch(patch, boxes).min() < min_iou or not keep.any()):
                 continue
             return _crop(image, boxes, keep, patch)
-    return CropResult(image, boxes, np.ones(len(boxes), bool), (0, 0, w, h))
 
 
 def _sample_patch(

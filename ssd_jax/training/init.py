@@ -3,7 +3,9 @@
 Order (as scenic documents it): resume from the workdir → initialise from a checkpoint
 (``train.load_from``: a full mmdetection SSD .pth / orbax dir, head re-initialised when the class
 count differs; or ``train.pretrained_backbone``: the ImageNet VGG16 ``features.N.*`` .pth
-mmdetection starts from) → from scratch.
+mmdetection starts from) → from scratch. A VGG16 (SSD300/512) run refuses to start from scratch
+unless ``train.pretrained_backbone`` is ``"none"`` (``check_starting_point``): mmdetection never
+trains it from random weights, and a run that did so by accident would waste days.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 
 import ml_collections
 
+from ssd_jax.errors import ConfigError
 from ssd_jax.porting import load_checkpoint_variables, read_state_dict
 from ssd_jax.porting.convert import merge_strict, state_dict_to_flat
 
@@ -20,10 +23,36 @@ log = logging.getLogger(__name__)
 # mmdetection's SSD300/512 configs: backbone init_cfg Pretrained 'open-mmlab://vgg16_caffe'.
 VGG16_CAFFE = "vgg16_caffe-292e1171.pth"
 VGG16_CAFFE_URL = f"https://download.openmmlab.com/pretrain/third_party/{VGG16_CAFFE}"
+# train.pretrained_backbone's value that starts the backbone from its own init on purpose.
+FROM_SCRATCH = "none"
+
+
+def check_starting_point(config: ml_collections.ConfigDict) -> None:
+    """Refuse a run whose VGG16 backbone would start from random weights by omission.
+
+    SSDVGG with neither ``train.load_from`` nor ``train.pretrained_backbone`` raises a one-line
+    ``ConfigError`` naming the file mmdetection starts from and ``pretrained_backbone=none``, the
+    setting that trains from scratch on purpose. Reads nothing from disk: call it before the
+    slow start-up steps.
+    """
+    t = config.train
+    if config.model.backbone.type == "SSDVGG" and not t.load_from and not t.pretrained_backbone:
+        raise ConfigError(
+            f"{config.get('name', 'this config')} trains VGG16 from ImageNet weights, as "
+            f"mmdetection does: download {VGG16_CAFFE} ({VGG16_CAFFE_URL}) and pass "
+            "--config.train.pretrained_backbone=PATH, or "
+            f"--config.train.pretrained_backbone={FROM_SCRATCH} to train it from scratch"
+        )
 
 
 def initial_variables(config: ml_collections.ConfigDict, variables: dict) -> dict:
-    """``variables`` (fresh init) with the configured starting weights loaded into them."""
+    """``variables`` (fresh init) with the configured starting weights loaded into them.
+
+    Refuses (``check_starting_point``) a VGG16 backbone left to start from scratch by omission;
+    ``train.pretrained_backbone="none"`` keeps its fresh init (SSDVGG's own, as mmdetection's
+    without pretrained weights: Kaiming normal, fan_out, bias 0).
+    """
+    check_starting_point(config)
     t = config.train
     if t.load_from:
         try:
@@ -42,6 +71,11 @@ def initial_variables(config: ml_collections.ConfigDict, variables: dict) -> dic
                 allow_missing_prefixes=("bbox_head",),
                 ignore_prefixes=("bbox_head",),
             )
+    if t.pretrained_backbone == FROM_SCRATCH:
+        log.info(
+            "train.pretrained_backbone=%s: the backbone starts from its own init", FROM_SCRATCH
+        )
+        return variables
     if t.pretrained_backbone:
         state_dict, _ = read_state_dict(t.pretrained_backbone)
         # open-mmlab://vgg16_caffe: backbone-only keys ``features.N.*`` (or already prefixed).
@@ -60,13 +94,4 @@ def initial_variables(config: ml_collections.ConfigDict, variables: dict) -> dic
             "loaded the VGG16 backbone from %s (%d tensors)", t.pretrained_backbone, len(loaded)
         )
         return merged
-    if config.model.backbone.type == "SSDVGG":
-        log.warning(
-            "train.pretrained_backbone is empty: the VGG16 backbone starts from SSDVGG's "
-            "own initialisation (mmdetection's without pretrained weights: Kaiming "
-            "normal, fan_out, bias 0). mmdetection's SSD300/512 start from ImageNet "
-            "weights, %s (%s); pass that file as --config.train.pretrained_backbone.",
-            VGG16_CAFFE,
-            VGG16_CAFFE_URL,
-        )
     return variables

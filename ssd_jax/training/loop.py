@@ -23,7 +23,7 @@ from ssd_jax.models.assembly import config_anchors, init_variables, model_for
 from ssd_jax.parallel import replicate, shard_batch, unreplicate
 from ssd_jax.training import optim
 from ssd_jax.training.checkpointing import TrainCheckpointer
-from ssd_jax.training.init import initial_variables
+from ssd_jax.training.init import check_starting_point, initial_variables
 from ssd_jax.training.state import create_train_state
 from ssd_jax.training.step import make_p_train_step
 from ssd_jax.visualize import write_curves
@@ -89,6 +89,8 @@ def train_and_evaluate(
     validate_config(config)
     os.makedirs(workdir, exist_ok=True)
     t = config.train
+    if not resume:  # refuse a by-omission scratch VGG16 before the slow steps
+        check_starting_point(config)
     train_source = build_source(config, "train")
     adopt_classes(config, train_source)
     val_source = build_source(config, "val")
