@@ -27,6 +27,16 @@ SCRIPTS = {  # script → arguments that are complete apart from what the test a
     "predict.py": ["--config", CONFIG, "--checkpoint", "{ckpt}", "{tmp}", "--out", "{tmp}/o"],
     "benchmark.py": ["--config", CONFIG, "--skip-train", "--skip-input", "--iters", "1"],
     "ssd_jax/porting/__main__.py": ["{ckpt}", "{tmp}/o", "--config", CONFIG],
+    "ssd_jax/export/__main__.py": [
+        "--config",
+        CONFIG,
+        "--checkpoint",
+        "{ckpt}",
+        "--format",
+        "jax",
+        "--out",
+        "{tmp}/o",
+    ],
 }
 
 
@@ -100,3 +110,32 @@ def test_help_documents_every_flag(script, tmp_path):
     ]
     undocumented = [e.split()[0] for e in entries if len(e.split()) < 2]
     assert not undocumented, undocumented
+
+
+# Imported only once a tool has work to do (each takes from 0.1 s to a second).
+HEAVY = {"jax", "jaxlib", "flax", "optax", "orbax", "grain", "tensorflow_datasets", "tensorflow"}
+HEAVY |= {"matplotlib", "cv2", "pycocotools", "onnx", "onnxruntime", "openvino", "torch"}
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_help_does_not_import_jax(script, tmp_path):
+    """``--help`` answers at once (before: 1.5 s, importing JAX through ``import ssd_jax``)."""
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = [{script!r}, '--help']\n"
+        "try:\n"
+        f"    runpy.run_path({str(REPO / script)!r}, run_name='__main__')\n"
+        "except SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {HEAVY!r}))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout[-300:]

@@ -20,12 +20,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-
 from ssd_jax import host_memory
 from ssd_jax.cli import common
+
+# Imported when first used, so that --help and argument errors answer at once.
+jax = common.DeferredModule("jax")
+jnp = common.DeferredModule("jax.numpy")
+np = common.DeferredModule("numpy")
 
 
 def timed(fn: Callable, iters: int) -> tuple[float, float]:

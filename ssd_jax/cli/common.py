@@ -14,11 +14,12 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from ssd_jax.errors import UserError
 
@@ -38,6 +39,32 @@ def user_errors() -> tuple[type[BaseException], ...]:
         CheckpointFormatError,
         UnsafeCheckpointError,
     )
+
+
+def load_config(name: str, overrides: Sequence[str] = ()) -> Any:
+    """The config ``name`` (a file or a bundled config's name) with ``key=value`` overrides,
+    checked: unknown keys, values of the wrong type and values out of range are ``ConfigError``s
+    (one line), before any work."""
+    from ssd_jax.config import load_config as load
+    from ssd_jax.config import validate_config
+
+    config = load(name, list(overrides))
+    validate_config(config)
+    return config
+
+
+class DeferredModule:
+    """A module imported on its first attribute access: ``jax = DeferredModule("jax")`` at a
+    tool's top level keeps ``--help`` and argument errors from importing JAX (about a second)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(importlib.import_module(self._name), attr)
+
+    def __repr__(self) -> str:
+        return f"<deferred module {self._name!r}>"
 
 
 class OneLineParser(argparse.ArgumentParser):
