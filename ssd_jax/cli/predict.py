@@ -139,12 +139,14 @@ def predict_files(
     from tqdm import tqdm
 
     from ssd_jax.image_io import ImageReadError, read_image_rgb
+    from ssd_jax.progress import progress
     from ssd_jax.visualize import draw_detections
 
     results: list[dict] = []
     written: list[str] = []
     failed = 0
-    with tqdm(total=len(paths), unit="img", file=sys.stderr) as bar:
+    bar = progress(len(paths), desc="predict", unit="img")
+    try:
         for start in range(0, len(paths), batch_size):
             ids, images = [], []
             for i in range(start, min(start + batch_size, len(paths))):
@@ -164,6 +166,8 @@ def predict_files(
                 Image.fromarray(drawn).save(os.path.join(out_dir, stems[i] + ".png"))
                 written.append(stems[i] + ".png")
             bar.update(min(batch_size, len(paths) - start))
+    finally:
+        bar.close()
     return results, failed, written
 
 

@@ -11,7 +11,6 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ssd_jax.config import check_batch_divisible, validate_config
@@ -21,6 +20,7 @@ from ssd_jax.evaluation.evaluate import evaluate_coco, evaluate_voc, metric_for
 from ssd_jax.evaluation.inference import make_p_detect
 from ssd_jax.models.assembly import config_anchors, init_variables, model_for
 from ssd_jax.parallel import replicate, shard_batch, unreplicate
+from ssd_jax.progress import progress
 from ssd_jax.training import optim
 from ssd_jax.training.checkpointing import TrainCheckpointer
 from ssd_jax.training.init import initial_variables
@@ -136,17 +136,12 @@ def train_and_evaluate(
         last_eval: dict[str, Any] = {}
         # Log lines above the bar, never on its line.
         with logging_redirect_tqdm(loggers=[logging.getLogger("ssd_jax")]):
-            bar = tqdm(
-                total=total_steps,
-                initial=start,
-                desc="train",
-                unit="step",
-                dynamic_ncols=True,
-                disable=jax.process_index() != 0,
-            )
+            bar = None  # made once the first step returns: its rate and ETA leave out the compile
             tick, tick_step = time.time(), start
             for step in range(start, total_steps):
                 batch = next(loader)
+                if bar is None:
+                    log.info("step %d compiles the train step first (a minute or less)", step + 1)
                 pstate, pmetrics = p_step(
                     pstate,
                     shard_batch(
@@ -154,6 +149,15 @@ def train_and_evaluate(
                     ),
                 )
                 done = step + 1
+                first = bar is None
+                if first:
+                    bar = progress(
+                        total_steps,
+                        desc="train",
+                        unit="step",
+                        initial=done,
+                        disable=jax.process_index() != 0,
+                    )
                 epoch_end = done % steps_per_epoch == 0
                 if done % t.log_every == 0 or done == total_steps or epoch_end:
                     m = jax.tree.map(lambda a: float(np.asarray(a)[0]), pmetrics)
@@ -188,7 +192,8 @@ def train_and_evaluate(
                             "Try a lower optimizer.lr or a longer warm-up, and check the data for "
                             "broken boxes."
                         )
-                bar.update(1)
+                if not first:
+                    bar.update(1)
                 epoch = done // steps_per_epoch
                 evaluate_now = (
                     epoch_end
@@ -219,7 +224,8 @@ def train_and_evaluate(
                         },
                         metrics=last_eval if evaluate_now else None,
                     )
-            bar.close()
+            if bar is not None:
+                bar.close()
     finally:
         loader.close()  # its worker processes stop here, also on an error
     checkpointer.close()
