@@ -11,6 +11,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ssd_jax.config import check_batch_divisible, validate_config
@@ -19,6 +20,7 @@ from ssd_jax.data.sources import build_source
 from ssd_jax.evaluation.evaluate import evaluate_coco, evaluate_voc, metric_for
 from ssd_jax.evaluation.inference import make_p_detect
 from ssd_jax.models.assembly import config_anchors, init_variables, model_for
+from ssd_jax.outputs import check_workdir, move_aside
 from ssd_jax.parallel import replicate, shard_batch, unreplicate
 from ssd_jax.progress import progress
 from ssd_jax.training import optim
@@ -80,13 +82,19 @@ class MetricWriter:
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str, resume: bool = False
+    config: ml_collections.ConfigDict, workdir: str, resume: bool = False, overwrite: bool = False
 ) -> dict[str, Any]:
     """Train (resuming from ``workdir`` when asked and possible), validate, checkpoint.
 
-    Returns the final state's host copy of variables and the last validation metrics.
+    ``workdir`` must be new or empty, unless ``resume`` (continue the run it holds) or
+    ``overwrite`` (the run it holds is first renamed to ``<workdir>.old-<date>-<time>``):
+    runs never mix (``ssd_jax.outputs.check_workdir``). Returns the final state's host copy of
+    variables and the last validation metrics.
     """
     validate_config(config)
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other")
+    prepare_workdir(workdir, resume=resume, overwrite=overwrite)
     os.makedirs(workdir, exist_ok=True)
     t = config.train
     train_source = build_source(config, "train")
@@ -238,6 +246,21 @@ def train_and_evaluate(
         "history": history,
         "step": int(final.step),
     }
+
+
+def prepare_workdir(workdir: str, *, resume: bool, overwrite: bool) -> None:
+    """``check_workdir`` on every process, then (``overwrite``) process 0 moves the earlier run
+    aside; no process writes into ``workdir`` before every one has looked at it."""
+    earlier = check_workdir(workdir, resume=resume, overwrite=overwrite)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("ssd_jax: workdir checked")
+    if earlier:
+        if jax.process_index() == 0:
+            log.warning(
+                "--overwrite: moved the earlier run in %s to %s", workdir, move_aside(workdir)
+            )
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("ssd_jax: earlier run moved")
 
 
 def validate(p_detect, pstate, source, config) -> dict[str, Any]:
