@@ -64,7 +64,8 @@ def check_output_path(path: str | os.PathLike, *, overwrite: bool) -> None:
 def check_workdir(workdir: str | os.PathLike, *, resume: bool, overwrite: bool) -> bool:
     """Whether ``workdir`` holds an earlier run that ``overwrite`` is to move aside.
 
-    A training run starts in a new or empty folder. One that holds anything (an earlier run's
+    A training run starts in a new or empty folder (empty folders inside, as a run that failed
+    at its start leaves, count as empty). One that holds any file (an earlier run's
     checkpoints, ``metrics.jsonl``, TensorBoard logs, pictures, evaluations) is refused with
     OutputExistsError unless ``resume`` (continue that run) or ``overwrite`` (start again once
     ``move_aside`` has moved the earlier run away; returns True then).
@@ -74,7 +75,7 @@ def check_workdir(workdir: str | os.PathLike, *, resume: bool, overwrite: bool) 
         return False
     if not os.path.isdir(workdir):
         raise OutputExistsError(f"--workdir {workdir} exists and is not a folder")
-    if not os.listdir(workdir) or resume:
+    if resume or not any(files for _, _, files in os.walk(workdir)):
         return False
     if overwrite:
         return True

@@ -5,7 +5,8 @@
     args, overrides = parse(parser, argv)
     return run_cli(lambda: evaluate(args, overrides), args.verbose)
 
-User mistakes (``ssd_jax.errors.UserError`` and the porting/image/file errors) print one line,
+User mistakes (``ssd_jax.errors.UserError``, which every reader's error type is, and the file
+system's errors) print one line,
 ``<prog>: error: <message>``, and exit with status 2; ``--verbose`` prints the whole message (e.g.
 every mismatching checkpoint key) and the traceback. Other exceptions are bugs and keep their
 traceback.
@@ -25,19 +26,16 @@ from ssd_jax.errors import UserError
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """Exception types that mean bad input, not a bug."""
-    from ssd_jax.image_io import ImageReadError
-    from ssd_jax.porting.pth_reader import CheckpointFormatError, UnsafeCheckpointError
-
+    """Exception types that mean bad input, not a bug: ``UserError`` (the readers' errors —
+    ``CocoFormatError``, ``VocFormatError``, ``ImageReadError``, ``CheckpointFormatError``,
+    ``UnsafeCheckpointError`` — and the config, checkpoint and output errors all derive from it)
+    and the file system's refusals."""
     return (
         UserError,
         FileNotFoundError,
         NotADirectoryError,
         IsADirectoryError,
         PermissionError,
-        ImageReadError,
-        CheckpointFormatError,
-        UnsafeCheckpointError,
     )
 
 

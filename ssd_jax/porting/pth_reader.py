@@ -43,6 +43,8 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from ssd_jax.errors import UserError
+
 __all__ = [
     "CheckpointFormatError",
     "UnsafeCheckpointError",
@@ -52,11 +54,11 @@ __all__ = [
 ]
 
 
-class UnsafeCheckpointError(ValueError):
+class UnsafeCheckpointError(UserError, ValueError):
     """The file references a callable or class that is not on the allow-list."""
 
 
-class CheckpointFormatError(ValueError):
+class CheckpointFormatError(UserError, ValueError):
     """The file is truncated, corrupt, or not a ``torch.save`` checkpoint."""
 
 

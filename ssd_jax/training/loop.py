@@ -95,11 +95,11 @@ def train_and_evaluate(
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other")
     prepare_workdir(workdir, resume=resume, overwrite=overwrite)
-    os.makedirs(workdir, exist_ok=True)
     t = config.train
     train_source = build_source(config, "train")
     adopt_classes(config, train_source)
     val_source = build_source(config, "val")
+    os.makedirs(workdir, exist_ok=True)  # once the data has been read: a mistake leaves nothing
 
     devices = jax.local_device_count()
     global_batch = t.batch_size
