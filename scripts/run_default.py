@@ -151,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     resume = ["--resume"] if ckpt_dir.is_dir() and any(ckpt_dir.iterdir()) else []
     if resume:
         print(f"continuing the interrupted run in {workdir}")
+    elif workdir.is_dir() and any(workdir.iterdir()):  # cut before its first checkpoint
+        resume = ["--overwrite"]  # train.py moves it aside (and names where) and starts again
     run(
         [sys.executable, "train.py", "--config", CONFIG, "--workdir", str(workdir), *resume, *flags]
     )

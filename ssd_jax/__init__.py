@@ -29,7 +29,14 @@ for _name, _value in _XLA_CPU_FLAGS.items():
         _flags = f"{_flags} {_name}={_value}".strip()
 os.environ["XLA_FLAGS"] = _flags
 
-
-from ssd_jax.detector import Detector  # noqa: E402
-
 __all__ = ["Detector"]
+
+
+def __getattr__(name: str):
+    # ``Detector`` is imported on first use: importing JAX takes about a second, and the
+    # command-line tools import ssd_jax for ``--help`` and for their one-line errors too.
+    if name == "Detector":
+        from ssd_jax.detector import Detector
+
+        return Detector
+    raise AttributeError(f"module 'ssd_jax' has no attribute {name!r}")

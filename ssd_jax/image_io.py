@@ -13,13 +13,15 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ssd_jax.errors import UserError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # Pillow decodes 16-bit grayscale PNG/TIFF into these modes; ``convert('RGB')`` would clip them.
 _WIDE_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _WIDE_GRAY_MAX = 65535.0
 
 
-class ImageReadError(ValueError):
+class ImageReadError(UserError, ValueError):
     """A file that exists but cannot be decoded as an image; the message names the file."""
 
 

@@ -2,11 +2,13 @@
 
 check_outputs("out/", ["metrics.json"], overwrite=False, inputs=["model.pth"])
 check_output_path("ckpt/ssd300", overwrite=False)        # a file or folder to be created
+check_workdir("runs/x", resume=False, overwrite=False)   # a training run's folder
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable, Sequence
 
 from ssd_jax.errors import OutputExistsError
@@ -57,3 +59,49 @@ def check_output_path(path: str | os.PathLike, *, overwrite: bool) -> None:
     raise OutputExistsError(
         f"{path} exists and is not empty; choose another output or pass --overwrite to replace it"
     )
+
+
+def check_workdir(workdir: str | os.PathLike, *, resume: bool, overwrite: bool) -> bool:
+    """Whether ``workdir`` holds an earlier run that ``overwrite`` is to move aside.
+
+    A training run starts in a new or empty folder (empty folders inside, as a run that failed
+    at its start leaves, count as empty). One that holds any file (an earlier run's
+    checkpoints, ``metrics.jsonl``, TensorBoard logs, pictures, evaluations) is refused with
+    OutputExistsError unless ``resume`` (continue that run) or ``overwrite`` (start again once
+    ``move_aside`` has moved the earlier run away; returns True then).
+    """
+    workdir = os.fspath(workdir)
+    if not os.path.lexists(workdir):
+        return False
+    if not os.path.isdir(workdir):
+        raise OutputExistsError(f"--workdir {workdir} exists and is not a folder")
+    if resume or not any(files for _, _, files in os.walk(workdir)):
+        return False
+    if overwrite:
+        return True
+    raise OutputExistsError(
+        f"{workdir} holds an earlier run ({_listing(workdir)}); pass --resume to continue it, "
+        "--overwrite to move it aside and start again, or choose another --workdir"
+    )
+
+
+def move_aside(path: str | os.PathLike) -> str:
+    """Rename ``path`` to ``<path>.old-<YYYYmmdd-HHMMSS>`` (``-2``, ``-3``... when taken) in the
+    same folder; returns the new name. Nothing is deleted."""
+    path = os.path.normpath(os.fspath(path))
+    base = f"{path}.old-{time.strftime('%Y%m%d-%H%M%S')}"
+    target, n = base, 1
+    while os.path.lexists(target):
+        n += 1
+        target = f"{base}-{n}"
+    os.rename(path, target)
+    return target
+
+
+def _listing(folder: str, limit: int = 4) -> str:
+    """``checkpoints/, metrics.jsonl, ... (7 entries)``: what a folder holds, briefly."""
+    names = sorted(
+        n + ("/" if os.path.isdir(os.path.join(folder, n)) else "") for n in os.listdir(folder)
+    )
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} entries)" if len(names) > limit else "")

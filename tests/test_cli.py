@@ -27,6 +27,16 @@ SCRIPTS = {  # script → arguments that are complete apart from what the test a
     "predict.py": ["--config", CONFIG, "--checkpoint", "{ckpt}", "{tmp}", "--out", "{tmp}/o"],
     "benchmark.py": ["--config", CONFIG, "--skip-train", "--skip-input", "--iters", "1"],
     "ssd_jax/porting/__main__.py": ["{ckpt}", "{tmp}/o", "--config", CONFIG],
+    "ssd_jax/export/__main__.py": [
+        "--config",
+        CONFIG,
+        "--checkpoint",
+        "{ckpt}",
+        "--format",
+        "jax",
+        "--out",
+        "{tmp}/o",
+    ],
 }
 
 
@@ -100,3 +110,266 @@ def test_help_documents_every_flag(script, tmp_path):
     ]
     undocumented = [e.split()[0] for e in entries if len(e.split()) < 2]
     assert not undocumented, undocumented
+
+
+# Imported only once a tool has work to do (each takes from 0.1 s to a second).
+HEAVY = {"jax", "jaxlib", "flax", "optax", "orbax", "grain", "tensorflow_datasets", "tensorflow"}
+HEAVY |= {"matplotlib", "cv2", "pycocotools", "onnx", "onnxruntime", "openvino", "torch"}
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_help_does_not_import_jax(script, tmp_path):
+    """``--help`` answers at once (before: 1.5 s, importing JAX through ``import ssd_jax``)."""
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = [{script!r}, '--help']\n"
+        "try:\n"
+        f"    runpy.run_path({str(REPO / script)!r}, run_name='__main__')\n"
+        "except SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {HEAVY!r}))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout[-300:]
+
+
+def write_bad_inputs(tmp: pathlib.Path) -> None:
+    """Good and bad inputs in ``tmp``: COCO files (4 shapes categories, as the config's), image
+    folders, checkpoints and a VOC tree whose one annotation is cut."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    good = {
+        "images": [{"id": 1, "file_name": "a.jpg", "height": 32, "width": 32}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 9, 9], "area": 81}
+        ],
+        "categories": [
+            {"id": i + 1, "name": n}
+            for i, n in enumerate(("ellipse", "rectangle", "triangle", "star"))
+        ],
+    }
+    (tmp / "good.json").write_text(json.dumps(good))
+    (tmp / "bad.json").write_text(json.dumps(good)[:40])  # cut
+    (tmp / "wrong.json").write_text(json.dumps({**good, "images": {"a.jpg": 1}}))
+    (tmp / "list.json").write_text("[1, 2]")
+    for name in ("imgs", "empty", "corrupt", "notckpt"):
+        (tmp / name).mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp / "imgs" / "a.jpg")
+    (tmp / "corrupt" / "a.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a JPEG after all")
+    (tmp / "notckpt" / "notes.txt").write_text("not a checkpoint")
+    (tmp / "bad.pth").write_bytes(b"PK\x03\x04" + b"\x00" * 60)
+    voc = tmp / "voc" / "VOCdevkit" / "VOC2007"
+    for sub in ("ImageSets/Main", "Annotations", "JPEGImages"):
+        (voc / sub).mkdir(parents=True)
+    for split in ("test", "trainval"):
+        (voc / "ImageSets" / "Main" / f"{split}.txt").write_text("000001\n")
+    (voc / "Annotations" / "000001.xml").write_text("<annotation><size><width>32</width>")
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(voc / "JPEGImages" / "000001.jpg")
+
+
+_TRAIN = ["train.py", "--config", CONFIG, "--workdir", "w", "--config.data.workers=0"]
+_TRAIN += ["--config.data.val_ann_file=", "--config.train.batch_size=1"]
+_EVAL = ["eval.py", "--config", CONFIG, "--out", "o", "--checkpoint"]
+_PREDICT = ["predict.py", "--config", CONFIG, "--out", "o", "--checkpoint"]
+_EXPORT = ["ssd_jax/export/__main__.py", "--config", CONFIG, "--format", "jax", "--out", "o.jax"]
+_IMPORT = ["ssd_jax/porting/__main__.py", "--config", CONFIG]
+_BENCH = ["benchmark.py", "--config", CONFIG, "--backends", "jax", "--batch-sizes", "1"]
+_BENCH += ["--modes", "raw", "--rounds", "1"]
+_COCO = "--config.data.ann_file={} --config.data.img_dir={}".split()
+_NOT_TORCH = "bad.pth is truncated, corrupt or not a torch checkpoint"
+_NOT_ORBAX = "no complete checkpoint step in"
+BAD_INPUTS = [  # (tool, kind of bad input, arguments, what the one line says)
+    (
+        "train",
+        "bad JSON",
+        _TRAIN + ["--config.data.ann_file=bad.json", "--config.data.img_dir=imgs"],
+        "bad.json: unreadable or truncated JSON",
+    ),
+    (
+        "train",
+        "wrong structure",
+        _TRAIN + ["--config.data.ann_file=wrong.json", "--config.data.img_dir=imgs"],
+        "wrong.json: missing or non-list 'images'",
+    ),
+    (
+        "train",
+        "missing image folder",
+        _TRAIN + ["--config.data.ann_file=good.json", "--config.data.img_dir=nodir"],
+        "train data not found: nodir",
+    ),
+    (
+        "train",
+        "empty image folder",
+        _TRAIN + ["--config.data.ann_file=good.json", "--config.data.img_dir=empty"],
+        "train image folder empty is empty",
+    ),
+    # read in a data worker process; raised in the loader's thread: skip warnings, then one error
+    (
+        "train",
+        "corrupt image",
+        _TRAIN
+        + [
+            "--config.data.ann_file=good.json",
+            "--config.data.img_dir=corrupt",
+            "--config.data.workers=1",
+        ],
+        "no readable image in a whole epoch",
+    ),
+    (
+        "train",
+        "config value",
+        _TRAIN + ["--config.optimizer.lr=-1"],
+        "optimizer.lr=-1.0 must be > 0",
+    ),
+    (
+        "train",
+        "VOC XML",
+        _TRAIN + ["--config.data.source=voc", "--config.data.voc_root=voc"],
+        "malformed VOC annotation",
+    ),
+    (
+        "train",
+        "corrupt checkpoint",
+        _TRAIN
+        + [
+            "--config.data.ann_file=good.json",
+            "--config.data.img_dir=imgs",
+            "--config.train.load_from=bad.pth",
+        ],
+        _NOT_TORCH,
+    ),
+    (
+        "eval",
+        "bad JSON",
+        _EVAL + ["bad.pth", "--ann-file", "bad.json", "--img-dir", "imgs"],
+        "bad.json: unreadable or truncated JSON",
+    ),
+    (
+        "eval",
+        "wrong structure",
+        _EVAL + ["bad.pth", "--ann-file", "list.json", "--img-dir", "imgs"],
+        "list.json: expected a JSON object",
+    ),
+    (
+        "eval",
+        "missing image folder",
+        _EVAL + ["bad.pth", "--ann-file", "good.json", "--img-dir", "nodir"],
+        "val data not found: nodir",
+    ),
+    (
+        "eval",
+        "empty image folder",
+        _EVAL + ["bad.pth", "--ann-file", "good.json", "--img-dir", "empty"],
+        "val image folder empty is empty",
+    ),
+    (
+        "eval",
+        "corrupt checkpoint",
+        _EVAL + ["bad.pth", "--ann-file", "good.json", "--img-dir", "imgs"],
+        _NOT_TORCH,
+    ),
+    (
+        "eval",
+        "not a checkpoint",
+        _EVAL + ["notckpt", "--ann-file", "good.json", "--img-dir", "imgs"],
+        _NOT_ORBAX,
+    ),
+    (
+        "eval",
+        "config value",
+        _EVAL + ["bad.pth", "--config.test.score_thr=2"],
+        "test.score_thr=2.0 must be in [0, 1]",
+    ),
+    (
+        "eval",
+        "VOC XML",
+        _EVAL + ["bad.pth", "--data", "voc", "--voc-root", "voc"],
+        "malformed VOC annotation",
+    ),
+    (
+        "predict",
+        "bad JSON",
+        _PREDICT + ["bad.pth", "imgs", "--ann-file", "bad.json"],
+        "bad.json: unreadable or truncated JSON",
+    ),
+    (
+        "predict",
+        "wrong structure",
+        _PREDICT + ["bad.pth", "imgs", "--ann-file", "wrong.json"],
+        "wrong.json: 'images' is not a list",
+    ),
+    (
+        "predict",
+        "missing image folder",
+        _PREDICT + ["bad.pth", "nodir"],
+        "input path(s) not found: nodir",
+    ),
+    ("predict", "empty image folder", _PREDICT + ["bad.pth", "empty"], "no images found in empty"),
+    ("predict", "corrupt checkpoint", _PREDICT + ["bad.pth", "imgs"], _NOT_TORCH),
+    ("predict", "not a checkpoint", _PREDICT + ["notckpt", "imgs"], _NOT_ORBAX),
+    (
+        "predict",
+        "config value",
+        _PREDICT + ["bad.pth", "imgs", "--config.test.nms_iou=0"],
+        "test.nms_iou=0.0 must be in (0, 1]",
+    ),
+    ("export", "corrupt checkpoint", _EXPORT + ["--checkpoint", "bad.pth"], _NOT_TORCH),
+    ("export", "not a checkpoint", _EXPORT + ["--checkpoint", "notckpt"], _NOT_ORBAX),
+    (
+        "export",
+        "config value",
+        _EXPORT + ["--checkpoint", "bad.pth", "--config.input_size=0"],
+        "input_size=0 must be a positive integer",
+    ),
+    ("import", "corrupt checkpoint", _IMPORT + ["bad.pth", "o"], _NOT_TORCH),
+    (
+        "import",
+        "not a checkpoint",
+        _IMPORT + ["good.json", "o"],
+        "good.json is truncated, corrupt or not a torch checkpoint",
+    ),
+    (
+        "import",
+        "config value",
+        _IMPORT + ["bad.pth", "o", "--config.train.batch_size=0"],
+        "train.batch_size=0 must be a positive integer",
+    ),
+    ("benchmark", "corrupt checkpoint", _BENCH + ["--checkpoint", "bad.pth"], _NOT_TORCH),
+    ("benchmark", "not a checkpoint", _BENCH + ["--checkpoint", "notckpt"], _NOT_ORBAX),
+    (
+        "benchmark",
+        "config value",
+        _BENCH + ["--config.test.max_per_img=0"],
+        "test.max_per_img=0 must be an integer >= 1",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "tool,kind,args,says", BAD_INPUTS, ids=[f"{t}-{k.replace(' ', '_')}" for t, k, *_ in BAD_INPUTS]
+)
+def test_every_bad_input_is_one_line_in_every_tool(tool, kind, args, says, tmp_path):
+    """Each tool with each kind of bad input it reads: one line on stderr naming the problem,
+    exit status 2, no traceback (the readers' errors are all ``UserError``s)."""
+    write_bad_inputs(tmp_path)
+    proc = run(args[0], args[1:], tmp_path)
+    if kind == "corrupt image":  # each skipped image is a warning first, as in any training
+        warnings = proc.stderr.strip().splitlines()[:-1]
+        assert warnings and all("skipped image" in w for w in warnings), proc.stderr[-2000:]
+        proc.stderr = proc.stderr.strip().splitlines()[-1]
+    assert_one_line_error(proc, says)
+    if kind == "corrupt image":
+        return  # the run had started (its TensorBoard file is there)
+    for out in (tmp_path / "w", tmp_path / "o"):  # nothing written (empty folders at most)
+        assert not [f for _, _, files in os.walk(out) for f in files], out

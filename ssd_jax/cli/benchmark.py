@@ -21,12 +21,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-
 from ssd_jax import host_memory
 from ssd_jax.cli import common
+
+# Imported when first used, so that --help and argument errors answer at once.
+jax = common.DeferredModule("jax")
+jnp = common.DeferredModule("jax.numpy")
+np = common.DeferredModule("numpy")
 
 
 def timed(fn: Callable, iters: int) -> tuple[float, float]:
@@ -56,6 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--skip-train", action="store_true", help="do not time the train step")
     parser.add_argument("--skip-input", action="store_true", help="do not time the input pipeline")
     parser.add_argument("--out", default="", help="also write the JSON report to this file")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the file --out names if it exists"
+    )
     parser.add_argument(
         "--backends",
         default="",
@@ -95,6 +99,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = sorted(set(backends) - set(BACKENDS))
     if unknown:
         parser.error(f"unknown backend(s) {', '.join(unknown)}: choose from {', '.join(BACKENDS)}")
+    # A config mistake or an existing --out is refused before any work (and before JAX is
+    # imported).
+    refused = common.run_cli(lambda: _check(args, overrides), args.verbose, "ssd-jax-benchmark")
+    if refused:
+        return refused
     if backends:
         host_memory.keep_freed_memory()  # as the inference tools (predict, eval) run
         return common.run_cli(
@@ -103,6 +112,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     return common.run_cli(
         lambda: _ok(benchmark(args, overrides)), args.verbose, "ssd-jax-benchmark"
     )
+
+
+def _check(args: Any, overrides: list[str]) -> None:
+    """ConfigError for a config mistake; OutputExistsError when ``--out`` names an existing file
+    and ``--overwrite`` is not given."""
+    common.load_config(args.config, overrides)
+    if args.out:
+        from ssd_jax.outputs import check_outputs
+
+        folder, name = os.path.split(args.out)
+        check_outputs(folder or ".", [name], overwrite=args.overwrite)
 
 
 def _compare(args: Any, overrides: list[str], backends: list[str]) -> int:

@@ -5,7 +5,8 @@
     args, overrides = parse(parser, argv)
     return run_cli(lambda: evaluate(args, overrides), args.verbose)
 
-User mistakes (``ssd_jax.errors.UserError`` and the porting/image/file errors) print one line,
+User mistakes (``ssd_jax.errors.UserError``, which every reader's error type is, and the file
+system's errors) print one line,
 ``<prog>: error: <message>``, and exit with status 2; ``--verbose`` prints the whole message (e.g.
 every mismatching checkpoint key) and the traceback. Other exceptions are bugs and keep their
 traceback.
@@ -14,30 +15,54 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from ssd_jax.errors import UserError
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """Exception types that mean bad input, not a bug."""
-    from ssd_jax.image_io import ImageReadError
-    from ssd_jax.porting.pth_reader import CheckpointFormatError, UnsafeCheckpointError
-
+    """Exception types that mean bad input, not a bug: ``UserError`` (the readers' errors —
+    ``CocoFormatError``, ``VocFormatError``, ``ImageReadError``, ``CheckpointFormatError``,
+    ``UnsafeCheckpointError`` — and the config, checkpoint and output errors all derive from it)
+    and the file system's refusals."""
     return (
         UserError,
         FileNotFoundError,
         NotADirectoryError,
         IsADirectoryError,
         PermissionError,
-        ImageReadError,
-        CheckpointFormatError,
-        UnsafeCheckpointError,
     )
+
+
+def load_config(name: str, overrides: Sequence[str] = ()) -> Any:
+    """The config ``name`` (a file or a bundled config's name) with ``key=value`` overrides,
+    checked: unknown keys, values of the wrong type and values out of range are ``ConfigError``s
+    (one line), before any work."""
+    from ssd_jax.config import load_config as load
+    from ssd_jax.config import validate_config
+
+    config = load(name, list(overrides))
+    validate_config(config)
+    return config
+
+
+class DeferredModule:
+    """A module imported on its first attribute access: ``jax = DeferredModule("jax")`` at a
+    tool's top level keeps ``--help`` and argument errors from importing JAX (about a second)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(importlib.import_module(self._name), attr)
+
+    def __repr__(self) -> str:
+        return f"<deferred module {self._name!r}>"
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -102,12 +102,10 @@ def evaluate(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 def _evaluate(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
-    from ssd_jax.config import load_config
     from ssd_jax.data.sources import build_source
     from ssd_jax.errors import ConfigError, InputFileError
-    from ssd_jax.evaluation.evaluate import evaluate_checkpoint
 
-    config = load_config(args.config, overrides)
+    config = common.load_config(args.config, overrides)
     if not os.path.exists(args.checkpoint):
         raise InputFileError(f"checkpoint not found: {args.checkpoint}")
     if args.batch_size < 0:
@@ -127,6 +125,8 @@ def _evaluate(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
     )
     workers = args.num_workers if args.num_workers >= 0 else config.data.get("workers", 0)
     out = args.out or os.path.join("runs", "eval", config.name)
+    from ssd_jax.evaluation.evaluate import evaluate_checkpoint  # JAX: after the checks above
+
     return evaluate_checkpoint(
         config,
         args.checkpoint,

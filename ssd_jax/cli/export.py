@@ -54,17 +54,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def export(args, overrides: list[str]) -> None:
-    from ssd_jax.config import load_config
-    from ssd_jax.detector import Detector
     from ssd_jax.errors import UserError
-    from ssd_jax.export import export as export_model
-    from ssd_jax.export.jax_export import metadata_path
-    from ssd_jax.export.onnx_export import anchors_path
     from ssd_jax.outputs import check_output_path
 
-    config = load_config(args.config, ["precision='fp32'", *overrides])
+    config = common.load_config(args.config, ["precision='fp32'", *overrides])
+    from ssd_jax.export.jax_export import metadata_path
+    from ssd_jax.export.onnx_export import anchors_path
+
     for path in (args.out, metadata_path(args.out), anchors_path(args.out)):
         check_output_path(path, overwrite=args.overwrite)
+    from ssd_jax.detector import Detector
+    from ssd_jax.export import export as export_model
+
     detector = Detector.from_checkpoint(config, args.checkpoint)
     start = time.perf_counter()
     try:

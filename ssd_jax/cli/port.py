@@ -25,14 +25,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     def run() -> None:
         import shutil
 
-        from ssd_jax import checkpoints
-        from ssd_jax.config import load_config
-        from ssd_jax.models.assembly import zero_variables
         from ssd_jax.outputs import check_output_path
+
+        config = common.load_config(args.config, overrides)
+        check_output_path(args.out_dir, overwrite=args.overwrite)
+        from ssd_jax import checkpoints  # JAX, orbax: after the checks above
+        from ssd_jax.models.assembly import zero_variables
         from ssd_jax.porting import load_checkpoint_variables
 
-        config = load_config(args.config, overrides)
-        check_output_path(args.out_dir, overwrite=args.overwrite)
         variables = load_checkpoint_variables(
             args.checkpoint, zero_variables(config), config=config
         )

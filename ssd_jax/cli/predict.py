@@ -74,13 +74,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def predict(args: Any, overrides: list[str]) -> int:
-    from ssd_jax.config import load_config
-    from ssd_jax.detector import Detector
     from ssd_jax.errors import InputFileError
     from ssd_jax.image_io import list_images
     from ssd_jax.outputs import check_outputs
 
-    config = load_config(args.config, overrides)
+    config = common.load_config(args.config, overrides)
     if not os.path.exists(args.checkpoint):
         raise InputFileError(f"checkpoint not found: {args.checkpoint}")
     own = _earlier_outputs(args.out)
@@ -96,6 +94,8 @@ def predict(args: Any, overrides: list[str]) -> int:
     )
     image_ids = image_ids_for(paths, args.ann_file)
     if args.backend == "jax":
+        from ssd_jax.detector import Detector  # JAX: after the checks above
+
         det = Detector.from_checkpoint(config, args.checkpoint)
     else:
         from ssd_jax.export import runtime
@@ -139,12 +139,14 @@ def predict_files(
     from tqdm import tqdm
 
     from ssd_jax.image_io import ImageReadError, read_image_rgb
+    from ssd_jax.progress import progress
     from ssd_jax.visualize import draw_detections
 
     results: list[dict] = []
     written: list[str] = []
     failed = 0
-    with tqdm(total=len(paths), unit="img", file=sys.stderr) as bar:
+    bar = progress(len(paths), desc="predict", unit="img")
+    try:
         for start in range(0, len(paths), batch_size):
             ids, images = [], []
             for i in range(start, min(start + batch_size, len(paths))):
@@ -164,6 +166,8 @@ def predict_files(
                 Image.fromarray(drawn).save(os.path.join(out_dir, stems[i] + ".png"))
                 written.append(stems[i] + ".png")
             bar.update(min(batch_size, len(paths) - start))
+    finally:
+        bar.close()
     return results, failed, written
 
 
@@ -204,15 +208,22 @@ def image_ids_for(paths: Sequence[str], ann_file: str = "") -> list[int]:
     stem is (``000000397133`` → 397133) when every stem is one; else the index."""
     names = [os.path.basename(p) for p in paths]
     if ann_file:
+        from ssd_jax.data.coco import CocoFormatError, read_json_object
         from ssd_jax.errors import InputFileError
 
         if not os.path.isfile(ann_file):
             raise InputFileError(f"annotation file not found: {ann_file}")
-        with open(ann_file) as f:
-            by_name = {
-                os.path.basename(str(im.get("file_name", ""))): im.get("id")
-                for im in json.load(f).get("images", [])
-            }
+        images = read_json_object(ann_file).get("images")
+        if not isinstance(images, list) or not all(
+            isinstance(im, dict)
+            and isinstance(im.get("file_name"), str)
+            and isinstance(im.get("id"), int)
+            for im in images
+        ):
+            raise CocoFormatError(
+                f"{ann_file}: 'images' is not a list of objects with a file_name and an integer id"
+            )
+        by_name = {os.path.basename(im["file_name"]): im["id"] for im in images}
         missing = [n for n in names if n not in by_name]
         if missing:
             raise InputFileError(

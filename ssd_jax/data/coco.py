@@ -24,11 +24,13 @@ from typing import Any
 import numpy as np
 from pycocotools.coco import COCO
 
+from ssd_jax.errors import UserError
+
 log = logging.getLogger(__name__)
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
-class CocoFormatError(ValueError):
+class CocoFormatError(UserError, ValueError):
     """The annotation file is unreadable or not COCO as ``CocoSource`` reads it; the message
     names the file, the entry (``images[3] (id 7)``) and the problem."""
 
@@ -235,6 +237,14 @@ def _filter_reason(
 
 
 def _load_json(path: str) -> dict[str, Any]:
+    data = read_json_object(path)
+    _validate(path, data)
+    return data
+
+
+def read_json_object(path: str) -> dict[str, Any]:
+    """The JSON object in ``path``; ``CocoFormatError`` naming the file and the place when it
+    is not JSON or not an object (its fields are not checked)."""
     try:
         with open(path, "rb") as f:
             data = json.load(f)
@@ -251,7 +261,6 @@ def _load_json(path: str) -> dict[str, Any]:
         raise CocoFormatError(
             f"{path}: expected a JSON object at the top, got {type(data).__name__}"
         )
-    _validate(path, data)
     return data
 
 

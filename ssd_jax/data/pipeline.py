@@ -35,6 +35,7 @@ import numpy as np
 from absl import flags
 
 from ssd_jax.data.transforms import train_transform
+from ssd_jax.errors import UserError
 from ssd_jax.preprocess import resize_image
 
 log = logging.getLogger(__name__)
@@ -298,6 +299,10 @@ class _PaddedView:
         return f"_PaddedView({self._source!r}, {len(self)} entries)"
 
 
+class NoReadableImageError(UserError, RuntimeError):
+    """Not one image of a whole epoch (of this process's shard) could be read."""
+
+
 class DataWorkerDiedError(RuntimeError):
     """A data worker process ended unexpectedly (e.g. killed for lack of memory)."""
 
@@ -371,7 +376,10 @@ class TrainIterator:
                 self._skip(example)
                 failures_in_row += 1
                 if failures_in_row > self._shard_size:
-                    raise RuntimeError("no readable image in a whole epoch of this shard")
+                    raise NoReadableImageError(
+                        f"no readable image in a whole epoch of this shard ({self._shard_size} "
+                        f"images), e.g. {example['error']}"
+                    )
                 continue
             failures_in_row = 0
             self._warn_truncated(example)

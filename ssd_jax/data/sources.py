@@ -63,6 +63,10 @@ def build_source(
         for path in (ann_file, img_dir):
             if not os.path.exists(path):
                 raise InputFileError(f"{split} data not found: {path}")
+        if not os.path.isdir(img_dir):
+            raise InputFileError(f"{split} image folder {img_dir} is not a folder")
+        if not os.listdir(img_dir):
+            raise InputFileError(f"{split} image folder {img_dir} is empty")
         if train:
             return CocoSource(ann_file, img_dir, filter_train=True, min_size=d.get("min_size", 0))
         return CocoSource(ann_file, img_dir)

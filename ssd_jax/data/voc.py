@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ssd_jax.errors import InputFileError, UserError
+
 VOC_CLASSES = (
     "aeroplane",
     "bicycle",
@@ -45,6 +47,10 @@ VOC_CLASSES = (
 )
 
 
+class VocFormatError(UserError, ValueError):
+    """An annotation XML that does not parse or lacks a field; the message names the file."""
+
+
 class VocSource:
     """The images of ``ImageSets/Main/{split}.txt`` of one VOC year, with their annotations.
 
@@ -53,7 +59,8 @@ class VocSource:
         split: image set name, e.g. ``'train'``, ``'val'``, ``'trainval'``, ``'test'``.
         year: ``'2007'`` or ``'2012'``.
 
-    Every annotation is parsed on construction; a malformed XML raises ``ValueError`` naming it.
+    Every annotation is parsed on construction; a malformed XML raises ``VocFormatError`` (a
+    ``ValueError``) naming it, a missing image set ``InputFileError``.
     """
 
     class_names = VOC_CLASSES
@@ -65,7 +72,7 @@ class VocSource:
         self.year_dir = devkit / f"VOC{year}"
         ids_file = self.year_dir / "ImageSets" / "Main" / f"{split}.txt"
         if not ids_file.is_file():
-            raise FileNotFoundError(f"VOC image set not found: {ids_file}")
+            raise InputFileError(f"VOC image set not found: {ids_file}")
         image_ids = [line.strip() for line in ids_file.read_text().splitlines() if line.strip()]
         self.records = [self._record(image_id) for image_id in image_ids]
 
@@ -88,7 +95,7 @@ class VocSource:
         try:
             record = parse_voc_xml(ET.parse(xml_path).getroot(), file_name)
         except (ET.ParseError, AttributeError, TypeError, ValueError) as e:
-            raise ValueError(f"malformed VOC annotation {xml_path}: {e}") from e
+            raise VocFormatError(f"malformed VOC annotation {xml_path}: {e}") from e
         return {"image_id": image_id, "file_name": file_name, **record}
 
 

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-from tqdm import tqdm
+
+from ssd_jax.progress import track
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +202,9 @@ def records_to_coco(source: Any, progress: bool = False) -> tuple[COCO, list[Any
     Returns the COCO object and the image id of every record index.
     """
     records = []  # without the decoded images that image sources' records carry
-    for i in tqdm(range(len(source)), desc="ground truth", unit="img", disable=not progress):
+    for i in track(
+        range(len(source)), total=len(source), desc="ground truth", unit="img", disable=not progress
+    ):
         r = source[i]
         records.append(
             {k: r[k] for k in ("image_id", "height", "width", "boxes", "labels")}

@@ -19,7 +19,6 @@ import jax
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
-from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ssd_jax import postprocess as post
@@ -27,6 +26,7 @@ from ssd_jax.data.pipeline import make_eval_loader
 from ssd_jax.inference import make_detect_fn
 from ssd_jax.models import SSD
 from ssd_jax.parallel import AXIS, replicate, shard_batch
+from ssd_jax.progress import progress as progress_display
 
 Detections = dict[str, np.ndarray]  # {'boxes' (K, 4) xyxy original px, 'scores' (K,), 'labels'}
 
@@ -110,11 +110,10 @@ def _detect_all(
     p_detect, replicated: Any, loader: Any, batch_size: int, devices: int, progress: bool
 ) -> list[dict[str, np.ndarray]]:
     """Every batch of ``loader`` through ``p_detect``, fetching one while the next runs."""
-    bar = tqdm(
-        total=len(loader) * batch_size * jax.process_count(),
+    bar = progress_display(
+        len(loader) * batch_size * jax.process_count(),
         desc="eval",
         unit="img",
-        dynamic_ncols=True,
         disable=not progress or jax.process_index() != 0,
     )
     chunks, pending = [], None

@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from flax import traverse_util
 
 from ssd_jax.errors import UserError
 
@@ -129,6 +128,8 @@ def merge_strict(
     their ``expected`` values when absent from the checkpoint. ``ignore_prefixes``: checkpoint
     entries under these top-level modules are left out (e.g. a head being re-initialised).
     """
+    from flax import traverse_util  # JAX's import (a second) only when a checkpoint is read
+
     want = traverse_util.flatten_dict(expected)
     loaded = {k: v for k, v in loaded.items() if not _under(k[1:], ignore_prefixes)}
     missing = sorted(

@@ -43,10 +43,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-try:  # numpy has no bfloat16/float8; ml_dtypes (a JAX dependency) provides them
-    import ml_dtypes
-except ImportError:  # pragma: no cover
-    ml_dtypes = None
+from ssd_jax.errors import UserError
 
 __all__ = [
     "CheckpointFormatError",
@@ -57,29 +54,49 @@ __all__ = [
 ]
 
 
-class UnsafeCheckpointError(ValueError):
+class UnsafeCheckpointError(UserError, ValueError):
     """The file references a callable or class that is not on the allow-list."""
 
 
-class CheckpointFormatError(ValueError):
+class CheckpointFormatError(UserError, ValueError):
     """The file is truncated, corrupt, or not a ``torch.save`` checkpoint."""
 
 
-def _extra(name: str) -> np.dtype | None:
-    return np.dtype(getattr(ml_dtypes, name)) if ml_dtypes is not None else None
+#: torch dtype names that numpy lacks; ml_dtypes (a JAX dependency) has them. Imported on first
+#: use (half a second), so that ``python -m ssd_jax.porting --help`` is quick.
+_ML_DTYPES = (
+    "bfloat16",
+    "float8_e4m3fn",
+    "float8_e5m2",
+    "float8_e4m3fnuz",
+    "float8_e5m2fnuz",
+    "float8_e8m0fnu",
+)
 
 
-#: torch dtype name -> numpy dtype (None when numpy/ml_dtypes cannot represent it).
+def _numpy_dtype(name: str) -> np.dtype | None:
+    """The numpy dtype of a torch dtype name (KeyError when unknown; None when neither numpy nor
+    ml_dtypes can represent it)."""
+    if name not in _ML_DTYPES:
+        return _TORCH_DTYPES[name]
+    try:
+        import ml_dtypes
+    except ImportError:  # pragma: no cover
+        return None
+    return np.dtype(getattr(ml_dtypes, name))
+
+
+#: torch dtype name -> numpy dtype (None: see ``_numpy_dtype``).
 _TORCH_DTYPES: dict[str, np.dtype | None] = {
     "float64": np.dtype("<f8"),
     "float32": np.dtype("<f4"),
     "float16": np.dtype("<f2"),
-    "bfloat16": _extra("bfloat16"),
-    "float8_e4m3fn": _extra("float8_e4m3fn"),
-    "float8_e5m2": _extra("float8_e5m2"),
-    "float8_e4m3fnuz": _extra("float8_e4m3fnuz"),
-    "float8_e5m2fnuz": _extra("float8_e5m2fnuz"),
-    "float8_e8m0fnu": _extra("float8_e8m0fnu"),
+    "bfloat16": None,
+    "float8_e4m3fn": None,
+    "float8_e5m2": None,
+    "float8_e4m3fnuz": None,
+    "float8_e5m2fnuz": None,
+    "float8_e8m0fnu": None,
     "int64": np.dtype("<i8"),
     "int32": np.dtype("<i4"),
     "int16": np.dtype("<i2"),
@@ -238,7 +255,7 @@ class TorchDtype(_NoState):
     @property
     def numpy(self) -> np.dtype | None:
         """The matching numpy dtype, or None if there is none."""
-        return _TORCH_DTYPES.get(self.name)
+        return _numpy_dtype(self.name) if self.name in _TORCH_DTYPES else None
 
     def __repr__(self) -> str:
         return f"torch.{self.name}"
@@ -518,7 +535,7 @@ class _SafeUnpickler(pickle.Unpickler):
             or not isinstance(pid[1], _StorageType)
         ):
             raise CheckpointFormatError(f"{self.path}: unexpected persistent id {pid!r:.200}")
-        dtype = _TORCH_DTYPES[pid[1].dtype]
+        dtype = _numpy_dtype(pid[1].dtype)
         if dtype is None:
             raise CheckpointFormatError(f"{self.path}: no numpy dtype for {pid[1].name}")
         key, numel = str(pid[2]), operator.index(pid[4])

@@ -37,6 +37,7 @@ from ssd_jax.checkpoints import (
     saved_shapes,
     template_shapes,
 )
+from ssd_jax.errors import UserError
 from ssd_jax.training.state import TrainState
 
 __all__ = [
@@ -58,7 +59,7 @@ _SPACE_ERRNOS = {
 _SPACE_MESSAGES = {os.strerror(code): reason for code, reason in _SPACE_ERRNOS.items()}
 
 
-class CheckpointSaveError(OSError):
+class CheckpointSaveError(UserError, OSError):
     """A step could not be written for lack of space; the steps saved before are intact."""
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from tqdm import tqdm
+from jax.experimental import multihost_utils
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ssd_jax.config import check_batch_divisible, validate_config
@@ -20,7 +20,9 @@ from ssd_jax.data.sources import build_source
 from ssd_jax.evaluation.evaluate import evaluate_coco, evaluate_voc, metric_for
 from ssd_jax.evaluation.inference import make_p_detect
 from ssd_jax.models.assembly import config_anchors, init_variables, model_for
+from ssd_jax.outputs import check_workdir, move_aside
 from ssd_jax.parallel import replicate, shard_batch, unreplicate
+from ssd_jax.progress import progress
 from ssd_jax.training import optim
 from ssd_jax.training.checkpointing import TrainCheckpointer
 from ssd_jax.training.init import check_starting_point, initial_variables
@@ -80,20 +82,26 @@ class MetricWriter:
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str, resume: bool = False
+    config: ml_collections.ConfigDict, workdir: str, resume: bool = False, overwrite: bool = False
 ) -> dict[str, Any]:
     """Train (resuming from ``workdir`` when asked and possible), validate, checkpoint.
 
-    Returns the final state's host copy of variables and the last validation metrics.
+    ``workdir`` must be new or empty, unless ``resume`` (continue the run it holds) or
+    ``overwrite`` (the run it holds is first renamed to ``<workdir>.old-<date>-<time>``):
+    runs never mix (``ssd_jax.outputs.check_workdir``). Returns the final state's host copy of
+    variables and the last validation metrics.
     """
     validate_config(config)
-    os.makedirs(workdir, exist_ok=True)
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other")
+    prepare_workdir(workdir, resume=resume, overwrite=overwrite)
     t = config.train
     if not resume:  # refuse a by-omission scratch VGG16 before the slow steps
         check_starting_point(config)
     train_source = build_source(config, "train")
     adopt_classes(config, train_source)
     val_source = build_source(config, "val")
+    os.makedirs(workdir, exist_ok=True)  # once the data has been read: a mistake leaves nothing
 
     devices = jax.local_device_count()
     global_batch = t.batch_size
@@ -138,17 +146,12 @@ def train_and_evaluate(
         last_eval: dict[str, Any] = {}
         # Log lines above the bar, never on its line.
         with logging_redirect_tqdm(loggers=[logging.getLogger("ssd_jax")]):
-            bar = tqdm(
-                total=total_steps,
-                initial=start,
-                desc="train",
-                unit="step",
-                dynamic_ncols=True,
-                disable=jax.process_index() != 0,
-            )
+            bar = None  # made once the first step returns: its rate and ETA leave out the compile
             tick, tick_step = time.time(), start
             for step in range(start, total_steps):
                 batch = next(loader)
+                if bar is None:
+                    log.info("step %d compiles the train step first (a minute or less)", step + 1)
                 pstate, pmetrics = p_step(
                     pstate,
                     shard_batch(
@@ -156,6 +159,15 @@ def train_and_evaluate(
                     ),
                 )
                 done = step + 1
+                first = bar is None
+                if first:
+                    bar = progress(
+                        total_steps,
+                        desc="train",
+                        unit="step",
+                        initial=done,
+                        disable=jax.process_index() != 0,
+                    )
                 epoch_end = done % steps_per_epoch == 0
                 if done % t.log_every == 0 or done == total_steps or epoch_end:
                     m = jax.tree.map(lambda a: float(np.asarray(a)[0]), pmetrics)
@@ -190,7 +202,8 @@ def train_and_evaluate(
                             "Try a lower optimizer.lr or a longer warm-up, and check the data for "
                             "broken boxes."
                         )
-                bar.update(1)
+                if not first:
+                    bar.update(1)
                 epoch = done // steps_per_epoch
                 evaluate_now = (
                     epoch_end
@@ -221,7 +234,8 @@ def train_and_evaluate(
                         },
                         metrics=last_eval if evaluate_now else None,
                     )
-            bar.close()
+            if bar is not None:
+                bar.close()
     finally:
         loader.close()  # its worker processes stop here, also on an error
     checkpointer.close()
@@ -234,6 +248,21 @@ def train_and_evaluate(
         "history": history,
         "step": int(final.step),
     }
+
+
+def prepare_workdir(workdir: str, *, resume: bool, overwrite: bool) -> None:
+    """``check_workdir`` on every process, then (``overwrite``) process 0 moves the earlier run
+    aside; no process writes into ``workdir`` before every one has looked at it."""
+    earlier = check_workdir(workdir, resume=resume, overwrite=overwrite)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("ssd_jax: workdir checked")
+    if earlier:
+        if jax.process_index() == 0:
+            log.warning(
+                "--overwrite: moved the earlier run in %s to %s", workdir, move_aside(workdir)
+            )
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("ssd_jax: earlier run moved")
 
 
 def validate(p_detect, pstate, source, config) -> dict[str, Any]:
