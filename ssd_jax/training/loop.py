@@ -94,10 +94,10 @@ def train_and_evaluate(
     validate_config(config)
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other")
+    if not resume:  # refuse a by-omission scratch VGG16 before the slow steps (and --overwrite)
+        check_starting_point(config)
     prepare_workdir(workdir, resume=resume, overwrite=overwrite)
     t = config.train
-    if not resume:  # refuse a by-omission scratch VGG16 before the slow steps
-        check_starting_point(config)
     train_source = build_source(config, "train")
     adopt_classes(config, train_source)
     val_source = build_source(config, "val")
