@@ -91,7 +91,8 @@ class PlainProgress:
 
     def update(self, n: int = 1) -> None:
         self.n += n
-        if time.monotonic() - self._last_t >= self.every_s:
+        # the last unit's line is close()'s, with the time it all took
+        if self.n < self.total and time.monotonic() - self._last_t >= self.every_s:
             self._line()
 
     def set_postfix(self, **values: Any) -> None:
