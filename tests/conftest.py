@@ -145,3 +145,23 @@ def reference(fixture_name):
 @pytest.fixture(scope="session")
 def detector(fixture_name):
     return load_detector(fixture_name)
+
+
+#: Files that take minutes (training runs, big compiles), run first: under ``pytest -n 2`` with
+#: ``--dist loadfile`` a file runs on one worker, and one of these started last would leave the
+#: other worker idle for its minutes at the end of the run.
+SLOW_FIRST = (
+    "test_trajectory.py",
+    "test_training.py",
+    "test_default_run.py",
+    "test_training_parity.py",
+    "test_per_gpu.py",
+    "test_export.py",
+    "test_cli.py",
+    "test_parity.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest in order
