@@ -1,4 +1,5 @@
-"""Small COCO-format files for tests: ``coco_json`` writes one, ``ann`` makes an annotation."""
+"""Small COCO-format files for tests: ``coco_json`` writes one, ``ann`` makes an annotation;
+``SMALL_SSDLITE``, the overrides of a 32 px SSDLite."""
 
 from __future__ import annotations
 
@@ -34,3 +35,18 @@ def ann(ann_id: int, image_id: int, bbox, category_id: int = 1, area=None) -> di
         "area": area,
         "iscrowd": 0,
     }
+
+
+#: The 32 px SSDLite of tests/per_gpu_check.py (configs/ssdlite_shapes.py overrides): a shorter
+#: MobileNetV2 (stride-4 and stride-8 layers feed the neck), narrow extra levels, anchors for
+#: 32 px. BatchNorm in backbone, neck and head as in the real one; for tests of plumbing
+#: (training processes, resuming, checkpoints), where a 96 px model only adds compile time.
+SMALL_SSDLITE = (
+    "input_size=32",
+    "model.backbone.out_indices=(1, 2)",
+    "model.neck.in_channels=(24, 32)",
+    "model.neck.out_channels=(24, 32, 32, 16, 16, 16)",
+    "model.anchors.strides=(4, 8, 16, 32, 32, 32)",
+    "model.anchors.min_sizes=(6, 9, 12, 16, 20, 24)",
+    "model.anchors.max_sizes=(9, 12, 16, 20, 24, 32)",
+)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import lzma
 import os
 import pathlib
 from types import ModuleType
@@ -28,6 +30,49 @@ def fixture_dir(name: str) -> pathlib.Path:
         if REQUIRE_FIXTURES:
             pytest.fail(msg)
         pytest.skip(msg)
+    return path
+
+
+#: Decompressed fixture checkpoints, shared by every test process (xdist workers, subprocesses).
+CHECKPOINT_CACHE = REPO / ".pytest_cache" / "fixture_checkpoints"
+
+
+@contextlib.contextmanager
+def _exclusive(lock: pathlib.Path):
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no lock, at worst decompressed twice
+        yield
+        return
+    with open(lock, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def checkpoint_file(name: str) -> pathlib.Path:
+    """The fixture's ``checkpoint.pth.xz`` as a plain ``.pth``, decompressed once per version.
+
+    lzma takes 2-4 s for SSD300's 36 MB on the 2-core machine, and half a dozen test files (and
+    the training subprocesses) read it; the copy under ``.pytest_cache`` is keyed by the .xz's
+    size and mtime and written atomically under a lock, so concurrent xdist workers decompress
+    it once. Reading ``.xz`` itself stays tested in test_pth_reader.py on both fixtures.
+    """
+    xz = fixture_dir(name) / "checkpoint.pth.xz"
+    stat = xz.stat()
+    path = CHECKPOINT_CACHE / f"{name}-{stat.st_size}-{stat.st_mtime_ns}.pth"
+    if path.is_file():
+        return path
+    CHECKPOINT_CACHE.mkdir(parents=True, exist_ok=True)
+    with _exclusive(CHECKPOINT_CACHE / f"{name}.lock"):
+        if not path.is_file():  # another process may have written it while this one waited
+            for stale in CHECKPOINT_CACHE.glob(f"{name}-*.pth"):
+                stale.unlink()
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(lzma.decompress(xz.read_bytes()))
+            os.replace(tmp, path)
     return path
 
 
@@ -70,7 +115,7 @@ def load_detector(name: str, precision: str = "fp32"):
 
         _CACHE[key] = Detector.from_checkpoint(
             FIXTURE_CONFIGS[name],
-            fixture_dir(name) / "checkpoint.pth.xz",
+            checkpoint_file(name),
             overrides=[f"precision={precision!r}"],
         )
     return _CACHE[key]
@@ -88,7 +133,7 @@ def load_state_dict(name: str) -> dict[str, np.ndarray]:
     if key not in _CACHE:
         from ssd_jax.porting import read_state_dict
 
-        _CACHE[key] = read_state_dict(fixture_dir(name) / "checkpoint.pth.xz")[0]
+        _CACHE[key] = read_state_dict(checkpoint_file(name))[0]
     return _CACHE[key]
 
 
@@ -100,3 +145,23 @@ def reference(fixture_name):
 @pytest.fixture(scope="session")
 def detector(fixture_name):
     return load_detector(fixture_name)
+
+
+#: Files that take minutes (training runs, big compiles), run first: under ``pytest -n 2`` with
+#: ``--dist loadfile`` a file runs on one worker, and one of these started last would leave the
+#: other worker idle for its minutes at the end of the run.
+SLOW_FIRST = (
+    "test_trajectory.py",
+    "test_training.py",
+    "test_default_run.py",
+    "test_training_parity.py",
+    "test_per_gpu.py",
+    "test_export.py",
+    "test_cli.py",
+    "test_parity.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest in order

@@ -11,6 +11,8 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from builders import SMALL_SSDLITE  # tests/ is this script's folder
+
 
 def main() -> None:
     port, n, pid, data, workdir, out = sys.argv[1:7]
@@ -32,7 +34,7 @@ def main() -> None:
             f"data.img_dir={data}/train",
             "data.val_ann_file=",
             "data.workers=0",
-            "input_size=96",
+            *SMALL_SSDLITE,  # the 32 px model: this tests the processes, not the network
             "train.batch_size=4",
             "train.num_steps=3",
             "train.log_every=1",

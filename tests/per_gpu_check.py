@@ -22,6 +22,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
+from builders import SMALL_SSDLITE  # noqa: E402  (tests/ is this script's folder)
 from ssd_jax import objective  # noqa: E402
 from ssd_jax.config import load_config  # noqa: E402
 from ssd_jax.models.assembly import config_anchors, init_variables, model_for  # noqa: E402
@@ -119,17 +120,7 @@ def main() -> None:
     # A small SSDLite (BatchNorm in backbone, neck and head) at 32 px: the semantics under test
     # do not depend on depth, and compiling float64 train steps is most of this check's time.
     config = load_config(
-        REPO / "configs" / "ssdlite_shapes.py",
-        [
-            "input_size=32",
-            "precision='fp64'",
-            "model.backbone.out_indices=(1, 2)",
-            "model.neck.in_channels=(24, 32)",
-            "model.neck.out_channels=(24, 32, 32, 16, 16, 16)",
-            "model.anchors.strides=(4, 8, 16, 32, 32, 32)",
-            "model.anchors.min_sizes=(6, 9, 12, 16, 20, 24)",
-            "model.anchors.max_sizes=(9, 12, 16, 20, 24, 32)",
-        ],
+        REPO / "configs" / "ssdlite_shapes.py", [*SMALL_SSDLITE, "precision='fp64'"]
     )
     config.optimizer.lr, config.optimizer.base_batch_size = 0.2, 4
     config.schedule.warmup_iters = 0

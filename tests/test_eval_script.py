@@ -13,7 +13,7 @@ import pytest
 from flax import traverse_util
 from PIL import Image
 
-from conftest import REPO, fixture_dir, load_reference
+from conftest import REPO, checkpoint_file, load_reference
 from ssd_jax.cli.evaluate import evaluate
 from ssd_jax.coco_classes import COCO_CATEGORY_IDS as COCO_CAT_IDS
 from ssd_jax.coco_classes import COCO_CLASSES
@@ -129,7 +129,7 @@ def test_eval_script_matches_mmdetection_on_fixture(tmp_path):
     metrics = evaluate(
         [
             f"--config={REPO / 'configs' / 'ssd300_coco.py'}",
-            f"--checkpoint={fixture_dir('ssd300_coco') / 'checkpoint.pth.xz'}",
+            f"--checkpoint={checkpoint_file('ssd300_coco')}",
             f"--ann-file={ann_file}",
             f"--img-dir={img_dir}",
             f"--out={out}",
@@ -267,7 +267,7 @@ def test_eval_script_refuses_pth_of_other_classes(shapes_run, tmp_path):
         evaluate(
             [
                 f"--config={REPO / 'configs' / 'ssd300_coco.py'}",
-                f"--checkpoint={fixture_dir('ssd300_coco') / 'checkpoint.pth.xz'}",
+                f"--checkpoint={checkpoint_file('ssd300_coco')}",
                 f"--ann-file={shapes_run['val_annotations']}",
                 f"--img-dir={shapes_run['val_images']}",
                 f"--out={tmp_path / 'out'}",

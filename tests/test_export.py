@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from test_parity import assert_close_rel, assert_detections_match, nchw_to_nhwc
 
+from builders import SMALL_SSDLITE
 from conftest import (
     FIXTURE_CONFIGS,
     REQUIRE_FIXTURES,
-    fixture_dir,
     load_detector,
     load_reference,
     load_state_dict,
@@ -260,22 +260,55 @@ def test_onnx_nms_is_greedy_class_aware_nms(tmp_path, runtime):
         assert np.all(out["scores"][b, count[b] :] == 0)
 
 
+SHAPES_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "ssdlite_shapes.py"
+
+
+def random_checkpoint(directory: pathlib.Path, overrides: tuple[str, ...]) -> pathlib.Path:
+    """An orbax checkpoint of ssdlite_shapes with ``overrides``: random weights, BN statistics."""
+    from flax import traverse_util
+
+    from ssd_jax.checkpoints import save_variables
+    from ssd_jax.config import load_config
+    from ssd_jax.models.assembly import zero_variables
+
+    config = load_config(SHAPES_CONFIG, list(overrides))
+    rng = np.random.default_rng(0)
+    flat = traverse_util.flatten_dict(zero_variables(config))
+    variables = traverse_util.unflatten_dict(
+        {
+            k: (
+                rng.uniform(0.5, 2.0, z.shape).astype(z.dtype)
+                if k[-1] == "var"
+                else rng.normal(0, 0.1, z.shape).astype(z.dtype)
+            )
+            for k, z in flat.items()
+        }
+    )
+    meta = {"config": config.name, "class_names": list(config.class_names)}
+    return pathlib.Path(save_variables(directory, variables, meta))
+
+
 def test_cli(tmp_path):
-    """``ssd-jax-export`` with a config override: raw jax artifact, anchors, metadata; an
-    existing output is not replaced without --overwrite."""
+    """``ssd-jax-export`` with config overrides: raw jax artifact, anchors, metadata; an existing
+    output is not replaced without --overwrite. The CLI's plumbing, on a random-weight 32 px
+    SSDLite: its outputs equal the Detector's on the same checkpoint (the exported fixtures
+    against mmdetection's references are test_raw_outputs and the tests after it)."""
+    from ssd_jax import Detector
     from ssd_jax.export import runtime as rt
     from ssd_jax.export.__main__ import main
     from ssd_jax.export.onnx_export import anchors_path
+    from ssd_jax.preprocess import normalize
 
-    name = "ssdlite_mobilenetv2_320_coco"
+    ckpt = random_checkpoint(tmp_path / "ckpt", SMALL_SSDLITE)
+    small = [f"--config.{o}" for o in SMALL_SSDLITE]
     out = tmp_path / "lite_raw.jaxexport"
     assert (
         main(
             [
                 "--config",
-                str(FIXTURE_CONFIGS[name]),
+                str(SHAPES_CONFIG),
                 "--checkpoint",
-                str(fixture_dir(name) / "checkpoint.pth.xz"),
+                str(ckpt),
                 "--format",
                 "jax",
                 "--raw",
@@ -283,6 +316,7 @@ def test_cli(tmp_path):
                 str(out),
                 "--platforms",
                 "cpu",
+                *small,
                 "--config.test.score_thr=0.3",
             ]
         )
@@ -291,21 +325,32 @@ def test_cli(tmp_path):
     model = rt.load(out)
     assert model.kind == "raw" and model.settings["score_thr"] == 0.3
     assert model.exported.platforms == ("cpu",)
-    raw = model(images=uint8_inputs(name))
-    assert_raw_outputs_match(raw, name, len(model.class_names), "cli")
-    assert np.load(anchors_path(out)).shape == (raw["cls_logits"].shape[1], 4)
+    assert list(model.class_names) == ["ellipse", "rectangle", "triangle", "star"]
+    det = Detector.from_checkpoint(SHAPES_CONFIG, ckpt, overrides=list(SMALL_SSDLITE))
+    images = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    raw = model(images=images)
+    cls, box = det.forward(normalize(images, det.config.model.mean, det.config.model.std))
+    n, classes = len(images), len(model.class_names) + 1
+    cls = np.concatenate([np.asarray(c).reshape(n, -1, classes) for c in cls], 1)
+    box = np.concatenate([np.asarray(b).reshape(n, -1, 4) for b in box], 1)
+    assert np.abs(cls).max() > 0.1  # the random weights give outputs to compare
+    assert_close_rel(raw["cls_logits"], cls, "cli cls")
+    assert_close_rel(raw["bbox_deltas"], box, "cli reg")
+    anchors = np.load(anchors_path(out))
+    np.testing.assert_allclose(anchors, np.concatenate(det.anchors()), rtol=0, atol=1e-4)
     before = out.read_bytes()
     assert (
         main(
             [
                 "--config",
-                name,
+                str(SHAPES_CONFIG),
                 "--checkpoint",
-                str(fixture_dir(name) / "checkpoint.pth.xz"),
+                str(ckpt),
                 "--format",
                 "jax",
                 "--out",
                 str(out),
+                *small,
             ]
         )
         == 2

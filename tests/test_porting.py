@@ -9,14 +9,20 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from conftest import FIXTURE_CONFIGS, fixture_dir, load_detector, load_reference, require
+from conftest import (
+    FIXTURE_CONFIGS,
+    checkpoint_file,
+    load_detector,
+    load_reference,
+    load_state_dict,
+    require,
+)
 from ssd_jax import Detector
 from ssd_jax.config import load_config
 from ssd_jax.porting import (
     CheckpointMismatchError,
     UnsafeCheckpointError,
     load_checkpoint_variables,
-    read_state_dict,
 )
 from ssd_jax.porting.__main__ import main as porting_main
 
@@ -25,7 +31,8 @@ SSD300 = "ssd300_coco"
 
 
 def ssd300_state_dict() -> dict[str, np.ndarray]:
-    return read_state_dict(fixture_dir(SSD300) / "checkpoint.pth.xz")[0]
+    """A copy the caller may change (the arrays are shared: replace them, never write into them)."""
+    return dict(load_state_dict(SSD300))
 
 
 def save_pth(path, state_dict: dict, legacy: bool = False) -> str:
@@ -49,7 +56,7 @@ def test_pth_to_orbax_round_trip(tmp_path):
     assert (
         porting_main(
             [
-                str(fixture_dir(SSD300) / "checkpoint.pth.xz"),
+                str(checkpoint_file(SSD300)),
                 str(out),
                 "--config",
                 str(FIXTURE_CONFIGS[SSD300]),
@@ -123,7 +130,7 @@ def test_import_refuses_a_non_empty_output_folder(tmp_path):
     out.mkdir()
     (out / "keep.txt").write_text("user data")
     args = [
-        str(fixture_dir(SSD300) / "checkpoint.pth.xz"),
+        str(checkpoint_file(SSD300)),
         str(out),
         "--config",
         str(FIXTURE_CONFIGS[SSD300]),

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import fixture_dir, require
+from conftest import checkpoint_file, fixture_dir, require
 
 torch = require("torch")  # CI (SSD_JAX_REQUIRE_FIXTURES) fails without it
 
@@ -334,7 +334,7 @@ FIXTURE_NAMES = {"ssd300_coco": "zip", "ssdlite_mobilenetv2_320_coco": "legacy"}
 @pytest.fixture(scope="module", params=sorted(FIXTURE_NAMES))
 def fixture_pair(request):
     path = fixture_dir(request.param) / "checkpoint.pth.xz"  # skips, or fails in CI, if absent
-    raw = lzma.decompress(path.read_bytes())
+    raw = checkpoint_file(request.param).read_bytes()  # decompressed once per run, not here
     reference = torch.load(io.BytesIO(raw), weights_only=True)
     return request.param, raw, read_pth(path), reference
 

@@ -10,11 +10,10 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from conftest import FIXTURE_CONFIGS, REPO, fixture_dir, require
+from conftest import FIXTURE_CONFIGS, REPO, load_state_dict, require
 from ssd_jax.config import load_config
 from ssd_jax.models import build_model
 from ssd_jax.models.assembly import anchor_generator
-from ssd_jax.porting import read_state_dict
 from ssd_jax.training.init import initial_variables
 
 torch = require("torch")  # CI (SSD_JAX_REQUIRE_FIXTURES) fails without it
@@ -34,7 +33,7 @@ def save(path, state_dict):
 
 
 def test_vgg16_caffe_backbone(tmp_path):
-    sd, _ = read_state_dict(fixture_dir("ssd300_coco") / "checkpoint.pth.xz")
+    sd = load_state_dict("ssd300_coco")
     # open-mmlab://vgg16_caffe holds the backbone only, as features.N.*
     vgg = {k.removeprefix("backbone."): v for k, v in sd.items() if k.startswith("backbone.")}
     config = load_config(FIXTURE_CONFIGS["ssd300_coco"])
@@ -48,7 +47,7 @@ def test_vgg16_caffe_backbone(tmp_path):
 
 
 def test_fine_tune_with_other_classes_reinitialises_the_head(tmp_path, caplog):
-    sd, _ = read_state_dict(fixture_dir("ssd300_coco") / "checkpoint.pth.xz")
+    sd = load_state_dict("ssd300_coco")
     config = load_config(FIXTURE_CONFIGS["ssd300_coco"])
     config.model.num_classes = 20  # e.g. VOC
     config.train.load_from = save(tmp_path / "coco.pth", sd)

@@ -14,6 +14,7 @@ import time
 import numpy as np
 import pytest
 
+from builders import SMALL_SSDLITE
 from conftest import require
 from ssd_jax.config import load_config
 from ssd_jax.training import optim
@@ -82,7 +83,15 @@ def test_two_process_distributed_training(shapes, tmp_path):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
-def train_cmd(shapes: pathlib.Path, workdir: pathlib.Path, steps: int, *extra: str) -> list[str]:
+#: The plumbing tests (processes, kill and resume, refusals) train the 32 px SSDLite of
+#: per_gpu_check.py; the loss test trains ssdlite_shapes itself at the data's 96 px.
+SMALL = tuple(f"--config.{o}" for o in SMALL_SSDLITE)
+FULL = ("--config.input_size=96",)
+
+
+def train_cmd(
+    shapes: pathlib.Path, workdir: pathlib.Path, steps: int, *extra: str, model=SMALL
+) -> list[str]:
     return [
         sys.executable,
         str(REPO / "train.py"),
@@ -94,7 +103,7 @@ def train_cmd(shapes: pathlib.Path, workdir: pathlib.Path, steps: int, *extra: s
         f"--config.data.img_dir={shapes}/train",
         "--config.data.val_ann_file=",
         "--config.data.workers=1",
-        "--config.input_size=96",
+        *model,
         "--config.train.batch_size=4",
         f"--config.train.num_steps={steps}",
         "--config.train.ckpt_every=2",
@@ -239,7 +248,12 @@ def test_short_run_lowers_the_loss(shapes, tmp_path):
     # (0.2 per 8 images) it falls to about 0.6 of the start.
     subprocess.run(
         train_cmd(
-            shapes, work, 40, "--config.schedule.warmup_iters=0", "--config.optimizer.lr=0.2"
+            shapes,
+            work,
+            40,
+            "--config.schedule.warmup_iters=0",
+            "--config.optimizer.lr=0.2",
+            model=FULL,
         ),
         env=run_env(),
         cwd=REPO,

@@ -20,7 +20,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import fixture_dir
+from conftest import checkpoint_file
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data" / "trajectory"
@@ -58,7 +58,7 @@ def overrides(name: str, ref: dict) -> list[str]:
         "train.ckpt_every=1",
         f"train.keep_ckpts={ref['num_iters']}",
         "train.eval_every_epochs=0",
-        f"train.load_from={fixture_dir(name) / 'checkpoint.pth.xz'}",
+        f"train.load_from={checkpoint_file(name)}",
         f"optimizer.lr={o['lr']}",
         f"optimizer.momentum={o['momentum']}",
         f"optimizer.weight_decay={o['weight_decay']}",
