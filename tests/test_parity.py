@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
+import pytest
 
 
 def nchw_to_nhwc(a: np.ndarray) -> np.ndarray:
@@ -40,13 +42,39 @@ def test_head_outputs(detector, reference):
         assert_close_rel(b, nchw_to_nhwc(reference[f"bbox_preds_l{k}"]), f"reg level {k}")
 
 
+# The fixtures README allows a mean of 0.5 (0–255 scale); ours is cv2's bilinear resize, as
+# mmcv.imresize, so the input is exact up to float32 rounding of (x - mean) / std. Held to that:
+# cv2's INTER_LINEAR_EXACT is 0.12 mean / 1.0 max away, INTER_AREA 0.9 / 54 (measured).
+PREPROCESS_MAX_ABS = 0.01
+
+
+def preprocessing_error(x: np.ndarray, detector, reference) -> np.ndarray:
+    """|ours - mmdetection's| network input, on the 0–255 scale, NHWC."""
+    std = np.asarray(detector.config.model.std, np.float32)
+    return np.abs(np.asarray(x) - nchw_to_nhwc(reference["inputs_nchw"])) * std
+
+
 def test_preprocessing(detector, reference):
     x, scales = detector.preprocess([reference["image_0"], reference["image_1"]])
-    std = np.asarray(detector.config.model.std, np.float32)
-    diff = np.abs(x - nchw_to_nhwc(reference["inputs_nchw"])) * std  # back to the 0–255 scale
-    assert diff.mean() <= 0.5
+    diff = preprocessing_error(x, detector, reference)
+    assert diff.mean() <= 0.5 and diff.max() <= PREPROCESS_MAX_ABS, (diff.mean(), diff.max())
     for i in range(2):
+        assert tuple(reference[f"image_{i}"].shape[:2]) == tuple(reference[f"ori_shape_{i}"])
         np.testing.assert_allclose(scales[i], reference[f"scale_factor_{i}"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("interpolation", ["INTER_LINEAR_EXACT", "INTER_AREA", "INTER_NEAREST"])
+def test_preprocessing_check_tells_another_resize_apart(detector, reference, interpolation):
+    """The check above fails for any other cv2 interpolation of the same images."""
+    from ssd_jax.preprocess import normalize
+
+    size, model = detector.config.input_size, detector.config.model
+    flag = getattr(cv2, interpolation)
+    resized = [
+        cv2.resize(reference[f"image_{i}"], (size, size), interpolation=flag) for i in (0, 1)
+    ]
+    x = normalize(np.stack(resized), model.mean, model.std)
+    assert preprocessing_error(x, detector, reference).max() > PREPROCESS_MAX_ABS
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
