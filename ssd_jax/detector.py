@@ -143,8 +143,9 @@ class Detector:
         gt_labels: Sequence[np.ndarray],
         train: bool = True,
     ) -> dict[str, np.ndarray]:
-        """Per-image ``{'loss_cls': (N,), 'loss_bbox': (N,)}`` as mmdetection's ``model.loss``
-        on one GPU's batch.
+        """Per-image ``{'loss_cls': (N,), 'loss_bbox': (N,), 'avg_factor': (N,)}`` as
+        mmdetection's ``model.loss`` on one GPU's batch (each image's losses are already divided
+        by its avg_factor: the batch's positive anchors, each image counting at least 1).
 
         x as in ``forward``; gt_boxes per image (n_i, 4) xyxy input pixels; gt_labels (n_i,).
         ``train=True`` uses batch statistics in BatchNorm (the running ones are not changed).
@@ -162,7 +163,11 @@ class Detector:
             jnp.asarray(self.flat_anchors),
             train=train,
         )
-        return {"loss_cls": np.asarray(out.loss_cls), "loss_bbox": np.asarray(out.loss_bbox)}
+        return {
+            "loss_cls": np.asarray(out.loss_cls),
+            "loss_bbox": np.asarray(out.loss_bbox),
+            "avg_factor": np.asarray(out.avg_factor),
+        }
 
     @functools.cached_property
     def _loss(self):
