@@ -178,24 +178,71 @@ def test_row_product_conv_equals_the_convolution(dilation):
         assert np.abs(got - want).max() <= 2**-8 * np.abs(want).max(), min_channels
 
 
-def test_float32_products_at_full_precision():
-    """float32 models ask XLA for full-precision convolutions and products (a GPU would
-    otherwise use TF32: mmdetection's detections no longer matched on an H200); bf16 models
-    keep the default."""
-    config = load_config(REPO / "configs" / "ssdlite_shapes.py")
-    texts = {}
+def _products(jaxpr) -> list:
+    """Every convolution and matrix product of a jaxpr, nested jaxprs (jit, remat, custom
+    derivatives, loops) included: (primitive name, its ``precision`` parameter)."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name in ("conv_general_dilated", "dot_general"):
+            found.append((eqn.primitive.name, eqn.params.get("precision")))
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                sub = getattr(sub, "jaxpr", sub)  # ClosedJaxpr → Jaxpr
+                if hasattr(sub, "eqns"):
+                    found += _products(sub)
+    return found
+
+
+def _full_precision(precision) -> bool:
+    operands = precision if isinstance(precision, (tuple, list)) else (precision,)
+    return all(p == jax.lax.Precision.HIGHEST for p in operands)
+
+
+@pytest.mark.parametrize("name", ["ssdlite_shapes", "ssd300_coco"])
+def test_float32_products_at_full_precision(name):
+    """A float32 model asks XLA for full precision in every convolution and matrix product of
+    its training step, forward and backward (a GPU would otherwise use TF32: mmdetection's
+    detections no longer matched on an H200); a bf16 model keeps the default in all of them."""
+    from ssd_jax import objective
+    from ssd_jax.models.assembly import config_anchors, init_variables, model_for
+
+    config = load_config(REPO / "configs" / f"{name}.py")
+    counts = {}
     for precision in ("fp32", "bf16"):
         c = config.copy_and_resolve_references()
         c.precision = precision
-        from ssd_jax.models.assembly import init_variables, model_for
+        model, s = model_for(c), c.input_size
+        variables = jax.eval_shape(functools.partial(init_variables, model, s))
+        x = jax.ShapeDtypeStruct((2, s, s, 3), jnp.float32)
+        boxes = jax.ShapeDtypeStruct((2, 3, 4), jnp.float32)
+        labels = jax.ShapeDtypeStruct((2, 3), jnp.int32)
+        valid = jax.ShapeDtypeStruct((2, 3), jnp.bool_)
+        flat = jnp.asarray(np.concatenate(config_anchors(c, model)))
 
-        model = model_for(c)
-        variables = jax.eval_shape(functools.partial(init_variables, model, c.input_size))
-        x = jax.ShapeDtypeStruct((1, c.input_size, c.input_size, 3), jnp.float32)
-        forward = jax.jit(functools.partial(model.apply, train=False))
-        texts[precision] = forward.lower(variables, x).as_text()
-    assert texts["fp32"].count("HIGHEST") >= 10
-    assert "HIGHEST" not in texts["bf16"]
+        def total(params, batch_stats, x, b, l, v, c=c, model=model, flat=flat):
+            out = objective.ssd_loss(
+                model,
+                {"params": params, "batch_stats": batch_stats},
+                x,
+                b,
+                l,
+                v,
+                flat,
+                train=True,
+                target_cfg=objective.target_settings(c),
+            )
+            return out.loss_cls.sum() + out.loss_bbox.sum()
+
+        jaxpr = jax.make_jaxpr(jax.grad(total))(
+            variables["params"], variables["batch_stats"], x, boxes, labels, valid
+        )
+        products = _products(jaxpr.jaxpr)
+        full = [_full_precision(p) for _, p in products]
+        counts[precision] = (len(products), sum(full))
+    n32, full32 = counts["fp32"]
+    n16, full16 = counts["bf16"]
+    assert n32 >= 40 and full32 == n32, counts  # forward and backward, every one of them
+    assert n16 >= 40 and full16 == 0, counts
 
 
 @pytest.mark.parametrize("stride,dilation", [(1, 1), (2, 1), (1, 3)])
