@@ -23,22 +23,11 @@ import sys
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
+from fuzz_cases import fuzz
 from ssd_jax.data.coco import CocoFormatError, CocoSource
-
-
-def fuzz(max_examples: int) -> settings:
-    """Derandomized (same cases every run), no example database, 5 s deadline per case."""
-    return settings(
-        max_examples=max_examples,
-        derandomize=True,
-        database=None,
-        deadline=5000,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    )
-
 
 SECONDS = 10  # hard limit per load; the files are a few KiB
 CASES: collections.Counter[tuple[str, str]] = collections.Counter()  # (test, outcome) -> cases

@@ -26,24 +26,13 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image, features
 
+from fuzz_cases import fuzz
 from ssd_jax.data.pipeline import load_image
 from ssd_jax.image_io import IMAGE_EXTENSIONS, ImageReadError, read_image_rgb
-
-
-def fuzz(max_examples: int) -> settings:
-    """Derandomized (same cases every run), no example database, 5 s deadline per case."""
-    return settings(
-        max_examples=max_examples,
-        derandomize=True,
-        database=None,
-        deadline=5000,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    )
-
 
 SECONDS = 10  # hard limit per read; the files are under 2 KiB and at most 2**20 pixels
 FUZZ_PIXEL_LIMIT = 2**20

@@ -29,24 +29,14 @@ from unittest import mock
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import require
+from fuzz_cases import fuzz
 from ssd_jax.porting.pth_reader import CheckpointFormatError, UnsafeCheckpointError, read_pth
 
 torch = require("torch")  # CI (SSD_JAX_REQUIRE_FIXTURES) fails without it
-
-
-def fuzz(max_examples: int) -> settings:
-    """Derandomized (same cases every run), no example database, 5 s deadline per case."""
-    return settings(
-        max_examples=max_examples,
-        derandomize=True,
-        database=None,
-        deadline=5000,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    )
 
 
 SECONDS = 10  # hard limit per read; these files are a few KiB and read in milliseconds
