@@ -160,18 +160,32 @@ def main() -> None:
     report["per_gpu_0_vs_4"] = tree_max_diff(new0.params, reference[4][0])
     # Grouping matters: P=2 and P=4 give different steps.
     report["per_gpu_2_vs_4"] = tree_max_diff(reference[2][0], reference[4][0])
-    # A non-finite loss skips the update and is counted.
-    bad = state.replace(params=jax.tree.map(lambda a: np.full_like(a, np.nan), state.params))
+    # A non-finite loss skips the update and is counted. From a state after one good step (so
+    # that momentum and BatchNorm statistics are not their initial values), with one class
+    # logit's bias set to +inf (a BatchNorm bias would not do: ReLU6 clips inf to 6). Params
+    # (that inf included), BatchNorm statistics and optimizer state must come back bit for bit,
+    # no NaN in them.
+    good, _, _, _ = pmapped_step(config, state, tx, batch, anchors, 2, 2)
+    params = jax.tree.map(np.array, good.params)
+    params["bbox_head"]["cls_convs_0_1"]["bias"][0] = np.inf
+    bad = good.replace(params=params)
     after, _, _, metrics = pmapped_step(config, bad, tx, batch, anchors, 2, 2)
+
+    def same(a, b):
+        pairs = list(zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+        return all(np.array_equal(x, y) and not np.isnan(x).any() for x, y in pairs)
+
     report["nonfinite"] = {
         "finite": bool(np.asarray(metrics["finite"])[0]),
         "in_row": int(after.nonfinite_in_row),
         "total": int(after.nonfinite_total),
-        "step": int(after.step),
-        "opt_state_kept": all(
-            np.array_equal(a, b, equal_nan=True)
-            for a, b in zip(jax.tree.leaves(after.opt_state), jax.tree.leaves(bad.opt_state))
-        ),
+        "steps": int(after.step) - int(bad.step),
+        "params_kept": same(after.params, bad.params),
+        "batch_stats_kept": same(after.batch_stats, bad.batch_stats),
+        "opt_state_kept": same(after.opt_state, bad.opt_state),
+        # the state it kept is not a trivially unchanged one
+        "good_step_moved_stats": tree_max_diff(good.batch_stats, state.batch_stats) > 0,
+        "momentum_nonzero": any(np.abs(x).max() > 0 for x in jax.tree.leaves(bad.opt_state)),
     }
     print(json.dumps(report))
 

@@ -69,8 +69,12 @@ def test_nonfinite_step_is_skipped(per_gpu_report):
         "finite": False,
         "in_row": 1,
         "total": 1,
-        "step": 1,
+        "steps": 1,
+        "params_kept": True,
+        "batch_stats_kept": True,
         "opt_state_kept": True,
+        "good_step_moved_stats": True,
+        "momentum_nonzero": True,
     }
 
 
