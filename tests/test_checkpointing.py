@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pathlib
-import shutil
 import subprocess
 import sys
+import sysconfig
 import textwrap
 
 import jax.numpy as jnp
@@ -136,14 +137,9 @@ _DISK_FULL_CHILD = textwrap.dedent("""
     workdir, mode = sys.argv[1], sys.argv[2]
     ckpt = TrainCheckpointer(workdir, keep=5)
     ckpt.save(1, tiny_state(1), {"position": 1})
-    if mode == "tmpfs":  # fill the file system
-        with open(os.path.join(workdir, "filler"), "wb") as f:
-            try:
-                while True:
-                    f.write(bytes(1 << 16))
-                    f.flush()
-            except OSError:
-                pass
+    if mode == "enospc":  # every write under the workdir fails with ENOSPC (tests/native)
+        import ctypes
+        ctypes.CDLL(None).enospc_arm(1)
     else:  # RLIMIT_FSIZE: writes past 512 bytes fail with EFBIG instead of raising SIGXFSZ
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
@@ -155,8 +151,8 @@ _DISK_FULL_CHILD = textwrap.dedent("""
         result["error"] = str(e)
     result["latest"] = ckpt.latest_step()
     ckpt.close()
-    if mode == "tmpfs":
-        os.remove(os.path.join(workdir, "filler"))
+    if mode == "enospc":
+        ctypes.CDLL(None).enospc_arm(0)
     else:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     ckpt = TrainCheckpointer(workdir, keep=5)  # as a resumed run would
@@ -168,43 +164,38 @@ _DISK_FULL_CHILD = textwrap.dedent("""
 """)
 
 
-def _tmpfs_command(mount_dir: pathlib.Path) -> list[str]:
-    """A shell in its own mount namespace with a 1 MiB tmpfs at ``mount_dir``, or skip."""
-    if shutil.which("unshare") is None:
-        pytest.skip("unshare not available")
-    probe = subprocess.run(
-        ["unshare", "-m", "mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_dir)],
-        capture_output=True,
-        text=True,
-    )
-    if probe.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {probe.stderr.strip()}")
-    return [
-        "unshare",
-        "-m",
-        "sh",
-        "-c",
-        f'mount -t tmpfs -o size=1m tmpfs "{mount_dir}" && exec "$0" "$@"',
-    ]
+def _enospc_shim(folder: pathlib.Path) -> str:
+    """tests/native/enospc.c built into ``folder``: the LD_PRELOAD library that makes writes
+    under $ENOSPC_DIR fail with ENOSPC once armed."""
+    compiler = sysconfig.get_config_var("CC") or "cc"
+    library = folder / "enospc.so"
+    source = REPO / "tests" / "native" / "enospc.c"
+    command = [*compiler.split(), "-shared", "-fPIC", "-O1", "-o", str(library), str(source)]
+    subprocess.run([*command, "-ldl"], check=True, capture_output=True, timeout=120)
+    return str(library)
 
 
-@pytest.mark.parametrize("mode", ["tmpfs", "rlimit_fsize"])
+@pytest.mark.parametrize("mode", ["enospc", "rlimit_fsize"])
 def test_disk_full_during_a_save_raises_clearly_and_keeps_earlier_steps(tmp_path, mode):
-    mount_dir = tmp_path / "disk"
-    mount_dir.mkdir()
-    prefix = _tmpfs_command(mount_dir) if mode == "tmpfs" else []
-    workdir = mount_dir / "run"
+    """ENOSPC from every write of the second save (an LD_PRELOAD shim, not a tmpfs: CI may not
+    mount one), or EFBIG from a file size limit: a clear error, earlier steps intact, and the
+    same step saves once there is space again."""
+    workdir = tmp_path / "disk" / "run"
+    env = dict(os.environ)
+    if mode == "enospc":
+        env.update(LD_PRELOAD=_enospc_shim(tmp_path), ENOSPC_DIR=str(workdir.resolve()))
     out = subprocess.run(
-        prefix + [sys.executable, "-c", _DISK_FULL_CHILD, str(workdir), mode, str(REPO / "tests")],
+        [sys.executable, "-c", _DISK_FULL_CHILD, str(workdir), mode, str(REPO / "tests")],
         capture_output=True,
         text=True,
         timeout=120,
         cwd=REPO,
+        env=env,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert "error" in result, (result, out.stderr[-3000:])
-    reason = "disk full" if mode == "tmpfs" else "file size limit exceeded"
+    reason = "disk full" if mode == "enospc" else "file size limit exceeded"
     assert result["error"].startswith(
         f"{reason} while saving step 2 to {workdir / 'checkpoints'}; earlier checkpoints are "
         "intact (latest complete step: 1)"
