@@ -14,7 +14,6 @@ import pathlib
 
 import numpy as np
 import pytest
-from test_parity import assert_close_rel, assert_detections_match, nchw_to_nhwc
 
 from builders import SMALL_SSDLITE
 from conftest import (
@@ -24,6 +23,7 @@ from conftest import (
     load_reference,
     load_state_dict,
 )
+from test_parity import assert_close_rel, assert_detections_match, nchw_to_nhwc
 
 RUNTIME_FORMAT = {"onnxruntime": "onnx", "openvino": "onnx", "jax": "jax"}
 RUNTIME_PACKAGES = {"onnxruntime": ("onnxruntime",), "openvino": ("openvino", "onnx"), "jax": ()}

@@ -8,11 +8,11 @@ weights, near-tied scores can reorder NMS); head outputs within 5e-2·(1 + max |
 from __future__ import annotations
 
 import numpy as np
-from test_parity import box_iou
 
 from conftest import FIXTURE_CONFIGS, fixture_dir, load_reference
 from ssd_jax import Detector
 from ssd_jax.config import load_config
+from test_parity import box_iou
 
 TOP, MIN_MATCHED = 20, 18
 
