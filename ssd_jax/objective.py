@@ -46,9 +46,11 @@ def grouping(
 
     per_gpu_batch 0 is the whole batch (SyncBN). A group lies within a device when
     ``per_gpu_batch`` divides ``local_batch``, or spans ``per_gpu_batch / local_batch``
-    consecutive devices; other combinations are refused.
+    consecutive devices; other combinations are refused. On one device, a group of its whole
+    batch is that same single group and takes per_gpu_batch 0's code: XLA:CPU ran the
+    grouped form of it 14 % slower (SSDLite train step, batch 8; CPU time, 2026-12-05).
     """
-    if per_gpu_batch == 0:
+    if per_gpu_batch == 0 or (num_devices == 1 and per_gpu_batch == local_batch):
         return Grouping(BatchStats(0, axis_name), 0, None)
     if local_batch % per_gpu_batch == 0:
         return Grouping(BatchStats(per_gpu_batch, axis_name), per_gpu_batch, None)

@@ -109,6 +109,8 @@ def test_avg_factor_counts_each_image_at_least_once():
         (2, 4, 2, (2, None)),
         (4, 2, 2, (0, ((0, 1),))),
         (4, 1, 8, (0, ((0, 1, 2, 3), (4, 5, 6, 7)))),
+        (8, 8, 1, (0, None)),  # one device, one group of its batch: per_gpu_batch 0's code
+        (2, 8, 1, (2, None)),
     ],
 )
 def test_grouping(per_gpu, local, devices, expect):
