@@ -1,6 +1,8 @@
-"""Loading and running exported models: ONNX Runtime, OpenVINO (ONNX files) and jax.export.
+"""Loading and running exported models: ONNX Runtime, OpenVINO (ONNX files), jax.export and
+LiteRT (.tflite files).
 
     model = load("ssdlite.onnx")                 # or runtime="openvino"; "x.jaxexport" → jax
+    model = load("ssdlite.tflite")               # LiteRT (ai-edge-litert)
     dets = predict(model, [image_rgb_uint8, ...])  # per image boxes/scores/labels, original px
     out = model(images=u8_batch, scale_factors=s)  # the graph's outputs as NumPy arrays
 
@@ -19,7 +21,7 @@ import numpy as np
 
 from ssd_jax.preprocess import resize_batch
 
-RUNTIMES = ("onnxruntime", "openvino", "jax")
+RUNTIMES = ("onnxruntime", "openvino", "jax", "litert")
 
 
 class ExportedModel:
@@ -108,8 +110,47 @@ class JaxExportModel(ExportedModel):
         return {k: np.asarray(v) for k, v in jax.device_get(out).items()}
 
 
+class LiteRTModel(ExportedModel):
+    """A ``.tflite`` file (``tflite_export``) run by LiteRT's interpreter on ``num_threads``
+    CPU threads (default: LiteRT's choice).
+
+    The file's batch size is fixed at export; a call with a larger batch runs it in slices of
+    that size (the last slice padded with copies of the last image).
+    """
+
+    def __init__(self, path: str | os.PathLike, num_threads: int | None = None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        from ssd_jax.export.jax_export import metadata_path
+
+        meta_file = metadata_path(path)
+        super().__init__(json.loads(meta_file.read_text()) if meta_file.is_file() else {})
+        self.interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
+        self.runner = self.interpreter.get_signature_runner()
+        inputs = self.runner.get_input_details()
+        self.batch = int(inputs["images"]["shape"][0])
+        if not self.settings:  # the file alone still gives the input size
+            self.settings = {"input_size": int(inputs["images"]["shape"][1])}
+        self.output_names = tuple(self.runner.get_output_details())
+
+    def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
+        n = len(inputs["images"])
+        pad = -n % self.batch
+        if pad:
+            inputs = {k: np.concatenate([v, np.repeat(v[-1:], pad, 0)]) for k, v in inputs.items()}
+        parts = [
+            self.runner(**{k: v[start : start + self.batch] for k, v in inputs.items()})
+            for start in range(0, n + pad, self.batch)
+        ]
+        return {k: np.concatenate([np.asarray(p[k]) for p in parts])[:n] for k in parts[0]}
+
+
+SUFFIX_RUNTIMES = {".onnx": "onnxruntime", ".tflite": "litert"}
+
+
 def default_runtime(path: str | os.PathLike) -> str:
-    return "onnxruntime" if str(path).endswith(".onnx") else "jax"
+    """The runtime of a file's suffix: .onnx → onnxruntime, .tflite → litert, else jax."""
+    return SUFFIX_RUNTIMES.get(pathlib.Path(path).suffix, "jax")
 
 
 def load(path: str | os.PathLike, runtime: str | None = None) -> ExportedModel:
@@ -121,6 +162,8 @@ def load(path: str | os.PathLike, runtime: str | None = None) -> ExportedModel:
         return OpenVINOModel(path)
     if runtime == "jax":
         return JaxExportModel(path)
+    if runtime == "litert":
+        return LiteRTModel(path)
     raise ValueError(f"runtime {runtime!r}: expected one of {RUNTIMES}")
 
 
