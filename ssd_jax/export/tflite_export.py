@@ -111,8 +111,9 @@ def to_tflite(
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if quantize == "int8":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        # Keyed by input name: the converted model's inputs need not be in ``names``' order.
         converter.representative_dataset = lambda: (
-            [np.asarray(x) for x in item[: len(names)]] for item in calibration
+            dict(zip(names, (np.asarray(x) for x in item))) for item in calibration
         )
         converter.target_spec.supported_ops = [
             tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
