@@ -1,9 +1,12 @@
 """LiteRT (TFLite) export: the same JAX functions as ``jax_export``, through jax2tf and TF's
 TFLite converter, decoding and NMS included.
 
-Route: ``jax2tf.convert`` wraps the function's StableHLO in a TF ``XlaCallModule`` op, and
-``tf.lite.TFLiteConverter`` legalizes that StableHLO to TFLite builtin ops (convolutions,
-``TOPK_V2``, gathers, the NMS's ``lax.while_loop`` as ``WHILE``). TF 2.21 reads StableHLO
+Route: ``jax2tf.convert`` wraps ``graph.candidates_fn`` (normalisation, network, softmax,
+score_thr, per-level top nms_pre, decoding, rescale) as StableHLO in a TF ``XlaCallModule`` op;
+NMS is TF's ``NonMaxSuppressionV4`` per image and class (``_tf_nms``), TFLite's builtin
+``NON_MAX_SUPPRESSION_V4``; ``tf.lite.TFLiteConverter`` legalizes all to TFLite builtin ops.
+(The JAX NMS's ``lax.while_loop`` converts too, to ``WHILE``, but TF's int8 calibrator crashes
+on it.) TF 2.21 reads StableHLO
 portable artifacts up to version ``TF_STABLEHLO_VERSION``, while JAX 0.10.2 writes a newer one
 by default, so the module is serialized for that older version (``stablehlo_target``); the
 ops our graphs use exist there. Convolutions use the ONNX export's layer forms
@@ -29,7 +32,7 @@ import contextlib
 import json
 import os
 import pathlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -61,21 +64,39 @@ def stablehlo_target(version: str = TF_STABLEHLO_VERSION) -> Iterator[None]:
         hlo.get_version_from_compatibility_requirement = original
 
 
-def _named_function(detector, raw: bool) -> tuple[Callable, tuple[str, ...]]:
-    """The exported JAX function returning a dict, and its input names."""
-    if raw:
-        fn = graph.raw_fn(detector)
+def _tf_nms(tf, cands: graph.Candidates, nms_iou: float, max_per_img: int) -> dict:
+    """Class-aware greedy NMS of the candidates with TFLite's ``NON_MAX_SUPPRESSION_V4``, one per
+    image and class (B and C static), then the best ``max_per_img`` kept: the detection outputs.
 
-        def raw_dict(images):
-            cls_logits, bbox_deltas = fn(images)
-            return {"cls_logits": cls_logits, "bbox_deltas": bbox_deltas}
-
-        return raw_dict, ("images",)
-    detect = graph.detect_fn(detector)
-    return (lambda images, scale_factors: detect(images, scale_factors)._asdict()), (
-        "images",
-        "scale_factors",
-    )
+    As ``onnx_nms``: each candidate belongs to one class, so the per-class selections are
+    disjoint; their scores' top ``max_per_img`` is what ``postprocess.batched_nms`` keeps.
+    """
+    boxes, scores, labels, class_scores = cands  # [B, K, 4], [B, K], [B, K], [B, C, K]
+    batch, num_classes = class_scores.shape[:2]
+    m = min(max_per_img, int(scores.shape[1]))
+    outputs: dict[str, list] = {"boxes": [], "scores": [], "labels": [], "num_valid": []}
+    for b in range(batch):
+        picked, picked_scores = [], []
+        for c in range(num_classes):
+            selected, count = tf.raw_ops.NonMaxSuppressionV4(
+                boxes=boxes[b],  # xyxy: the kernel takes min/max of each coordinate pair
+                scores=class_scores[b, c],
+                max_output_size=max_per_img,
+                iou_threshold=nms_iou,
+                score_threshold=0.0,  # valid candidates score > 0, the others -1
+                pad_to_max_output_size=True,
+            )
+            real = tf.range(max_per_img) < count
+            picked.append(selected)
+            picked_scores.append(tf.where(real, tf.gather(scores[b], selected), -1.0))
+        top_scores, top = tf.math.top_k(tf.concat(picked_scores, 0), k=m)  # [M]
+        index = tf.gather(tf.concat(picked, 0), top)
+        ok = top_scores > 0
+        outputs["boxes"].append(tf.where(ok[:, None], tf.gather(boxes[b], index), 0.0))
+        outputs["scores"].append(tf.where(ok, top_scores, 0.0))
+        outputs["labels"].append(tf.where(ok, tf.gather(labels[b], index), -1))
+        outputs["num_valid"].append(tf.reduce_sum(tf.cast(ok, tf.int32)))
+    return {k: tf.stack(v) for k, v in outputs.items()}
 
 
 def to_tflite(
@@ -97,14 +118,34 @@ def to_tflite(
         raise ValueError(f"quantize {quantize!r}: expected None or one of {QUANTIZATIONS}")
     if quantize and calibration is None:
         raise ValueError("int8 quantization needs calibration images")
-    size = graph.settings_of(detector).input_size
-    fn, names = _named_function(detector, raw)
+    settings = graph.settings_of(detector)
+    size = settings.input_size
     specs = [tf.TensorSpec((batch, size, size, 3), tf.uint8, name="images")]
-    if not raw:
+    if raw:
+        names = ("images",)
+        raw_outputs = jax2tf.convert(
+            graph.raw_fn(detector), with_gradient=False, native_serialization_platforms=("cpu",)
+        )
+
+        def fn(images):
+            cls_logits, bbox_deltas = raw_outputs(images)
+            return {"cls_logits": cls_logits, "bbox_deltas": bbox_deltas}
+
+    else:
+        names = ("images", "scale_factors")
         specs.append(tf.TensorSpec((batch, 2), tf.float32, name="scale_factors"))
-    converted = jax2tf.convert(fn, with_gradient=False, native_serialization_platforms=("cpu",))
+        candidates = jax2tf.convert(
+            graph.candidates_fn(detector),
+            with_gradient=False,
+            native_serialization_platforms=("cpu",),
+        )
+
+        def fn(images, scale_factors):
+            cands = graph.Candidates(*candidates(images, scale_factors))
+            return _tf_nms(tf, cands, settings.nms_iou, settings.max_per_img)
+
     module = tf.Module()
-    module.f = tf.function(lambda *args: converted(*args), input_signature=specs, autograph=False)
+    module.f = tf.function(fn, input_signature=specs, autograph=False)
     with stablehlo_target(), layers.onnx_friendly_layers():
         concrete = module.f.get_concrete_function()
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], module)
