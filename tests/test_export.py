@@ -273,8 +273,15 @@ def test_onnx_nms_is_greedy_class_aware_nms(tmp_path, runtime):
 SHAPES_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "ssdlite_shapes.py"
 
 
-def random_checkpoint(directory: pathlib.Path, overrides: tuple[str, ...]) -> pathlib.Path:
-    """An orbax checkpoint of ssdlite_shapes with ``overrides``: random weights, BN statistics."""
+def random_checkpoint(
+    directory: pathlib.Path, overrides: tuple[str, ...], image_dependent: bool = False
+) -> pathlib.Path:
+    """An orbax checkpoint of ssdlite_shapes with ``overrides``: random weights, BN statistics.
+
+    By default every weight is N(0, 0.1), which shrinks the input's signal layer by layer: the
+    outputs hardly depend on the image. ``image_dependent``: kernels N(0, 2 / fan-in) and BN
+    scales U(0.7, 1.3), so that they do (distinct scores for detection comparisons).
+    """
     from flax import traverse_util
 
     from ssd_jax.checkpoints import save_variables
@@ -283,16 +290,19 @@ def random_checkpoint(directory: pathlib.Path, overrides: tuple[str, ...]) -> pa
 
     config = load_config(SHAPES_CONFIG, list(overrides))
     rng = np.random.default_rng(0)
+
+    def draw(key: tuple, z: np.ndarray) -> np.ndarray:
+        if key[-1] == "var":
+            return rng.uniform(0.5, 2.0, z.shape)
+        if image_dependent and key[-1] == "kernel" and z.ndim == 4:
+            return rng.normal(0, np.sqrt(2 / np.prod(z.shape[:-1])), z.shape)
+        if image_dependent and key[-1] == "scale":
+            return rng.uniform(0.7, 1.3, z.shape)
+        return rng.normal(0, 0.1, z.shape)
+
     flat = traverse_util.flatten_dict(zero_variables(config))
     variables = traverse_util.unflatten_dict(
-        {
-            k: (
-                rng.uniform(0.5, 2.0, z.shape).astype(z.dtype)
-                if k[-1] == "var"
-                else rng.normal(0, 0.1, z.shape).astype(z.dtype)
-            )
-            for k, z in flat.items()
-        }
+        {k: draw(k, z).astype(z.dtype) for k, z in flat.items()}
     )
     meta = {"config": config.name, "class_names": list(config.class_names)}
     return pathlib.Path(save_variables(directory, variables, meta))

@@ -1,0 +1,182 @@
+"""LiteRT (TFLite) export on a small random-weight SSDLite: the CLI's file against the JAX
+Detector, int8 quantization, TFLite's NMS against ``postprocess.batched_nms``, CLI refusals.
+
+The fixtures' float32 parity (against mmdetection's references) is in test_export.py
+(runtime 'litert'). tensorflow-cpu and ai-edge-litert come from requirements-export.txt.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import pytest
+from test_export import SHAPES_CONFIG, _nms_problem, random_checkpoint, require
+
+from builders import SMALL_SSDLITE
+from test_parity import assert_detections_match
+
+SMALL = [f"--config.{o}" for o in SMALL_SSDLITE]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> pathlib.Path:
+    return random_checkpoint(
+        tmp_path_factory.mktemp("litert") / "ckpt", SMALL_SSDLITE, image_dependent=True
+    )
+
+
+def _export(checkpoint: pathlib.Path, out: pathlib.Path, *extra: str) -> int:
+    from ssd_jax.export.__main__ import main
+
+    return main(
+        [
+            "--config",
+            str(SHAPES_CONFIG),
+            "--checkpoint",
+            str(checkpoint),
+            "--format",
+            "tflite",
+            "--out",
+            str(out),
+            *SMALL,
+            *extra,
+        ]
+    )
+
+
+def _images() -> list[np.ndarray]:
+    rng = np.random.default_rng(3)
+    return [rng.integers(0, 256, (40 + 9 * i, 50 - 4 * i, 3), dtype=np.uint8) for i in range(3)]
+
+
+def test_cli_tflite_detections_equal_jax(checkpoint, tmp_path, capsys):
+    """``--format tflite`` float32: LiteRT's detections are the Detector's (same rule as the
+    fixtures' parity: label, IoU ≥ 0.99, score within 1e-4), three images of other sizes in one
+    call to the batch-1 file; settings and class names travel in PATH.json."""
+    require("tensorflow", "ai_edge_litert")
+    from ssd_jax import Detector
+    from ssd_jax.export import runtime as rt
+
+    out = tmp_path / "lite.tflite"
+    assert _export(checkpoint, out, "--config.test.score_thr=0.05") == 0
+    assert "wrote model" in capsys.readouterr().out
+    model = rt.load(out)
+    assert isinstance(model, rt.LiteRTModel) and model.batch == 1
+    assert model.kind == "detect" and model.settings["score_thr"] == 0.05
+    assert list(model.class_names) == ["ellipse", "rectangle", "triangle", "star"]
+    det = Detector.from_checkpoint(
+        SHAPES_CONFIG, checkpoint, overrides=[*SMALL_SSDLITE, "test.score_thr=0.05"]
+    )
+    images = _images()
+    ours, ref = rt.predict(model, images), det.predict(images)
+    for o, r in zip(ours, ref):
+        assert len(np.unique(r["scores"])) > 100  # distinct scores: no ties for NMS to break
+        assert np.all(np.diff(o["scores"]) <= 0)
+        assert_detections_match(o, r["boxes"], r["scores"], r["labels"], 200)
+
+
+def test_cli_tflite_int8(checkpoint, tmp_path, capsys):
+    """``--quantize int8``: calibrated on the stated number of the folder's images; the file
+    holds int8 convolution weights, is smaller than float32's, and still detects (float input
+    and outputs; top scores within 0.05 of float32's on the random network)."""
+    require("tensorflow", "ai_edge_litert")
+    from PIL import Image
+
+    from ssd_jax.export import runtime as rt
+
+    folder = tmp_path / "calibration"
+    folder.mkdir()
+    for i, image in enumerate(_images() * 2):
+        Image.fromarray(image).save(folder / f"{i}.png")
+    (folder / "notes.txt").write_text("not an image")
+    fp32, int8 = tmp_path / "fp32.tflite", tmp_path / "int8.tflite"
+    assert _export(checkpoint, fp32) == 0
+    assert _export(
+        checkpoint, int8, "--quantize", "int8", "--calibration", str(folder),
+        "--calibration-images", "4",
+    ) == 0  # fmt: skip
+    assert "int8, calibrated on 4 images" in capsys.readouterr().out
+    assert int8.stat().st_size < 0.8 * fp32.stat().st_size
+    model = rt.load(int8)
+    dtypes = {d["dtype"] for d in model.interpreter.get_tensor_details()}
+    assert np.int8 in dtypes
+    images = _images()
+    q, f = rt.predict(model, images), rt.predict(rt.load(fp32), images)
+    for a, b in zip(q, f):
+        assert len(a["scores"]) > 0 and np.all(np.diff(a["scores"]) <= 0)
+        assert abs(float(a["scores"][0]) - float(b["scores"][0])) < 0.05
+        assert a["boxes"].shape == (len(a["scores"]), 4) and np.all(a["labels"] >= 0)
+
+
+def test_tflite_nms_is_greedy_class_aware_nms(tmp_path):
+    """The TFLite NMS tail (``NON_MAX_SUPPRESSION_V4`` per class, then the top max_per_img)
+    keeps what ``postprocess.batched_nms`` keeps, in the same order, run by LiteRT."""
+    require("tensorflow", "ai_edge_litert")
+    import jax
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+
+    from ssd_jax import postprocess
+    from ssd_jax.export import graph
+    from ssd_jax.export.tflite_export import _tf_nms
+
+    boxes, scores, labels = _nms_problem()
+    classes, max_out, iou = 3, 40, 0.45
+    class_scores = np.where(
+        labels[:, None, :] == np.arange(classes)[None, :, None], scores[:, None, :], -1.0
+    ).astype(np.float32)
+    inputs = {"b": boxes, "s": scores, "l": labels, "cs": class_scores}
+    module = tf.Module()
+    module.f = tf.function(
+        lambda b, s, l, cs: _tf_nms(tf, graph.Candidates(b, s, l, cs), iou, max_out),
+        input_signature=[tf.TensorSpec(v.shape, v.dtype, name=k) for k, v in inputs.items()],
+    )
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [module.f.get_concrete_function()], module
+    )
+    out = Interpreter(model_content=converter.convert()).get_signature_runner()(**inputs)
+
+    keep, count = jax.vmap(lambda b, s, l: postprocess.batched_nms(b, s, l, s > 0, iou, max_out))(
+        boxes, scores, labels
+    )
+    keep, count = np.asarray(keep), np.asarray(count)
+    assert count.tolist()[:2] == [max_out, max_out] and count[2] == 0  # the cap and the empty case
+    np.testing.assert_array_equal(out["num_valid"], count)
+    for b in range(len(count)):
+        idx = keep[b, : count[b]]
+        np.testing.assert_array_equal(out["labels"][b, : count[b]], labels[b, idx])
+        np.testing.assert_array_equal(out["scores"][b, : count[b]], scores[b, idx])
+        np.testing.assert_array_equal(out["boxes"][b, : count[b]], boxes[b, idx])
+        assert np.all(out["labels"][b, count[b] :] == -1)
+        assert np.all(out["scores"][b, count[b] :] == 0)
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("existing", "exists and is not empty"),
+        ("missing", "not a folder"),
+        ("no_images", "no images in the folder"),
+        ("no_calibration", "needs --calibration DIR"),
+    ],
+)
+def test_cli_refusals(tmp_path, capsys, case, message):
+    """One line on stderr and exit status 2, before any export (no TensorFlow needed): an
+    existing output without --overwrite, a missing calibration folder, one without images."""
+    out = tmp_path / "model.tflite"
+    extra: list[str] = []
+    if case == "existing":
+        out.write_bytes(b"keep me")
+    elif case == "no_calibration":
+        extra = ["--quantize", "int8"]
+    else:
+        folder = tmp_path / "calibration"
+        if case == "no_images":
+            folder.mkdir()
+            (folder / "readme.txt").write_text("no pictures here")
+        extra = ["--quantize", "int8", "--calibration", str(folder)]
+    assert _export(tmp_path / "no_checkpoint", out, *extra) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert out.read_bytes() == b"keep me" if case == "existing" else not out.exists()
