@@ -111,8 +111,8 @@ class JaxExportModel(ExportedModel):
 
 
 class LiteRTModel(ExportedModel):
-    """A ``.tflite`` file (``tflite_export``) run by LiteRT's interpreter on ``num_threads``
-    CPU threads (default: LiteRT's choice).
+    """A ``.tflite`` file (``tflite_export``) run by LiteRT's interpreter (XNNPACK) on
+    ``num_threads`` CPU threads (default: one per CPU core, as ONNX Runtime).
 
     The file's batch size is fixed at export; a call with a larger batch runs it in slices of
     that size (the last slice padded with copies of the last image).
@@ -125,7 +125,9 @@ class LiteRTModel(ExportedModel):
 
         meta_file = metadata_path(path)
         super().__init__(json.loads(meta_file.read_text()) if meta_file.is_file() else {})
-        self.interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
+        self.interpreter = Interpreter(
+            model_path=str(path), num_threads=num_threads or os.cpu_count() or 1
+        )
         self.runner = self.interpreter.get_signature_runner()
         inputs = self.runner.get_input_details()
         self.batch = int(inputs["images"]["shape"][0])
