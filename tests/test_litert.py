@@ -53,7 +53,7 @@ def _images() -> list[np.ndarray]:
 def test_cli_tflite_detections_equal_jax(checkpoint, tmp_path, capsys):
     """``--format tflite`` float32: LiteRT's detections are the Detector's (same rule as the
     fixtures' parity: label, IoU ≥ 0.99, score within 1e-4), three images of other sizes in one
-    call to the batch-1 file; settings and class names travel in PATH.json."""
+    call to the batch-1 file; settings and class names travel inside the file."""
     require("tensorflow", "ai_edge_litert")
     from ssd_jax import Detector
     from ssd_jax.export import runtime as rt
@@ -65,6 +65,7 @@ def test_cli_tflite_detections_equal_jax(checkpoint, tmp_path, capsys):
     assert isinstance(model, rt.LiteRTModel) and model.batch == 1
     assert model.kind == "detect" and model.settings["score_thr"] == 0.05
     assert list(model.class_names) == ["ellipse", "rectangle", "triangle", "star"]
+    assert [p.name for p in tmp_path.iterdir()] == ["lite.tflite"]  # the metadata is inside
     det = Detector.from_checkpoint(
         SHAPES_CONFIG, checkpoint, overrides=[*SMALL_SSDLITE, "test.score_thr=0.05"]
     )

@@ -5,7 +5,7 @@
 
 --format onnx   one .onnx file (jax2onnx + ONNX NonMaxSuppression), for ONNX Runtime/OpenVINO.
 --format jax    a jax.export artifact (serialized StableHLO with the weights) and PATH.json.
---format tflite a .tflite file (jax2tf + TF's TFLite converter) and PATH.json, for LiteRT;
+--format tflite a .tflite file (jax2tf + TF's TFLite converter, metadata inside), for LiteRT;
                 float32, or with --quantize int8 --calibration DIR full-integer int8
                 (post-training, calibrated on --calibration-images images from DIR).
 --raw           the head outputs only, and the anchors as a .npy beside the model.

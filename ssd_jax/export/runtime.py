@@ -22,6 +22,8 @@ import numpy as np
 from ssd_jax.preprocess import resize_batch
 
 RUNTIMES = ("onnxruntime", "openvino", "jax", "litert")
+# The .tflite metadata entry with the settings and class names (``tflite_export``).
+TFLITE_METADATA = "ssd_jax"
 
 
 class ExportedModel:
@@ -110,6 +112,18 @@ class JaxExportModel(ExportedModel):
         return {k: np.asarray(v) for k, v in jax.device_get(out).items()}
 
 
+def read_tflite_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The ``TFLITE_METADATA`` entry of a ``.tflite`` file ({} if none); needs only LiteRT."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(pathlib.Path(path).read_bytes(), 0)
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        if entry.Name() == TFLITE_METADATA.encode():
+            return json.loads(model.Buffers(entry.Buffer()).DataAsNumpy().tobytes())
+    return {}
+
+
 class LiteRTModel(ExportedModel):
     """A ``.tflite`` file (``tflite_export``) run by LiteRT's interpreter (XNNPACK) on
     ``num_threads`` CPU threads (default: one per CPU core, as ONNX Runtime).
@@ -121,17 +135,14 @@ class LiteRTModel(ExportedModel):
     def __init__(self, path: str | os.PathLike, num_threads: int | None = None):
         from ai_edge_litert.interpreter import Interpreter
 
-        from ssd_jax.export.jax_export import metadata_path
-
-        meta_file = metadata_path(path)
-        super().__init__(json.loads(meta_file.read_text()) if meta_file.is_file() else {})
+        super().__init__(read_tflite_metadata(path))
         self.interpreter = Interpreter(
             model_path=str(path), num_threads=num_threads or os.cpu_count() or 1
         )
         self.runner = self.interpreter.get_signature_runner()
         inputs = self.runner.get_input_details()
         self.batch = int(inputs["images"]["shape"][0])
-        if not self.settings:  # the file alone still gives the input size
+        if not self.settings:  # a .tflite from elsewhere still gives the input size
             self.settings = {"input_size": int(inputs["images"]["shape"][1])}
         self.output_names = tuple(self.runner.get_output_details())
 

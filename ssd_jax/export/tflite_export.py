@@ -18,7 +18,8 @@ uint8 RGB at the config's input size S and ``scale_factors`` (B, 2) float32, out
 (B, M, 4) float32 xyxy original-image pixels, ``scores`` (B, M), ``labels`` (B, M) int32
 (−1 = padding), ``num_valid`` (B,) int32, M = max_per_img, as ``onnx_export``. Raw model:
 ``images`` → ``cls_logits`` (B, A, C+1), ``bbox_deltas`` (B, A, 4), anchors .npy beside it.
-B is fixed at export (``batch``, default 1). Settings and class names go to ``PATH.json``.
+B is fixed at export (``batch``, default 1). Settings and class names are in the file: its
+metadata entry ``runtime.TFLITE_METADATA`` holds ``onnx_export.metadata``'s dict as JSON.
 
 int8 (``quantize='int8'``): post-training full-integer quantization of the convolutions'
 weights and activations, calibrated on the given uint8 images; inputs and outputs stay as
@@ -38,8 +39,8 @@ from typing import Any
 import numpy as np
 
 from ssd_jax.export import graph, layers
-from ssd_jax.export.jax_export import metadata_path
 from ssd_jax.export.onnx_export import anchors_path, metadata
+from ssd_jax.export.runtime import TFLITE_METADATA
 
 # The newest StableHLO portable-artifact version that TF 2.21's XlaCallModule reads.
 TF_STABLEHLO_VERSION = "1.13.0"
@@ -163,6 +164,22 @@ def to_tflite(
     return converter.convert()
 
 
+def with_metadata(flatbuffer: bytes, meta: dict[str, str]) -> bytes:
+    """``flatbuffer`` with ``meta`` (JSON) added as the metadata entry ``TFLITE_METADATA``."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name = TFLITE_METADATA
+    entry.buffer = len(model.buffers) - 1
+    model.metadata = [*(model.metadata or []), entry]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
 def export_tflite(
     detector,
     path: str | os.PathLike,
@@ -171,15 +188,15 @@ def export_tflite(
     quantize: str | None = None,
     calibration: Iterable[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> dict[str, Any]:
-    """Write ``detector`` as a ``.tflite`` file (+ ``PATH.json``); returns what was written."""
-    flatbuffer = to_tflite(detector, raw, batch, quantize, calibration)
+    """Write ``detector`` as a ``.tflite`` file, settings and class names inside; returns what
+    was written."""
+    meta = metadata(detector, "raw" if raw else "detect")
+    meta["ssd_jax.quantization"] = quantize or "none"
+    flatbuffer = with_metadata(to_tflite(detector, raw, batch, quantize, calibration), meta)
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(flatbuffer)
-    meta = metadata(detector, "raw" if raw else "detect")
-    meta["ssd_jax.quantization"] = quantize or "none"
-    metadata_path(path).write_text(json.dumps(meta, indent=1) + "\n")
-    written = {"model": str(path), "metadata": str(metadata_path(path))}
+    written = {"model": str(path)}
     if raw:
         np.save(anchors_path(path), detector.flat_anchors.astype(np.float32))
         written["anchors"] = str(anchors_path(path))
