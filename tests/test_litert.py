@@ -181,3 +181,33 @@ def test_cli_refusals(tmp_path, capsys, case, message):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert out.read_bytes() == b"keep me" if case == "existing" else not out.exists()
+
+
+def test_cli_tflite_raw(checkpoint, tmp_path):
+    """``--format tflite --raw``: the head outputs equal the Detector's (parity tolerances) and
+    the anchors .npy beside the file is the Detector's."""
+    require("tensorflow", "ai_edge_litert")
+    from ssd_jax import Detector
+    from ssd_jax.export import runtime as rt
+    from ssd_jax.export.onnx_export import anchors_path
+    from ssd_jax.preprocess import normalize
+    from test_parity import assert_close_rel
+
+    out = tmp_path / "raw.tflite"
+    assert _export(checkpoint, out, "--raw") == 0
+    model = rt.load(out)
+    assert model.kind == "raw"
+    det = Detector.from_checkpoint(SHAPES_CONFIG, checkpoint, overrides=list(SMALL_SSDLITE))
+    images = np.stack(_images()[0:1] * 2)[:, :32, :32]  # two 32 px crops, one call
+    raw = model(images=images)
+    cls, box = det.forward(normalize(images, det.config.model.mean, det.config.model.std))
+    n, classes = len(images), len(model.class_names) + 1
+    assert_close_rel(
+        raw["cls_logits"], np.concatenate([np.reshape(c, (n, -1, classes)) for c in cls], 1), "cls"
+    )
+    assert_close_rel(
+        raw["bbox_deltas"], np.concatenate([np.reshape(b, (n, -1, 4)) for b in box], 1), "reg"
+    )
+    np.testing.assert_allclose(
+        np.load(anchors_path(out)), np.concatenate(det.anchors()), rtol=0, atol=1e-4
+    )
