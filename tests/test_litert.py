@@ -7,6 +7,7 @@ The fixtures' float32 parity (against mmdetection's references) is in test_expor
 
 from __future__ import annotations
 
+import collections
 import pathlib
 
 import numpy as np
@@ -77,14 +78,34 @@ def test_cli_tflite_detections_equal_jax(checkpoint, tmp_path, capsys):
         assert_detections_match(o, r["boxes"], r["scores"], r["labels"], 200)
 
 
+def op_types(path: pathlib.Path) -> collections.Counter:
+    """How many ops of each (builtin op, output type) a .tflite file's main graph has."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    def names(cls) -> dict[int, str]:
+        return {v: k for k, v in vars(cls).items() if not k.startswith("_")}
+
+    ops, types = names(schema.BuiltinOperator), names(schema.TensorType)
+    model = schema.Model.GetRootAs(path.read_bytes(), 0)
+    graph = model.Subgraphs(0)
+    counts: collections.Counter = collections.Counter()
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        code = model.OperatorCodes(op.OpcodeIndex())
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        counts[ops[builtin], types[graph.Tensors(op.Outputs(0)).Type()]] += 1
+    return counts
+
+
 def test_cli_tflite_int8(checkpoint, tmp_path, capsys):
-    """``--quantize int8``: calibrated on the stated number of the folder's images; the file
-    holds int8 convolution weights, is smaller than float32's, and still detects (float input
-    and outputs; top scores within 0.05 of float32's on the random network)."""
+    """``--quantize int8``: calibrated on the stated number of the folder's images; every
+    convolution int8, decoding float32; smaller than float32's file; detections close to
+    float32's (8 of its top 10 found with the same label at IoU ≥ 0.5, top score within 0.02)."""
     require("tensorflow", "ai_edge_litert")
     from PIL import Image
 
     from ssd_jax.export import runtime as rt
+    from test_parity import box_iou
 
     folder = tmp_path / "calibration"
     folder.mkdir()
@@ -98,16 +119,19 @@ def test_cli_tflite_int8(checkpoint, tmp_path, capsys):
         "--calibration-images", "4",
     ) == 0  # fmt: skip
     assert "int8, calibrated on 4 images" in capsys.readouterr().out
-    assert int8.stat().st_size < 0.8 * fp32.stat().st_size
+    assert int8.stat().st_size < 0.8 * fp32.stat().st_size  # graph ops weigh much here
     model = rt.load(int8)
-    dtypes = {d["dtype"] for d in model.interpreter.get_tensor_details()}
-    assert np.int8 in dtypes
+    assert model.settings["score_thr"] == 0.02
+    ops = op_types(int8)
+    assert {t for (op, t) in ops if op in ("CONV_2D", "DEPTHWISE_CONV_2D")} == {"INT8"}, ops
+    assert {t for (op, t) in ops if op in ("EXP", "SOFTMAX", "TOPK_V2")} == {"FLOAT32"}, ops
     images = _images()
-    q, f = rt.predict(model, images), rt.predict(rt.load(fp32), images)
-    for a, b in zip(q, f):
-        assert len(a["scores"]) > 0 and np.all(np.diff(a["scores"]) <= 0)
-        assert abs(float(a["scores"][0]) - float(b["scores"][0])) < 0.05
-        assert a["boxes"].shape == (len(a["scores"]), 4) and np.all(a["labels"] >= 0)
+    for q, f in zip(rt.predict(model, images), rt.predict(rt.load(fp32), images)):
+        assert len(q["scores"]) > 10 and np.all(np.diff(q["scores"]) <= 0)
+        assert abs(float(q["scores"][0]) - float(f["scores"][0])) < 0.02
+        iou = box_iou(f["boxes"][:10], q["boxes"])
+        same = (iou >= 0.5) & (f["labels"][:10, None] == q["labels"][None, :])
+        assert same.any(axis=1).sum() >= 8
 
 
 def test_tflite_nms_is_greedy_class_aware_nms(tmp_path):

@@ -21,10 +21,10 @@ uint8 RGB at the config's input size S and ``scale_factors`` (B, 2) float32, out
 B is fixed at export (``batch``, default 1). Settings and class names are in the file: its
 metadata entry ``runtime.TFLITE_METADATA`` holds ``onnx_export.metadata``'s dict as JSON.
 
-int8 (``quantize='int8'``): post-training full-integer quantization of the convolutions'
-weights and activations, calibrated on the given uint8 images; inputs and outputs stay as
-above (uint8 images, float32 boxes/scores), and ops without an int8 kernel (the decoding and
-NMS arithmetic) run in float32.
+int8 (``quantize='int8'``): post-training full-integer quantization of the network (weights
+and activations, calibrated on the given uint8 images), as TFLite's quantized SSD models do;
+normalisation, softmax, decoding and NMS stay float32 (``_quantize_network``), and the inputs
+and outputs are as above.
 """
 
 from __future__ import annotations
@@ -151,17 +151,45 @@ def to_tflite(
         concrete = module.f.get_concrete_function()
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], module)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    if quantize == "int8":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        # Keyed by input name: the converted model's inputs need not be in ``names``' order.
-        converter.representative_dataset = lambda: (
-            dict(zip(names, (np.asarray(x) for x in item))) for item in calibration
-        )
-        converter.target_spec.supported_ops = [
-            tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
-            tf.lite.OpsSet.TFLITE_BUILTINS,
-        ]
-    return converter.convert()
+    if quantize != "int8":
+        return converter.convert()
+    # Keyed by input name: the converted model's inputs need not be in ``names``' order.
+    samples = [dict(zip(names, (np.asarray(x) for x in item))) for item in calibration]
+    if not samples:
+        raise ValueError("int8 quantization needs at least one calibration batch")
+    return _quantize_network(tf, converter, samples, f"/{type(detector.model).__name__}/")
+
+
+def _quantize_network(tf, converter, samples: list[dict], scope: str) -> bytes:
+    """The int8 flatbuffer: every op of the network (output tensor names containing ``scope``,
+    the Flax model's name in JAX's name stack) int8 with weights and activations calibrated on
+    ``samples``; the others (normalisation, softmax, decoding, NMS) stay float32.
+
+    Quantizing everything the converter can (softmax, ``exp``, top-k and gathers included)
+    left scores with 1/256 steps and boxes on a coarse grid: on the SSDLite fixture, 9 and 0 of
+    float32's top 20 detections of the two images were still found (IoU ≥ 0.5, same label).
+    """
+    from ai_edge_litert import schema_py_generated as schema
+
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: iter(samples)
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        converter=converter, debug_dataset=lambda: iter(samples)
+    )
+    graph = schema.Model.GetRootAs(debugger.calibrated_model, 0).Subgraphs(0)
+    outputs = {
+        graph.Tensors(int(t)).Name().decode()
+        for op in range(graph.OperatorsLength())
+        for t in graph.Operators(op).OutputsAsNumpy()
+    }
+    debugger.options = tf.lite.experimental.QuantizationDebugOptions(
+        denylisted_nodes=sorted(name for name in outputs if scope not in name),
+        # Else the quantizer keeps the scores int8 through the per-level nms_pre top-k (a
+        # "same scale" op). They are still requantized once after the softmax (its slice to
+        # the C object classes stays int8 whatever the lists say): scores in 1/256 steps.
+        denylisted_ops=["TOPK_V2"],
+    )
+    return debugger.get_nondebug_quantized_model()
 
 
 def with_metadata(flatbuffer: bytes, meta: dict[str, str]) -> bytes:
