@@ -115,6 +115,7 @@ def test_help_documents_every_flag(script, tmp_path):
 # Imported only once a tool has work to do (each takes from 0.1 s to a second).
 HEAVY = {"jax", "jaxlib", "flax", "optax", "orbax", "grain", "tensorflow_datasets", "tensorflow"}
 HEAVY |= {"matplotlib", "cv2", "pycocotools", "onnx", "onnxruntime", "openvino", "torch"}
+HEAVY |= {"ai_edge_litert"}
 
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS))

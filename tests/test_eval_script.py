@@ -453,26 +453,30 @@ def test_eval_script_voc_end_to_end(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# The deployed file: ssd-jax-eval --backend onnxruntime|openvino on an ssd-jax-export .onnx.
+# The deployed file: ssd-jax-eval --backend onnxruntime|openvino on an ssd-jax-export .onnx,
+# --backend litert on a .tflite.
 
 
-@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino", "litert"])
 def test_eval_of_the_exported_file_gives_mmdetections_numbers(tmp_path, backend):
-    """The exported SSDLite fixture (detections inside the ONNX file) evaluated as deployed
-    gives the same 12 COCO numbers as mmdetection's detections and as the JAX backend (an
-    exported model has no variables: evaluation once crashed replicating them)."""
+    """The exported SSDLite fixture (detections inside the ONNX / TFLite file) evaluated as
+    deployed gives the same 12 COCO numbers as mmdetection's detections and as the JAX backend
+    (an exported model has no variables: evaluation once crashed replicating them)."""
     from conftest import load_detector, require
 
-    require("onnx")
-    require("onnxruntime" if backend == "onnxruntime" else "openvino")
+    fmt = "tflite" if backend == "litert" else "onnx"
+    require("onnx" if fmt == "onnx" else "tensorflow")
+    require(
+        {"onnxruntime": "onnxruntime", "openvino": "openvino", "litert": "ai_edge_litert"}[backend]
+    )
     from ssd_jax.export import export
 
     ref = load_reference("ssdlite_mobilenetv2_320_coco")
     ann_file, img_dir = write_reference_dataset(tmp_path / "data", ref)
     expected = mmdet_metrics(ref, ann_file)
     assert 0.05 < expected["bbox_mAP"] < 0.95
-    onnx_file = tmp_path / "ssdlite.onnx"
-    export(load_detector("ssdlite_mobilenetv2_320_coco"), onnx_file, "onnx")
+    onnx_file = tmp_path / f"ssdlite.{fmt}"
+    export(load_detector("ssdlite_mobilenetv2_320_coco"), onnx_file, fmt)
     config = REPO / "configs" / "ssdlite_mobilenetv2_320_coco.py"
     common = [f"--config={config}", f"--ann-file={ann_file}", f"--img-dir={img_dir}"]
     common += ["--batch-size=2", "--num-workers=0", "--no-progress"]

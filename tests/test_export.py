@@ -1,7 +1,8 @@
 """Exported models, loaded back by their runtimes, against mmdetection's references.
 
 Formats × runtimes: ONNX (jax2onnx + ONNX NonMaxSuppression) run by ONNX Runtime and by
-OpenVINO; ``jax.export`` artifacts run by JAX. Tolerances are the fixtures README's. The
+OpenVINO; ``jax.export`` artifacts run by JAX; TFLite files (jax2tf + TF's converter) run by
+LiteRT. Tolerances are the fixtures README's. The
 optional packages come from requirements-export.txt; under SSD_JAX_REQUIRE_FIXTURES=1 a
 missing one fails instead of skipping. Each model is exported once per session (per worker).
 """
@@ -25,10 +26,15 @@ from conftest import (
 )
 from test_parity import assert_close_rel, assert_detections_match, nchw_to_nhwc
 
-RUNTIME_FORMAT = {"onnxruntime": "onnx", "openvino": "onnx", "jax": "jax"}
-RUNTIME_PACKAGES = {"onnxruntime": ("onnxruntime",), "openvino": ("openvino", "onnx"), "jax": ()}
-EXPORT_PACKAGES = {"onnx": ("jax2onnx", "onnx"), "jax": ()}
-SUFFIX = {"onnx": ".onnx", "jax": ".jaxexport"}
+RUNTIME_FORMAT = {"onnxruntime": "onnx", "openvino": "onnx", "jax": "jax", "litert": "tflite"}
+RUNTIME_PACKAGES = {
+    "onnxruntime": ("onnxruntime",),
+    "openvino": ("openvino", "onnx"),
+    "jax": (),
+    "litert": ("ai_edge_litert",),
+}
+EXPORT_PACKAGES = {"onnx": ("jax2onnx", "onnx"), "jax": (), "tflite": ("tensorflow",)}
+SUFFIX = {"onnx": ".onnx", "jax": ".jaxexport", "tflite": ".tflite"}
 
 
 def require(*modules: str) -> None:
@@ -120,13 +126,22 @@ def assert_raw_outputs_match(out: dict, name: str, num_classes: int, what: str) 
     assert out["cls_logits"].shape[1] == out["bbox_deltas"].shape[1] == start
 
 
-@pytest.mark.parametrize("runtime", list(RUNTIME_FORMAT))
+@pytest.mark.parametrize("runtime", [r for r in RUNTIME_FORMAT if r != "litert"])
 def test_raw_outputs(export_dir, fixture_name, runtime):
     model = loaded_model(export_dir, fixture_name, runtime, raw=True)
     assert model.kind == "raw"
     assert_raw_outputs_match(
         model(images=uint8_inputs(fixture_name)), fixture_name, len(model.class_names), runtime
     )
+
+
+def test_raw_outputs_litert(export_dir):
+    """test_raw_outputs for LiteRT, on SSDLite only: converting SSD300 takes 40 s on 2 cores,
+    and its network is checked in LiteRT through its detections (the test below)."""
+    name = "ssdlite_mobilenetv2_320_coco"
+    model = loaded_model(export_dir, name, "litert", raw=True)
+    assert model.kind == "raw"
+    assert_raw_outputs_match(model(images=uint8_inputs(name)), name, 80, "litert")
 
 
 def test_onnx_graph_has_one_conv_per_convolution_as_torch_writes_it(export_dir, fixture_name):
@@ -263,8 +278,15 @@ def test_onnx_nms_is_greedy_class_aware_nms(tmp_path, runtime):
 SHAPES_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "ssdlite_shapes.py"
 
 
-def random_checkpoint(directory: pathlib.Path, overrides: tuple[str, ...]) -> pathlib.Path:
-    """An orbax checkpoint of ssdlite_shapes with ``overrides``: random weights, BN statistics."""
+def random_checkpoint(
+    directory: pathlib.Path, overrides: tuple[str, ...], image_dependent: bool = False
+) -> pathlib.Path:
+    """An orbax checkpoint of ssdlite_shapes with ``overrides``: random weights, BN statistics.
+
+    By default every weight is N(0, 0.1), which shrinks the input's signal layer by layer: the
+    outputs hardly depend on the image. ``image_dependent``: kernels N(0, 2 / fan-in) and BN
+    scales U(0.7, 1.3), so that they do (distinct scores for detection comparisons).
+    """
     from flax import traverse_util
 
     from ssd_jax.checkpoints import save_variables
@@ -273,16 +295,19 @@ def random_checkpoint(directory: pathlib.Path, overrides: tuple[str, ...]) -> pa
 
     config = load_config(SHAPES_CONFIG, list(overrides))
     rng = np.random.default_rng(0)
+
+    def draw(key: tuple, z: np.ndarray) -> np.ndarray:
+        if key[-1] == "var":
+            return rng.uniform(0.5, 2.0, z.shape)
+        if image_dependent and key[-1] == "kernel" and z.ndim == 4:
+            return rng.normal(0, np.sqrt(2 / np.prod(z.shape[:-1])), z.shape)
+        if image_dependent and key[-1] == "scale":
+            return rng.uniform(0.7, 1.3, z.shape)
+        return rng.normal(0, 0.1, z.shape)
+
     flat = traverse_util.flatten_dict(zero_variables(config))
     variables = traverse_util.unflatten_dict(
-        {
-            k: (
-                rng.uniform(0.5, 2.0, z.shape).astype(z.dtype)
-                if k[-1] == "var"
-                else rng.normal(0, 0.1, z.shape).astype(z.dtype)
-            )
-            for k, z in flat.items()
-        }
+        {k: draw(k, z).astype(z.dtype) for k, z in flat.items()}
     )
     meta = {"config": config.name, "class_names": list(config.class_names)}
     return pathlib.Path(save_variables(directory, variables, meta))

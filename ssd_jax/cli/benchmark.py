@@ -328,7 +328,15 @@ def input_rate(config, batch: int, batches: int = 6) -> dict:
     return out
 
 
-BACKENDS = ("jax", "jax-bf16", "onnxruntime", "openvino", "openvino-bf16")
+BACKENDS = (
+    "jax",
+    "jax-bf16",
+    "onnxruntime",
+    "openvino",
+    "openvino-bf16",
+    "litert",
+    "litert-1t",
+)
 
 
 def compare_backends(
@@ -346,7 +354,8 @@ def compare_backends(
     rotated each round (so that load and frequency changes touch all alike).
 
     ``modes``: 'raw' (normalisation + network) and/or 'detect' (+ decoding and NMS). JAX runs
-    the functions ``ssd-jax-export`` exports; ONNX Runtime / OpenVINO run the exported files.
+    the functions ``ssd-jax-export`` exports; ONNX Runtime / OpenVINO / LiteRT run the exported
+    files (LiteRT's batch-1 .tflite once per image; 'litert' on every core, 'litert-1t' on one).
     ``reference_onnx``: another raw network (float32 NCHW input, e.g. mmdetection's own from
     ``scripts/export_mmdet_onnx.py``) timed in ONNX Runtime as ``onnxruntime-reference``, its
     input normalised beforehand (not timed).
@@ -368,6 +377,9 @@ def compare_backends(
         if {"onnxruntime", "openvino", "openvino-bf16"} & set(backends):
             path = os.path.join(workdir, f"{config.name}_{mode}.onnx")
             export(det, path, "onnx", raw=raw)
+        if {"litert", "litert-1t"} & set(backends):
+            tflite_path = os.path.join(workdir, f"{config.name}_{mode}.tflite")
+            export(det, tflite_path, "tflite", raw=raw)
         for backend in backends:
             if backend.startswith("jax"):
                 d = det
@@ -377,6 +389,10 @@ def compare_backends(
                     d = Detector(bf16, det.variables)
                 fn = jax.jit(raw_fn(d) if raw else detect_fn(d))
                 runners[mode][backend] = _jax_runner(fn, raw)
+            elif backend.startswith("litert"):
+                threads = 1 if backend == "litert-1t" else None
+                model = runtime.LiteRTModel(tflite_path, num_threads=threads)
+                runners[mode][backend] = _model_runner(model, raw)
             else:
                 model = (
                     runtime.OpenVINOModel(path, precision="bf16")

@@ -154,14 +154,14 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def add_backend_flag(parser: argparse.ArgumentParser, verb: str) -> None:
-    """``--backend jax|onnxruntime|openvino``: what runs the model (``verb``: "run", ...)."""
+    """``--backend jax|onnxruntime|openvino|litert``: what runs the model (``verb``: "run")."""
     parser.add_argument(
         "--backend",
         default="jax",
-        choices=("jax", "onnxruntime", "openvino"),
+        choices=("jax", "onnxruntime", "openvino", "litert"),
         help="jax: the config's network with --checkpoint's weights; "
-        "onnxruntime / openvino: --checkpoint is an exported .onnx "
-        f"(ssd-jax-export), {verb} as deployed",
+        "onnxruntime / openvino: --checkpoint is an exported .onnx, litert: an exported "
+        f".tflite (ssd-jax-export), {verb} as deployed",
     )
 
 

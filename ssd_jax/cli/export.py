@@ -5,6 +5,9 @@
 
 --format onnx   one .onnx file (jax2onnx + ONNX NonMaxSuppression), for ONNX Runtime/OpenVINO.
 --format jax    a jax.export artifact (serialized StableHLO with the weights) and PATH.json.
+--format tflite a .tflite file (jax2tf + TF's TFLite converter, metadata inside), for LiteRT;
+                float32, or with --quantize int8 --calibration DIR full-integer int8
+                (post-training, calibrated on --calibration-images images from DIR).
 --raw           the head outputs only, and the anchors as a .npy beside the model.
 The network is exported in float32. Existing files are not replaced without --overwrite.
 Needs the export requirements (the README's Deploy section).
@@ -30,8 +33,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--format",
         required=True,
-        choices=("onnx", "jax"),
-        help="onnx (ONNX Runtime, OpenVINO) or jax (jax.export artifact)",
+        choices=("onnx", "jax", "tflite"),
+        help="onnx (ONNX Runtime, OpenVINO), jax (jax.export artifact) or tflite (LiteRT)",
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=("none", "int8"),
+        default="none",
+        help="--format tflite: int8 = full-integer post-training quantization (--calibration)",
+    )
+    parser.add_argument(
+        "--calibration",
+        default="",
+        metavar="DIR",
+        help="--quantize int8: a folder of images (jpg/png/...) to calibrate on",
+    )
+    parser.add_argument(
+        "--calibration-images",
+        type=int,
+        default=100,
+        metavar="N",
+        help="--quantize int8: calibrate on the folder's first N images by name (default 100)",
     )
     parser.add_argument("--out", required=True, help="the model file to write")
     parser.add_argument(
@@ -58,6 +80,7 @@ def export(args, overrides: list[str]) -> None:
     from ssd_jax.outputs import check_output_path
 
     config = common.load_config(args.config, ["precision='fp32'", *overrides])
+    calibration_files = _calibration_files(args)
     from ssd_jax.export.jax_export import metadata_path
     from ssd_jax.export.onnx_export import anchors_path
 
@@ -68,6 +91,12 @@ def export(args, overrides: list[str]) -> None:
 
     detector = Detector.from_checkpoint(config, args.checkpoint)
     start = time.perf_counter()
+    tflite_options = {}
+    if args.format == "tflite" and calibration_files:
+        tflite_options = {
+            "quantize": "int8",
+            "calibration": _calibration_batches(calibration_files, config.input_size),
+        }
     try:
         written = export_model(
             detector,
@@ -75,6 +104,7 @@ def export(args, overrides: list[str]) -> None:
             args.format,
             raw=args.raw,
             platforms=tuple(p for p in args.platforms.split(",") if p),
+            **tflite_options,
         )
     except ImportError as e:
         raise UserError(
@@ -84,7 +114,41 @@ def export(args, overrides: list[str]) -> None:
         ) from e
     for what, path in written.items():
         print(f"wrote {what}: {path} ({os.path.getsize(path) / 1e6:.1f} MB)")
+    quantized = f" int8, calibrated on {len(calibration_files)} images" if calibration_files else ""
     print(
-        f"exported {config.name} as {args.format}{' (raw)' if args.raw else ''} in "
+        f"exported {config.name} as {args.format}{' (raw)' if args.raw else ''}{quantized} in "
         f"{time.perf_counter() - start:.1f} s"
     )
+
+
+def _calibration_files(args) -> list[str]:
+    """The --calibration images to quantize with (none without --quantize int8); bad flags,
+    a missing folder or one without images are user errors."""
+    from ssd_jax.errors import InputFileError, UserError
+    from ssd_jax.image_io import list_images
+
+    if args.quantize == "none":
+        if args.calibration:
+            raise UserError("--calibration is for --quantize int8")
+        return []
+    if args.format != "tflite":
+        raise UserError(f"--quantize {args.quantize} is for --format tflite")
+    if not args.calibration:
+        raise UserError("--quantize int8 needs --calibration DIR (a folder of images)")
+    if args.calibration_images < 1:
+        raise UserError(f"--calibration-images {args.calibration_images}: must be at least 1")
+    if not os.path.isdir(args.calibration):
+        raise InputFileError(f"--calibration {args.calibration}: not a folder")
+    files = list_images([args.calibration])[: args.calibration_images]
+    if not files:
+        raise InputFileError(f"--calibration {args.calibration}: no images in the folder")
+    return files
+
+
+def _calibration_batches(files: list[str], size: int):
+    """One (images (1, S, S, 3) uint8, scale_factors (1, 2) float32) per file, read lazily."""
+    from ssd_jax.image_io import read_image_rgb
+    from ssd_jax.preprocess import resize_batch
+
+    for path in files:
+        yield resize_batch([read_image_rgb(path)], size)

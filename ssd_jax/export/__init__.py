@@ -1,6 +1,6 @@
-"""Exporting a Detector for serving: ONNX (jax2onnx) and ``jax.export`` artifacts.
+"""Exporting a Detector for serving: ONNX (jax2onnx), ``jax.export`` artifacts and LiteRT.
 
-    python -m ssd_jax.export --config CFG --checkpoint CKPT --format onnx|jax --out PATH [--raw]
+    python -m ssd_jax.export --config CFG --checkpoint CKPT --format onnx|jax|tflite --out PATH
 
     from ssd_jax.export import export, runtime
     export(detector, "ssd.onnx", "onnx")
@@ -9,7 +9,8 @@
 Exported detection models take uint8 RGB images resized to the config's input size and their
 scale factors and return boxes in original-image pixels (``onnx_export`` documents the
 signature); raw models return the head outputs. ``jax2onnx``/``onnx`` (ONNX export),
-``onnxruntime`` and ``openvino`` (running ONNX) are optional: requirements-export.txt.
+``onnxruntime`` and ``openvino`` (running ONNX), ``tensorflow-cpu`` (TFLite export) and
+``ai-edge-litert`` (running it) are optional: requirements-export.txt.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-FORMATS = ("onnx", "jax")
+FORMATS = ("onnx", "jax", "tflite")
 
 
 def export(
@@ -27,10 +28,12 @@ def export(
     fmt: str,
     raw: bool = False,
     platforms: Sequence[str] = ("cpu", "cuda"),
+    **tflite_options: Any,
 ) -> dict[str, Any]:
-    """Write ``detector`` to ``path`` as ``fmt`` ('onnx' or 'jax'); returns the files written.
+    """Write ``detector`` to ``path`` as ``fmt`` (one of ``FORMATS``); returns the files written.
 
-    ``platforms``: the jax platforms a 'jax' artifact is lowered for (ignored for ONNX).
+    ``platforms``: the jax platforms a 'jax' artifact is lowered for (ignored otherwise).
+    ``tflite_options``: ``tflite_export.export_tflite``'s batch, quantize, calibration.
     """
     if fmt == "onnx":
         from ssd_jax.export.onnx_export import export_onnx
@@ -40,4 +43,8 @@ def export(
         from ssd_jax.export.jax_export import export_jax
 
         return export_jax(detector, path, raw=raw, platforms=platforms)
+    if fmt == "tflite":
+        from ssd_jax.export.tflite_export import export_tflite
+
+        return export_tflite(detector, path, raw=raw, **tflite_options)
     raise ValueError(f"format {fmt!r}: expected one of {FORMATS}")

@@ -1,6 +1,8 @@
-"""Loading and running exported models: ONNX Runtime, OpenVINO (ONNX files) and jax.export.
+"""Loading and running exported models: ONNX Runtime, OpenVINO (ONNX files), jax.export and
+LiteRT (.tflite files).
 
     model = load("ssdlite.onnx")                 # or runtime="openvino"; "x.jaxexport" → jax
+    model = load("ssdlite.tflite")               # LiteRT (ai-edge-litert)
     dets = predict(model, [image_rgb_uint8, ...])  # per image boxes/scores/labels, original px
     out = model(images=u8_batch, scale_factors=s)  # the graph's outputs as NumPy arrays
 
@@ -19,7 +21,9 @@ import numpy as np
 
 from ssd_jax.preprocess import resize_batch
 
-RUNTIMES = ("onnxruntime", "openvino", "jax")
+RUNTIMES = ("onnxruntime", "openvino", "jax", "litert")
+# The .tflite metadata entry with the settings and class names (``tflite_export``).
+TFLITE_METADATA = "ssd_jax"
 
 
 class ExportedModel:
@@ -108,8 +112,58 @@ class JaxExportModel(ExportedModel):
         return {k: np.asarray(v) for k, v in jax.device_get(out).items()}
 
 
+def read_tflite_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The ``TFLITE_METADATA`` entry of a ``.tflite`` file ({} if none); needs only LiteRT."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(pathlib.Path(path).read_bytes(), 0)
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        if entry.Name() == TFLITE_METADATA.encode():
+            return json.loads(model.Buffers(entry.Buffer()).DataAsNumpy().tobytes())
+    return {}
+
+
+class LiteRTModel(ExportedModel):
+    """A ``.tflite`` file (``tflite_export``) run by LiteRT's interpreter (XNNPACK) on
+    ``num_threads`` CPU threads (default: one per CPU core, as ONNX Runtime).
+
+    The file's batch size is fixed at export; a call with a larger batch runs it in slices of
+    that size (the last slice padded with copies of the last image).
+    """
+
+    def __init__(self, path: str | os.PathLike, num_threads: int | None = None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        super().__init__(read_tflite_metadata(path))
+        self.interpreter = Interpreter(
+            model_path=str(path), num_threads=num_threads or os.cpu_count() or 1
+        )
+        self.runner = self.interpreter.get_signature_runner()
+        inputs = self.runner.get_input_details()
+        self.batch = int(inputs["images"]["shape"][0])
+        if not self.settings:  # a .tflite from elsewhere still gives the input size
+            self.settings = {"input_size": int(inputs["images"]["shape"][1])}
+        self.output_names = tuple(self.runner.get_output_details())
+
+    def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
+        n = len(inputs["images"])
+        pad = -n % self.batch
+        if pad:
+            inputs = {k: np.concatenate([v, np.repeat(v[-1:], pad, 0)]) for k, v in inputs.items()}
+        parts = [
+            self.runner(**{k: v[start : start + self.batch] for k, v in inputs.items()})
+            for start in range(0, n + pad, self.batch)
+        ]
+        return {k: np.concatenate([np.asarray(p[k]) for p in parts])[:n] for k in parts[0]}
+
+
+SUFFIX_RUNTIMES = {".onnx": "onnxruntime", ".tflite": "litert"}
+
+
 def default_runtime(path: str | os.PathLike) -> str:
-    return "onnxruntime" if str(path).endswith(".onnx") else "jax"
+    """The runtime of a file's suffix: .onnx → onnxruntime, .tflite → litert, else jax."""
+    return SUFFIX_RUNTIMES.get(pathlib.Path(path).suffix, "jax")
 
 
 def load(path: str | os.PathLike, runtime: str | None = None) -> ExportedModel:
@@ -121,6 +175,8 @@ def load(path: str | os.PathLike, runtime: str | None = None) -> ExportedModel:
         return OpenVINOModel(path)
     if runtime == "jax":
         return JaxExportModel(path)
+    if runtime == "litert":
+        return LiteRTModel(path)
     raise ValueError(f"runtime {runtime!r}: expected one of {RUNTIMES}")
 
 
