@@ -10,8 +10,10 @@ preprocessing from the raw images (0–255 scale), detections from the raw image
 the reference's are matched by its rule, the lowest IoU and largest score difference among the
 matches), assignment, losses and gradients in float64 (network, input and ground truth in
 float64) and in float32, and the exported models (ONNX in ONNX Runtime and OpenVINO,
-jax.export): raw outputs and detections. The tests hold the same values to the tolerances;
-this prints what they are.
+jax.export): raw outputs and detections. SSD512 against tests/data/ssd512 (the same
+fixture maker; its checkpoint rebuilt from the stored recipe, outputs at sampled cells): anchors,
+neck features, head outputs, preprocessing, detections. The tests hold the same values to the
+tolerances; this prints what they are. ``--only-ssd512`` measures SSD512 alone.
 """
 
 from __future__ import annotations
@@ -191,6 +193,53 @@ def eval_mode(det, ref: dict) -> dict:
     return report
 
 
+def ssd512(workdir: pathlib.Path) -> dict:
+    """tests/test_parity_ssd512.py's comparisons, measured (needs torch to rebuild the
+    checkpoint)."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from seeded_checkpoint import write_checkpoint
+
+    from ssd_jax import Detector
+
+    data = REPO / "tests" / "data" / "ssd512"
+    ref = dict(np.load(data / "reference.npz"))
+    recipe = json.loads((data / "recipe.json").read_text())
+    ckpt = write_checkpoint(recipe, workdir / "checkpoint.pth")
+    det = Detector.from_checkpoint(REPO / "configs" / "ssd512_coco.py", ckpt)
+    model = det.config.model
+    mean, std = np.asarray(model.mean, np.float32), np.asarray(model.std, np.float32)
+    x = np.stack([(ref[f"resized_{i}"].astype(np.float32) - mean) / std for i in (0, 1)])
+
+    def at(a, k):  # (N, H, W, C) at the reference's cells → (N, C, P)
+        pos = ref[f"positions_l{k}"]
+        return np.asarray(a)[:, pos[:, 0], pos[:, 1], :].transpose(0, 2, 1)
+
+    cls, box = det.forward(x)
+    feats = det.features(x)
+    images = [ref["image_0"], ref["image_1"]]
+    xp, _ = det.preprocess(images)
+    diff = np.abs(np.asarray(xp) - x) * std
+    return {
+        "reference": "tests/data/ssd512 (scripts/make_ssd512_reference.py)",
+        "anchors_max_abs_px": max(
+            float(np.abs(a - ref[f"anchors_l{k}"]).max()) for k, a in enumerate(det.anchors())
+        ),
+        "neck_features": max(
+            rel_to_one_plus_max(at(f, k), ref[f"neck_feat_l{k}"]) for k, f in enumerate(feats)
+        ),
+        "head_outputs": max(
+            max(
+                rel_to_one_plus_max(at(c, k), ref[f"cls_scores_l{k}"]),
+                rel_to_one_plus_max(at(b, k), ref[f"bbox_preds_l{k}"]),
+            )
+            for k, (c, b) in enumerate(zip(cls, box, strict=True))
+        ),
+        "preprocessing_mean_abs": float(diff.mean()),
+        "preprocessing_max_abs": float(diff.max()),
+        "detections": detection_match(det.predict(images), ref),
+    }
+
+
 def train_mode(name: str, ckpt: pathlib.Path, ref: dict, meta: dict) -> dict:
     """float64 and float32 losses and gradients against the references."""
     gap = meta["torch_float32_vs_float64"]
@@ -294,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fixtures", default=str(REPO.parent / "shared" / "fixtures"))
     parser.add_argument("--out", default="")
     parser.add_argument("--skip-export", action="store_true")
+    parser.add_argument("--only-ssd512", action="store_true", help="SSD512 alone")
     args = parser.parse_args(argv)
 
     from ssd_jax import Detector
@@ -305,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         "versions": versions(),
         "fixtures": {},
     }
-    for name, config in CONFIGS.items():
+    for name, config in {} if args.only_ssd512 else CONFIGS.items():
         folder = pathlib.Path(args.fixtures) / name
         ref = dict(np.load(folder / "reference.npz"))
         meta = json.loads((folder / "meta.json").read_text())
@@ -320,6 +370,9 @@ def main(argv: list[str] | None = None) -> int:
             with tempfile.TemporaryDirectory() as tmp:
                 entry["exported"] = exported(det, ref, pathlib.Path(tmp))
         report["fixtures"][name] = entry
+    print("ssd512_coco: eval mode", file=sys.stderr)
+    with tempfile.TemporaryDirectory() as tmp:
+        report["fixtures"]["ssd512_coco"] = ssd512(pathlib.Path(tmp))
     text = json.dumps(report, indent=1)
     print(text)
     if args.out:
