@@ -5,7 +5,9 @@
 Records the wall time of the whole run, its outcome counts, each file's summed test time (from
 pytest's JUnit XML: setup, call and teardown of its tests, on whichever worker ran it), the
 slowest tests, the load average before and after, the CPU model (``lscpu``) and the versions.
-Run it alone: the figure is only meaningful on an otherwise idle machine.
+Run it alone: the figure is only meaningful on an otherwise idle machine. As CI starts from a
+clean clone, the suite's caches (``.pytest_cache``: JAX's compilation cache of the test
+subprocesses, the decompressed fixture checkpoints) are removed first; ``--warm`` keeps them.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import os
 import pathlib
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -52,8 +55,11 @@ def versions() -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True)
+    parser.add_argument("--warm", action="store_true", help="keep .pytest_cache (not as CI)")
     parser.add_argument("pytest_args", nargs="*", help="after --: passed to pytest")
     args = parser.parse_args(argv)
+    if not args.warm:
+        shutil.rmtree(REPO / ".pytest_cache", ignore_errors=True)
     with tempfile.TemporaryDirectory() as tmp:
         junit = pathlib.Path(tmp) / "junit.xml"
         command = [sys.executable, "-m", "pytest", "-n", "2", "-q", f"--junitxml={junit}"]
@@ -82,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in load_after],
         "versions": versions(),
+        "caches": "kept (--warm)" if args.warm else "removed before the run, as in CI",
         "exit_code": proc.returncode,
         "outcomes": dict(outcomes),
         "wall_s": round(wall, 1),

@@ -76,6 +76,39 @@ def checkpoint_file(name: str) -> pathlib.Path:
     return path
 
 
+#: Compiled programs shared by the suite's subprocesses (JAX's persistent cache): the training
+#: runs of several files compile the same 32 px steps.
+JAX_CACHE = REPO / ".pytest_cache" / "jax_cache"
+
+#: XLA's LLVM backend at -O0, for the suite's subprocesses that compile much and run little: on
+#: 2 cores the float64 per-GPU check spends 255 s compiling at the default level and 75 s at 0,
+#: while its programs run for seconds. The HLO, and with it every result, is the same program;
+#: rounding may differ in the last bits (1e-17 in that check). Runs of many steps of a real-size
+#: model keep the default (-O0 halves the 128 px SSDLite's train step rate), and in-process
+#: tests (the parity tests among them) compile at the default level, as users' runs do.
+FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0"
+
+
+def subprocess_env(xla_flags: str = "", fast_compile: bool = True, **extra: str) -> dict[str, str]:
+    """The environment of a tool or script run as a subprocess by a test: this checkout on
+    ``PYTHONPATH``, unbuffered output, the shared compilation cache, ``xla_flags`` plus (with
+    ``fast_compile``) ``FAST_COMPILE_FLAGS`` (the worker's own XLA_FLAGS are not inherited), and
+    ``extra``."""
+    xla_flags = f"{xla_flags} {extra.pop('XLA_FLAGS', '')}"
+    if fast_compile:
+        xla_flags += f" {FAST_COMPILE_FLAGS}"
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(REPO),
+        PYTHONUNBUFFERED="1",
+        JAX_COMPILATION_CACHE_DIR=str(JAX_CACHE),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        XLA_FLAGS=" ".join(xla_flags.split()),
+    )
+    env.update(extra)
+    return env
+
+
 def require(module: str) -> ModuleType:
     """Import a package a test needs (torch, tensorflow_datasets): in a user's clone a missing
     one skips with a reason; under SSD_JAX_REQUIRE_FIXTURES (CI) it fails."""

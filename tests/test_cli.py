@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from conftest import subprocess_env
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs" / "ssdlite_shapes.py")
 SCRIPTS = {  # script → arguments that are complete apart from what the test adds
@@ -44,14 +46,13 @@ def run(
     script: str, args: list[str], tmp: pathlib.Path, ckpt: str = "{tmp}/none.pth"
 ) -> subprocess.CompletedProcess:
     args = [a.replace("{ckpt}", ckpt).replace("{tmp}", str(tmp)) for a in args]
-    env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.run(
         [sys.executable, str(REPO / script), *args],
         capture_output=True,
         text=True,
         timeout=300,
         cwd=tmp,
-        env=env,
+        env=subprocess_env(),
     )
 
 

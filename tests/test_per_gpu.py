@@ -5,7 +5,6 @@ count; and what an image without a positive anchor contributes."""
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import load_detector, load_reference
+from conftest import load_detector, load_reference, subprocess_env
 from ssd_jax import objective
 from ssd_jax.errors import ConfigError
 
@@ -26,12 +25,7 @@ NO_POSITIVE = json.loads((REPO / "tests" / "data" / "no_positive_reference.json"
 
 @pytest.fixture(scope="module")
 def per_gpu_report() -> dict:
-    env = dict(
-        os.environ,
-        XLA_FLAGS="--xla_force_host_platform_device_count=2",
-        PYTHONPATH=str(REPO),
-        JAX_ENABLE_X64="1",
-    )
+    env = subprocess_env("--xla_force_host_platform_device_count=2", JAX_ENABLE_X64="1")
     out = subprocess.run(
         [sys.executable, str(REPO / "tests" / "per_gpu_check.py")],
         env=env,

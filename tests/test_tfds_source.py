@@ -127,14 +127,36 @@ def test_tfds_source_reads_prepared_files_without_tensorflow(tmp_path, cfg):
     assert sorted(batch["image_id"].tolist()) == [100, 101]
 
 
+_WITHOUT_TENSORFLOW = """
+import sys
+
+class NoTensorFlow:  # as if tensorflow were not installed (the export requirements install it)
+    def find_spec(self, name, path=None, target=None):
+        if name == "tensorflow" or name.startswith("tensorflow."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+sys.meta_path.insert(0, NoTensorFlow())
+from ssd_jax.data.tfds_source import TfdsSource
+
+TfdsSource("coco/2017", split="train")
+"""
+
+
 def test_tfds_coco_without_tensorflow_says_what_to_install():
-    from ssd_jax.data.tfds_source import TfdsSource
+    """Without TensorFlow, a TFDS name that needs its builder says what to install."""
+    import subprocess
+    import sys
 
-    try:
-        import tensorflow  # noqa: F401
+    from conftest import REPO
 
-        pytest.skip("TensorFlow is installed")
-    except ImportError:
-        pass
-    with pytest.raises(ModuleNotFoundError, match="pip install tensorflow-cpu"):
-        TfdsSource("coco/2017", split="train")
+    proc = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_TENSORFLOW],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("ModuleNotFoundError: TFDS needs TensorFlow"), proc.stderr[-2000:]
+    assert "pip install tensorflow-cpu" in last
