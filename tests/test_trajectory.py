@@ -13,7 +13,6 @@ tolerance (its ``noise``).
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import checkpoint_file
+from conftest import checkpoint_file, subprocess_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data" / "trajectory"
@@ -95,8 +94,7 @@ def run(request, tmp_path_factory) -> tuple[str, dict, pathlib.Path]:
     name = request.param
     ref = reference(name)
     workdir = tmp_path_factory.mktemp(name)
-    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
-    env.pop("XLA_FLAGS", None)
+    env = subprocess_env()  # -O0: 126 s against 138 s for the two runs, alone
     if ref["dtype"] == "float64":
         env["JAX_ENABLE_X64"] = "1"
     proc = subprocess.run(
