@@ -158,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     timings["train_s"] = time.time() - t
 
-    from ssd_jax import jsonio, visualize
+    from ssd_jax import jsonio, provenance, visualize
 
     metrics_path = workdir / "metrics.jsonl"
     metrics = jsonio.last_validation(metrics_path)
@@ -208,10 +208,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         "train_images_per_s": train_images_per_s(metrics_path),
         "timings_s": timings,
         "machine": {
+            "cpu": provenance.cpu_model(),
             "cpus": os.cpu_count(),
             "load_avg_start": load_start,
             "load_avg_end": os.getloadavg(),
         },
+        "versions": provenance.versions(),
+        "commit": provenance.git_commit(REPO),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(start)),
     }
     jsonio.write_json(final_path, summary)
     print(
