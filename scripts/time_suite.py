@@ -4,7 +4,8 @@
 
 Records the wall time of the whole run, its outcome counts, each file's summed test time (from
 pytest's JUnit XML: setup, call and teardown of its tests, on whichever worker ran it), the
-slowest tests, the load average before and after, the CPU model (``lscpu``) and the versions.
+slowest tests and every test over 1 s, the load average before and after, the CPU model
+(``lscpu``) and the versions.
 Run it alone: the figure is only meaningful on an otherwise idle machine. As CI starts from a
 clean clone, the suite's caches (``.pytest_cache``: JAX's compilation cache of the test
 subprocesses, the decompressed fixture checkpoints) are removed first; ``--warm`` keeps them.
@@ -96,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             k: round(v, 1) for k, v in sorted(per_file.items(), key=lambda kv: -kv[1])
         },
         "slowest_tests_s": [[name, round(s, 1)] for s, name in sorted(tests, reverse=True)[:15]],
+        "tests_over_1s": {name: round(s, 1) for s, name in sorted(tests, reverse=True) if s >= 1},
     }
     text = json.dumps(report, indent=1)
     pathlib.Path(args.out).write_text(text + "\n")

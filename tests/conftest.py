@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import lzma
 import os
 import pathlib
@@ -180,21 +181,19 @@ def detector(fixture_name):
     return load_detector(fixture_name)
 
 
-#: Files that take minutes (training runs, big compiles), run first: under ``pytest -n 2`` with
-#: ``--dist loadfile`` a file runs on one worker, and one of these started last would leave the
-#: other worker idle for its minutes at the end of the run.
-SLOW_FIRST = (
-    "test_trajectory.py",
-    "test_training.py",
-    "test_default_run.py",
-    "test_training_parity.py",
-    "test_per_gpu.py",
-    "test_export.py",
-    "test_cli.py",
-    "test_parity.py",
-)
+def file_times() -> dict[str, float]:
+    """Each test file's summed test time (s) in the newest committed suite timing
+    (docs/benchmarks/suite_time_*.json, written by scripts/time_suite.py); {} without one."""
+    timings = sorted((REPO / "docs" / "benchmarks").glob("suite_time_*.json"))
+    if not timings:
+        return {}
+    return json.loads(timings[-1].read_text()).get("per_file_test_s", {})
 
 
 def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest in order
+    """Longest files first. Under ``pytest -n 2`` with ``--dist loadfile`` a file runs on one
+    worker and the next file goes to whichever worker is free, so longest-first (LPT) ends both
+    workers together; a training file started last would leave the other worker idle for its
+    minutes. Files not timed yet go last, in collection order."""
+    times = file_times()
+    items.sort(key=lambda item: -times.get(item.path.name, 0.0))  # stable: ties in order
