@@ -39,6 +39,7 @@ import math
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -67,14 +68,21 @@ def run_config(args: argparse.Namespace, data: pathlib.Path):
     return load_config(CONFIG, overrides(args, data))
 
 
-def overrides(args: argparse.Namespace, data: pathlib.Path) -> list[str]:
+def data_overrides(args: argparse.Namespace, data: pathlib.Path) -> list[str]:
+    """The generated data set in ``data``, read by ``--workers`` processes."""
     return [
-        *FULL_AUGMENTATION,
         f"data.ann_file={data}/annotations/instances_train.json",
         f"data.img_dir={data}/train",
         f"data.val_ann_file={data}/annotations/instances_val.json",
         f"data.val_img_dir={data}/val",
         f"data.workers={args.workers}",
+    ]
+
+
+def overrides(args: argparse.Namespace, data: pathlib.Path) -> list[str]:
+    return [
+        *FULL_AUGMENTATION,
+        *data_overrides(args, data),
         f"schedule.epochs={args.epochs}",
         "train.eval_every_epochs=1",
         f"train.ckpt_every={10**9}",
@@ -118,7 +126,7 @@ def twin_spec(config, data: pathlib.Path, args: argparse.Namespace) -> dict:
     )
 
 
-def stream(cmd: list[str], log: pathlib.Path, env: dict | None = None) -> None:
+def stream(cmd: list[str], log: pathlib.Path) -> None:
     """Run ``cmd``, its output to ``log``; echo its validation and progress lines."""
     from tqdm import tqdm
 
@@ -128,7 +136,6 @@ def stream(cmd: list[str], log: pathlib.Path, env: dict | None = None) -> None:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env=env,
             cwd=REPO,
         )
         for line in proc.stdout:
@@ -139,6 +146,15 @@ def stream(cmd: list[str], log: pathlib.Path, env: dict | None = None) -> None:
         rc = proc.wait()
     if rc != 0:
         raise SystemExit(f"{' '.join(cmd[:3])} ... failed (exit {rc}); see {log}")
+
+
+def train_ours(workdir: pathlib.Path, settings: list[str], log: pathlib.Path) -> None:
+    """``train.py`` on CONFIG with ``settings`` (config overrides) into a fresh ``workdir``."""
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    cmd = [sys.executable, str(REPO / "train.py"), "--config", str(CONFIG)]
+    cmd += ["--workdir", str(workdir), *[f"--config.{o}" for o in settings]]
+    stream(cmd, log)
 
 
 def twin_check(config, init: pathlib.Path, probe: pathlib.Path) -> dict:
@@ -165,11 +181,7 @@ def warm_overrides(args: argparse.Namespace, data: pathlib.Path, steps_per_epoch
     steps, one validation at its end."""
     epochs = args.warm_steps // steps_per_epoch
     return [
-        f"data.ann_file={data}/annotations/instances_train.json",
-        f"data.img_dir={data}/train",
-        f"data.val_ann_file={data}/annotations/instances_val.json",
-        f"data.val_img_dir={data}/val",
-        f"data.workers={args.workers}",
+        *data_overrides(args, data),
         f"schedule.epochs={epochs}",
         f"train.eval_every_epochs={epochs}",
         f"train.ckpt_every={10**9}",
@@ -335,22 +347,9 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     data = work / "data"
     if not (data / "annotations" / "instances_val.json").exists():
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "ssd_jax.data.synthetic",
-                str(data),
-                "--num-train",
-                str(args.num_train),
-                "--num-val",
-                str(args.num_val),
-                "--seed",
-                "0",
-            ],
-            check=True,
-            cwd=REPO,
-        )
+        from ssd_jax.data.synthetic import write_shapes_dataset
+
+        write_shapes_dataset(data, args.num_train, args.num_val, image_size=128, seed=0)
     config = run_config(args, data)
     if args.num_train % config.train.batch_size:
         print(
@@ -385,7 +384,6 @@ def main() -> int:
         "ours": {"ap": [], "ap50": [], "curves": [], "wall_s": []},
         "mmdet": {"ap": [], "ap50": [], "curves": [], "wall_s": []},
     }
-    env = dict(os.environ)
     bar = progress(2 * len(args.seeds), desc="runs", unit="run")
     steps_per_epoch = args.num_train // config.train.batch_size
     warm = None
@@ -395,24 +393,14 @@ def main() -> int:
             return 2
         mmdet_init(args, spec_path, 0, work)
         warm_dir = work / "warm_start"
-        if warm_dir.exists():
-            import shutil
-
-            shutil.rmtree(warm_dir)
         tqdm.write(f"warm start: {args.warm_steps} steps here from mmdetection's seed-0 init")
-        stream(
+        train_ours(
+            warm_dir,
             [
-                sys.executable,
-                str(REPO / "train.py"),
-                "--config",
-                str(CONFIG),
-                "--workdir",
-                str(warm_dir),
-                *[f"--config.{o}" for o in warm_overrides(args, data, steps_per_epoch)],
-                f"--config.train.load_from={work / 'init_seed0.pth'}",
+                *warm_overrides(args, data, steps_per_epoch),
+                f"train.load_from={work / 'init_seed0.pth'}",
             ],
             work / "warm_start.log",
-            env,
         )
         warm = work / "warm_start.pth"
         checkpoint_to_state_dict(warm_dir, work / "init_seed0.pth", warm)
@@ -453,25 +441,11 @@ def main() -> int:
             raise SystemExit(f"the mmdetection twin differs from ours: {twin}")
 
         ours_dir = work / f"ours_seed{seed}"
-        if ours_dir.exists():
-            import shutil
-
-            shutil.rmtree(ours_dir)
         start = time.time()
-        stream(
-            [
-                sys.executable,
-                str(REPO / "train.py"),
-                "--config",
-                str(CONFIG),
-                "--workdir",
-                str(ours_dir),
-                *[f"--config.{o}" for o in overrides(args, data)],
-                f"--config.train.seed={seed}",
-                f"--config.train.load_from={init}",
-            ],
+        train_ours(
+            ours_dir,
+            [*overrides(args, data), f"train.seed={seed}", f"train.load_from={init}"],
             work / f"ours_seed{seed}.log",
-            env,
         )
         result["ours"]["wall_s"].append(time.time() - start)
         c = ours_curves(ours_dir)
@@ -496,7 +470,6 @@ def main() -> int:
                 str(mm_out),
             ],
             work / f"mmdet_seed{seed}.log",
-            env,
         )
         result["mmdet"]["wall_s"].append(time.time() - start)
         mm = json.loads(mm_out.read_text())
