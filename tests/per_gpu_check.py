@@ -10,6 +10,7 @@ train step on 1 device (all groups on it) and on 2 devices (P=2: a group per dev
 spanning both devices).
 """
 
+import functools
 import json
 import os
 import pathlib
@@ -87,9 +88,16 @@ def reference_step(config, state, tx, batch, anchors, per_gpu):
         grads.append(grad)
         stats.append(out.batch_stats)
         losses.append(float(loss))
+    return (*average_and_update(tx, grads, stats, state), float(np.mean(losses)), losses)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def average_and_update(tx, grads, stats, state):
+    """DDP's mean of the groups' gradients (and BatchNorm statistics), then one SGD update.
+    Jitted: eagerly, each leaf's ops would compile on their own (some 300 small programs)."""
     mean = lambda trees: jax.tree.map(lambda *xs: sum(xs) / len(xs), *trees)  # noqa: E731
     updates, _ = tx.update(mean(grads), state.opt_state, state.params)
-    return (optax.apply_updates(state.params, updates), mean(stats), float(np.mean(losses)), losses)
+    return optax.apply_updates(state.params, updates), mean(stats)
 
 
 _STEPS: dict = {}
@@ -108,10 +116,11 @@ def pmapped_step(config, state, tx, batch, anchors, per_gpu, devices):
         lambda x: np.broadcast_to(np.asarray(x)[None], (devices,) + np.shape(x)), state
     )
     new, metrics = p_step(rep, shard_batch(batch, devices))
+    new = jax.tree.map(np.asarray, new)  # on the host: no small per-leaf programs to compile
     replica_diff = tree_max_diff(
         jax.tree.map(lambda a: a[0], new), jax.tree.map(lambda a: a[-1], new)
     )
-    host = jax.tree.map(lambda a: np.asarray(a[0]), new)
+    host = jax.tree.map(lambda a: a[0], new)
     return host, float(np.asarray(metrics["loss"])[0]), replica_diff, metrics
 
 
