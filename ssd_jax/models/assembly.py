@@ -69,9 +69,11 @@ INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 def init_variables(model: SSD, input_size: int, seed: int = 0) -> dict:
     """Freshly initialised ``{'params', 'batch_stats'}`` (batch_stats empty for VGG)."""
     x = jnp.zeros((1, input_size, input_size, 3), jnp.float32)
-    variables = jax.jit(model.init, compiler_options=INIT_COMPILER_OPTIONS)(
-        jax.random.PRNGKey(seed), x
-    )
+    if isinstance(x, jax.core.Tracer):  # traced (jit, eval_shape): part of the caller's program
+        variables = model.init(jax.random.PRNGKey(seed), x)
+    else:  # compiler options are only for a top-level jit
+        init = jax.jit(model.init, compiler_options=INIT_COMPILER_OPTIONS)
+        variables = init(jax.random.PRNGKey(seed), x)
     return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
 
