@@ -50,7 +50,9 @@ class Detector:
         self.variables = jax.device_put(
             variables if variables is not None else init_variables(self.model, config.input_size)
         )
-        self._forward, self._detect = _compiled_functions(config, self.model, self._anchors)
+        self._forward, self._features, self._detect = _compiled_functions(
+            config, self.model, self._anchors
+        )
 
     @classmethod
     def from_checkpoint(
@@ -79,9 +81,7 @@ class Detector:
 
     def features(self, x: np.ndarray | jax.Array) -> list[jax.Array]:
         """The neck's outputs per level, (N, H, W, C)."""
-        return self.model.apply(
-            self.variables, jnp.asarray(x, self.input_dtype), method=SSD.features
-        )
+        return self._features(self.variables, jnp.asarray(x, self.input_dtype))
 
     def anchors(self) -> list[np.ndarray]:
         """Per level (H·W·A, 4) float32 xyxy anchors in input pixels (mmdetection's order)."""
@@ -183,7 +183,7 @@ _COMPILED: dict[str, tuple] = {}
 
 
 def _compiled_functions(config: ml_collections.ConfigDict, model: SSD, anchors: list[np.ndarray]):
-    """jitted (forward, detect), shared by Detectors of the same settings."""
+    """jitted (forward, features, detect), shared by Detectors of the same settings."""
     key = json.dumps(
         [
             config.model.to_json_best_effort(sort_keys=True),
@@ -195,6 +195,7 @@ def _compiled_functions(config: ml_collections.ConfigDict, model: SSD, anchors: 
     if key not in _COMPILED:
         _COMPILED[key] = (
             jax.jit(functools.partial(model.apply, train=False)),
+            jax.jit(functools.partial(model.apply, method=SSD.features)),
             jax.jit(make_detect_fn(config, model, anchors)),
         )
     return _COMPILED[key]

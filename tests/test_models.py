@@ -56,11 +56,23 @@ def test_config_overrides_and_typos():
         load_config(REPO / "configs" / "ssd300_coco.py", ["train.bach_size=3"])
 
 
+MAX_BOXES = 25
 boxes_strategy = st.lists(
     st.tuples(st.floats(0, 90), st.floats(0, 90), st.floats(2, 40), st.floats(2, 40)),
     min_size=1,
-    max_size=25,
+    max_size=MAX_BOXES,
 )
+
+
+def pad_boxes(b: np.ndarray) -> np.ndarray:
+    """``b`` followed by unit boxes up to MAX_BOXES rows: the hypothesis tests call the box
+    functions with one shape (else each example's shape compiles its own programs)."""
+    return np.concatenate([b, np.tile([[0, 0, 1, 1]], (MAX_BOXES - len(b), 1))]).astype(b.dtype)
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """pairwise_iou(a, b), computed on padded inputs."""
+    return np.asarray(pairwise_iou(pad_boxes(a), pad_boxes(b)))[: len(a), : len(b)]
 
 
 @settings(max_examples=30, deadline=None)
@@ -70,20 +82,28 @@ def test_nms_properties(raw, data):
     n = len(b)
     scores = np.array(data.draw(st.lists(st.floats(0.05, 1), min_size=n, max_size=n)), np.float32)
     labels = np.array(data.draw(st.lists(st.integers(0, 2), min_size=n, max_size=n)), np.int32)
+    # padded to MAX_BOXES with invalid (masked) boxes of the top score and label 0
+    pad = MAX_BOXES - n
     keep, count = jax.jit(batched_nms, static_argnums=(4, 5))(
-        b, scores, labels, np.ones(n, bool), 0.45, 10
+        pad_boxes(b),
+        np.concatenate([scores, np.ones(pad, np.float32)]),
+        np.concatenate([labels, np.zeros(pad, np.int32)]),
+        np.arange(MAX_BOXES) < n,
+        0.45,
+        10,
     )
     keep = np.asarray(keep)[: int(count)]
     assert len(set(keep.tolist())) == len(keep) and np.all(keep >= 0)  # a subset of the input
+    assert np.all(keep < n)  # no masked box
     assert np.all(np.diff(scores[keep]) <= 0)  # by descending score
-    iou = np.asarray(pairwise_iou(b[keep], b[keep]))
+    kept_iou = iou(b[keep], b[keep])
     same = labels[keep][:, None] == labels[keep][None, :]
     np.fill_diagonal(same, False)
-    assert not np.any(iou[same] > 0.45 + 1e-6)  # no kept pair overlaps
+    assert not np.any(kept_iou[same] > 0.45 + 1e-6)  # no kept pair overlaps
     if n <= 10:  # every box is kept or suppressed by a kept, higher-scoring one of its class
         kept = set(keep.tolist())
         for i in set(range(n)) - kept:
-            ious = np.asarray(pairwise_iou(b[i : i + 1], b[list(kept)]))[0] if kept else np.zeros(0)
+            ious = iou(b[i : i + 1], b[list(kept)])[0] if kept else np.zeros(0)
             assert any(
                 iou_ > 0.45 and labels[k] == labels[i] and scores[k] >= scores[i]
                 for iou_, k in zip(ious, kept)
@@ -96,10 +116,10 @@ def test_encode_decode_round_trip(anchors_raw, gts_raw):
     m = min(len(anchors_raw), len(gts_raw))
     a = np.array([[x, y, x + w, y + h] for x, y, w, h in anchors_raw[:m]], np.float32)
     g = np.array([[x, y, x + w, y + h] for x, y, w, h in gts_raw[:m]], np.float32)
-    d = box_coder.encode(a, g)
+    d = np.asarray(box_coder.encode(pad_boxes(a), pad_boxes(g)))  # row by row: padding is inert
     # Round trip holds while |log(gw/pw)| stays under the decoder's clamp (|log 0.016|).
-    assert np.all(np.abs(np.asarray(d)[:, 2:] * 0.2) < 4.135)
-    np.testing.assert_allclose(np.asarray(box_coder.decode(a, d)), g, atol=1e-3)
+    assert np.all(np.abs(d[:m, 2:] * 0.2) < 4.135)
+    np.testing.assert_allclose(np.asarray(box_coder.decode(pad_boxes(a), d))[:m], g, atol=1e-3)
 
 
 @settings(max_examples=50, deadline=None)
@@ -107,10 +127,10 @@ def test_encode_decode_round_trip(anchors_raw, gts_raw):
 def test_iou_symmetric_and_bounded(a_raw, b_raw):
     a = np.array([[x, y, x + w, y + h] for x, y, w, h in a_raw], np.float32)
     b = np.array([[x, y, x + w, y + h] for x, y, w, h in b_raw], np.float32)
-    ab, ba = np.asarray(pairwise_iou(a, b)), np.asarray(pairwise_iou(b, a))
+    ab, ba = iou(a, b), iou(b, a)
     np.testing.assert_allclose(ab, ba.T, atol=1e-6)
     assert np.all((ab >= 0) & (ab <= 1 + 1e-6))
-    np.testing.assert_allclose(np.diag(np.asarray(pairwise_iou(a, a))), 1.0, atol=1e-5)
+    np.testing.assert_allclose(np.diag(iou(a, a)), 1.0, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["pointwise", "depthwise_s1", "depthwise_s2"])
