@@ -3,6 +3,8 @@ traceback; ``--verbose`` gives the details; ``--help`` documents every flag."""
 
 from __future__ import annotations
 
+import importlib
+import logging
 import os
 import pathlib
 import subprocess
@@ -56,6 +58,42 @@ def run(
     )
 
 
+#: The module whose ``main(argv)`` each script calls.
+MAINS = {
+    "train.py": "ssd_jax.cli.train",
+    "eval.py": "ssd_jax.cli.evaluate",
+    "predict.py": "ssd_jax.cli.predict",
+    "benchmark.py": "ssd_jax.cli.benchmark",
+    "ssd_jax/porting/__main__.py": "ssd_jax.cli.port",
+    "ssd_jax/export/__main__.py": "ssd_jax.cli.export",
+}
+
+
+@pytest.fixture
+def call_main(tmp_path, capfd, monkeypatch):
+    """``call_main(script, args, ckpt=...)``: the script's ``main(args)`` in this process, in
+    ``tmp_path``, with what it printed, as ``run`` returns it. For the errors a tool raises
+    once it has its arguments; test_a_mistyped_config_key... and the ``--help`` tests run
+    every script as a process, from its entry point."""
+    logger = logging.getLogger("ssd_jax")
+    handlers = list(logger.handlers)
+    monkeypatch.chdir(tmp_path)
+
+    def call(script: str, args: list[str], ckpt: str = "{tmp}/none.pth"):
+        args = [a.replace("{ckpt}", ckpt).replace("{tmp}", str(tmp_path)) for a in args]
+        main = importlib.import_module(MAINS[script]).main
+        capfd.readouterr()
+        try:
+            code = main(args)
+        except SystemExit as e:  # argparse
+            code = e.code
+        out, err = capfd.readouterr()
+        return subprocess.CompletedProcess([script, *args], code, out, err)
+
+    yield call
+    logger.handlers[:] = handlers  # a handler added here holds this test's captured stderr
+
+
 def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2, proc.stderr[-2000:]
@@ -73,14 +111,14 @@ def test_a_mistyped_config_key_is_one_line_naming_the_nearest_key(script, tmp_pa
 
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
-def test_a_missing_file_is_one_line_naming_it(script, tmp_path):
+def test_a_missing_file_is_one_line_naming_it(script, tmp_path, call_main):
     args = SCRIPTS[script]
     if "{ckpt}" in " ".join(args):  # the checkpoint is missing
-        proc = run(script, args, tmp_path, ckpt=str(tmp_path / "missing.pth"))
+        proc = call_main(script, args, ckpt=str(tmp_path / "missing.pth"))
         assert_one_line_error(proc, "missing.pth")
     else:  # the config file is
         args = [str(tmp_path / "missing_config.py") if a == CONFIG else a for a in args]
-        proc = run(script, args, tmp_path)
+        proc = call_main(script, args)
         assert_one_line_error(proc, "missing_config.py")
 
 
@@ -361,11 +399,15 @@ BAD_INPUTS = [  # (tool, kind of bad input, arguments, what the one line says)
 @pytest.mark.parametrize(
     "tool,kind,args,says", BAD_INPUTS, ids=[f"{t}-{k.replace(' ', '_')}" for t, k, *_ in BAD_INPUTS]
 )
-def test_every_bad_input_is_one_line_in_every_tool(tool, kind, args, says, tmp_path):
+def test_every_bad_input_is_one_line_in_every_tool(tool, kind, args, says, tmp_path, call_main):
     """Each tool with each kind of bad input it reads: one line on stderr naming the problem,
-    exit status 2, no traceback (the readers' errors are all ``UserError``s)."""
+    exit status 2, no traceback (the readers' errors are all ``UserError``s). In this process,
+    but for the corrupt image, which a data worker process reads."""
     write_bad_inputs(tmp_path)
-    proc = run(args[0], args[1:], tmp_path)
+    if kind == "corrupt image":
+        proc = run(args[0], args[1:], tmp_path)
+    else:
+        proc = call_main(args[0], args[1:])
     if kind == "corrupt image":  # each skipped image is a warning first, as in any training
         warnings = proc.stderr.strip().splitlines()[:-1]
         assert warnings and all("skipped image" in w for w in warnings), proc.stderr[-2000:]
