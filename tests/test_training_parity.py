@@ -40,13 +40,20 @@ def ground_truth(reference):
     )
 
 
+def jitted_targets(cfg: dict):
+    """build_targets with the settings ``cfg`` as one jitted program, as the train step runs it
+    (op by op it would compile each of its ops on its own)."""
+    return jax.jit(functools.partial(build_targets, **cfg))
+
+
 def test_assignment(detector, reference):
     anchors = jnp.asarray(detector.flat_anchors)
     cfg = objective.target_settings(detector.config)
     boxes, labels = ground_truth(reference)
     b, l, v = objective.pad_ground_truth(boxes, labels, max_boxes=8)  # padding must not matter
+    targets = jitted_targets(cfg)
     for i in range(2):
-        t = build_targets(anchors, b[i], l[i], v[i], **cfg)
+        t = targets(anchors, b[i], l[i], v[i])
         np.testing.assert_array_equal(np.asarray(t.labels), reference[f"assigned_labels_{i}"])
         assert np.abs(np.asarray(t.box_targets) - reference[f"bbox_targets_{i}"]).max() <= 1e-4
 
@@ -201,7 +208,7 @@ def test_regression_targets_are_float32_values_in_float64_runs(detector, referen
     with jax.enable_x64(True):
         anchors = jnp.asarray(detector.flat_anchors, jnp.float64)
         b, l, v = objective.pad_ground_truth(boxes, labels, dtype=np.float64)
-        t = build_targets(anchors, jnp.asarray(b[0]), l[0], v[0], **cfg)
+        t = jitted_targets(cfg)(anchors, jnp.asarray(b[0]), l[0], v[0])
         got = np.asarray(t.box_targets)
         assert got.dtype == np.float64
         np.testing.assert_array_equal(got, got.astype(np.float32).astype(np.float64))
