@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ssd_jax import host_memory
+from ssd_jax import host_memory, provenance
 from ssd_jax.cli import common
 
 # Imported when first used, so that --help and argument errors answer at once.
@@ -93,6 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--checkpoint", default="", help="with --backends: weights (.pth or orbax); default random"
     )
     args, overrides = common.parse(parser, argv)
+    args.command = " ".join(["ssd-jax-benchmark", *(sys.argv[1:] if argv is None else argv)])
     if args.batch_size < 1 or args.iters < 1 or args.rounds < 1:
         parser.error("--batch-size, --iters and --rounds must be at least 1")
     backends = [b for b in args.backends.split(",") if b]
@@ -142,6 +143,7 @@ def _compare(args: Any, overrides: list[str], backends: list[str]) -> int:
             workdir,
             args.reference_onnx,
         )
+    report["command"] = args.command
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:
@@ -336,7 +338,24 @@ BACKENDS = (
     "openvino-bf16",
     "litert",
     "litert-1t",
+    "litert-int8",
+    "litert-int8-1t",
 )
+
+#: Whose versions a backend comparison records.
+BACKEND_PACKAGES = (
+    "jax",
+    "jaxlib",
+    "onnx",
+    "onnxruntime",
+    "openvino",
+    "tensorflow-cpu",
+    "ai-edge-litert",
+)
+
+#: Random uint8 images that calibrate the int8 .tflite of 'litert-int8': a speed figure only
+#: (scripts/quantization_report.py measures what int8 costs in AP, calibrated on real images).
+INT8_CALIBRATION_IMAGES = 8
 
 
 def compare_backends(
@@ -355,7 +374,8 @@ def compare_backends(
 
     ``modes``: 'raw' (normalisation + network) and/or 'detect' (+ decoding and NMS). JAX runs
     the functions ``ssd-jax-export`` exports; ONNX Runtime / OpenVINO / LiteRT run the exported
-    files (LiteRT's batch-1 .tflite once per image; 'litert' on every core, 'litert-1t' on one).
+    files (LiteRT's batch-1 .tflite once per image; 'litert' on every core, 'litert-1t' on one;
+    'litert-int8*' the full-integer file, calibrated on ``INT8_CALIBRATION_IMAGES`` random images).
     ``reference_onnx``: another raw network (float32 NCHW input, e.g. mmdetection's own from
     ``scripts/export_mmdet_onnx.py``) timed in ONNX Runtime as ``onnxruntime-reference``, its
     input normalised beforehand (not timed).
@@ -377,9 +397,19 @@ def compare_backends(
         if {"onnxruntime", "openvino", "openvino-bf16"} & set(backends):
             path = os.path.join(workdir, f"{config.name}_{mode}.onnx")
             export(det, path, "onnx", raw=raw)
-        if {"litert", "litert-1t"} & set(backends):
-            tflite_path = os.path.join(workdir, f"{config.name}_{mode}.tflite")
-            export(det, tflite_path, "tflite", raw=raw)
+        tflite_paths = {}
+        for quantize in ("", "int8"):
+            if any(b.startswith("litert") and ("int8" in b) == bool(quantize) for b in backends):
+                tflite_paths[quantize] = os.path.join(
+                    workdir, f"{config.name}_{mode}{'_' + quantize if quantize else ''}.tflite"
+                )
+                export(
+                    det,
+                    tflite_paths[quantize],
+                    "tflite",
+                    raw=raw,
+                    **(_random_calibration(config.input_size) if quantize else {}),
+                )
         for backend in backends:
             if backend.startswith("jax"):
                 d = det
@@ -390,8 +420,9 @@ def compare_backends(
                 fn = jax.jit(raw_fn(d) if raw else detect_fn(d))
                 runners[mode][backend] = _jax_runner(fn, raw)
             elif backend.startswith("litert"):
-                threads = 1 if backend == "litert-1t" else None
-                model = runtime.LiteRTModel(tflite_path, num_threads=threads)
+                threads = 1 if backend.endswith("-1t") else None
+                file = tflite_paths["int8" if "int8" in backend else ""]
+                model = runtime.LiteRTModel(file, num_threads=threads)
                 runners[mode][backend] = _model_runner(model, raw)
             else:
                 model = (
@@ -408,6 +439,7 @@ def compare_backends(
         "config": config.name,
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "cpu": cpu_description(),
+        "versions": provenance.versions(BACKEND_PACKAGES),
         "rounds": rounds,
         "results": {},
     }
@@ -434,6 +466,17 @@ def compare_backends(
             }
     report["cpu"]["load_avg_end"] = os.getloadavg()
     return report
+
+
+def _random_calibration(size: int) -> dict[str, Any]:
+    """``export``'s int8 options: ``INT8_CALIBRATION_IMAGES`` random (1, size, size, 3) uint8
+    images with scale factors 1."""
+    rng = np.random.default_rng(1)
+    batches = [
+        (rng.integers(0, 256, (1, size, size, 3), dtype=np.uint8), np.ones((1, 2), np.float32))
+        for _ in range(INT8_CALIBRATION_IMAGES)
+    ]
+    return {"quantize": "int8", "calibration": batches}
 
 
 def _jax_runner(fn: Callable, raw: bool) -> Callable:
