@@ -60,9 +60,9 @@ def config_anchors(config: ml_collections.ConfigDict, model: SSD | None = None) 
 
 
 #: The initialisers' program runs once, for milliseconds, but its random-number code is slow to
-#: compile: LLVM at -O1 compiles it in 40-55 % of the time of the default -O2 with bit-identical
-#: values (2026-12-06, AMD EPYC: SSD300 3.9 s vs 8.8 s, SSDLite 9.4 s vs 13.0 s, every leaf
-#: equal), where -O0 would change the last bits of some.
+#: compile: LLVM at -O1 compiles it in 40-80 % of the time of the default -O2 with bit-identical
+#: values (2026-12-06, AMD EPYC: SSD300 3.9 s vs 8.8 s, SSD512 4.1 vs 9.4 s, SSDLite 9.4 s vs
+#: 13.0 s, shapes 8.5 vs 10.6 s; every leaf equal), where -O0 would change the last bits of some.
 INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 
 
