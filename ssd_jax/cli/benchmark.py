@@ -397,19 +397,11 @@ def compare_backends(
         if {"onnxruntime", "openvino", "openvino-bf16"} & set(backends):
             path = os.path.join(workdir, f"{config.name}_{mode}.onnx")
             export(det, path, "onnx", raw=raw)
-        tflite_paths = {}
-        for quantize in ("", "int8"):
-            if any(b.startswith("litert") and ("int8" in b) == bool(quantize) for b in backends):
-                tflite_paths[quantize] = os.path.join(
-                    workdir, f"{config.name}_{mode}{'_' + quantize if quantize else ''}.tflite"
-                )
-                export(
-                    det,
-                    tflite_paths[quantize],
-                    "tflite",
-                    raw=raw,
-                    **(_random_calibration(config.input_size) if quantize else {}),
-                )
+        tflite_paths = {}  # quantization ('' or 'int8') → .tflite
+        for quantize in {"int8" if "int8" in b else "" for b in backends if b.startswith("litert")}:
+            tflite_paths[quantize] = os.path.join(workdir, f"{config.name}_{mode}{quantize}.tflite")
+            options = _random_calibration(config.input_size) if quantize else {}
+            export(det, tflite_paths[quantize], "tflite", raw=raw, **options)
         for backend in backends:
             if backend.startswith("jax"):
                 d = det
