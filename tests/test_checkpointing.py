@@ -40,7 +40,9 @@ def test_truncated_pth_as_starting_weights_is_refused_naming_the_file(tmp_path, 
     path.write_bytes(path.read_bytes()[:-200])
     config = load_config(CONFIG, [f"train.{option}={str(path)!r}"])
     with pytest.raises(CheckpointFormatError, match="start.pth"):
-        initial_variables(config, {"params": {"x": np.zeros(1, np.float32)}, "batch_stats": {}})
+        initial_variables(
+            config, lambda: {"params": {"x": np.zeros(1, np.float32)}, "batch_stats": {}}
+        )
 
 
 def tiny_state(step: int):

@@ -408,7 +408,7 @@ def test_vgg_without_pretrained_backbone_is_refused_naming_the_file(name):
     config = load_config(REPO / "configs" / f"{name}.py")
     variables = {"params": {"x": np.zeros(1)}, "batch_stats": {}}
     with pytest.raises(ConfigError) as refused:
-        initial_variables(config, variables)
+        initial_variables(config, lambda: variables)
     message = str(refused.value)
     assert "\n" not in message
     assert "vgg16_caffe-292e1171.pth" in message
@@ -433,7 +433,7 @@ def test_scratch_on_purpose_keeps_the_fresh_init_silently(name, overrides):
     logger.addHandler(records)
     try:
         variables = {"params": {"x": np.zeros(1)}, "batch_stats": {}}
-        assert initial_variables(config, variables) is variables
+        assert initial_variables(config, lambda: variables) is variables
     finally:
         logger.removeHandler(records)
     assert records.messages == []

@@ -11,10 +11,12 @@ trains it from random weights, and a run that did so by accident would waste day
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import ml_collections
 
 from ssd_jax.errors import ConfigError
+from ssd_jax.models.assembly import zero_variables
 from ssd_jax.porting import load_checkpoint_variables, read_state_dict
 from ssd_jax.porting.convert import merge_strict, state_dict_to_flat
 
@@ -45,18 +47,22 @@ def check_starting_point(config: ml_collections.ConfigDict) -> None:
         )
 
 
-def initial_variables(config: ml_collections.ConfigDict, variables: dict) -> dict:
-    """``variables`` (fresh init) with the configured starting weights loaded into them.
+def initial_variables(config: ml_collections.ConfigDict, init: Callable[[], dict]) -> dict:
+    """The starting ``{'params', 'batch_stats'}`` of a run that does not resume: the configured
+    starting weights loaded into ``init()``, the fresh initialisation.
 
-    Refuses (``check_starting_point``) a VGG16 backbone left to start from scratch by omission;
+    ``init`` is called only where some leaf keeps its fresh value (from scratch, a pretrained
+    backbone, a ``load_from`` whose head is re-initialised): a checkpoint that fills the whole
+    tree skips the initialisers and their compile (16 s for SSDLite in float64). Refuses
+    (``check_starting_point``) a VGG16 backbone left to start from scratch by omission;
     ``train.pretrained_backbone="none"`` keeps its fresh init (SSDVGG's own, as mmdetection's
     without pretrained weights: Kaiming normal, fan_out, bias 0).
     """
     check_starting_point(config)
     t = config.train
     if t.load_from:
-        try:
-            return load_checkpoint_variables(t.load_from, variables)
+        try:  # strictly: every leaf from the file, so the zeros are only its shapes
+            return load_checkpoint_variables(t.load_from, zero_variables(config))
         except ValueError as e:
             if "bbox_head" not in str(e):
                 raise
@@ -67,7 +73,7 @@ def initial_variables(config: ml_collections.ConfigDict, variables: dict) -> dic
             )
             return load_checkpoint_variables(
                 t.load_from,
-                variables,
+                init(),
                 allow_missing_prefixes=("bbox_head",),
                 ignore_prefixes=("bbox_head",),
             )
@@ -75,7 +81,7 @@ def initial_variables(config: ml_collections.ConfigDict, variables: dict) -> dic
         log.info(
             "train.pretrained_backbone=%s: the backbone starts from its own init", FROM_SCRATCH
         )
-        return variables
+        return init()
     if t.pretrained_backbone:
         state_dict, _ = read_state_dict(t.pretrained_backbone)
         # open-mmlab://vgg16_caffe: backbone-only keys ``features.N.*`` (or already prefixed).
@@ -88,10 +94,10 @@ def initial_variables(config: ml_collections.ConfigDict, variables: dict) -> dic
             raise ValueError(f"{t.pretrained_backbone}: no features.N.* (VGG) keys found")
         loaded = state_dict_to_flat(state_dict)
         merged = merge_strict(
-            loaded, variables, t.pretrained_backbone, allow_missing_prefixes=("neck", "bbox_head")
+            loaded, init(), t.pretrained_backbone, allow_missing_prefixes=("neck", "bbox_head")
         )
         log.info(
             "loaded the VGG16 backbone from %s (%d tensors)", t.pretrained_backbone, len(loaded)
         )
         return merged
-    return variables
+    return init()

@@ -19,7 +19,7 @@ from ssd_jax.data.pipeline import make_train_loader
 from ssd_jax.data.sources import build_source
 from ssd_jax.evaluation.evaluate import evaluate_coco, evaluate_voc, metric_for
 from ssd_jax.evaluation.inference import make_p_detect
-from ssd_jax.models.assembly import config_anchors, init_variables, model_for
+from ssd_jax.models.assembly import config_anchors, init_variables, model_for, zero_variables
 from ssd_jax.outputs import check_workdir, move_aside
 from ssd_jax.parallel import replicate, shard_batch, unreplicate
 from ssd_jax.progress import progress
@@ -115,7 +115,6 @@ def train_and_evaluate(
     tx = optim.sgd(config, schedule)
 
     checkpointer = TrainCheckpointer(workdir, keep=t.keep_ckpts)
-    state = create_train_state(init_variables(eval_model, config.input_size, t.seed), tx, t.seed)
     loader = make_train_loader(
         train_source,
         config,
@@ -129,12 +128,17 @@ def train_and_evaluate(
     try:
         history: dict[str, list] = {"step": [], "loss": [], "eval_step": [], "mAP": []}
         if resume and checkpointer.latest_step() is not None:
-            state, meta = checkpointer.restore(state)
+            # the checkpoint replaces every value: the template's zeros skip the initialisers
+            state, meta = checkpointer.restore(
+                create_train_state(zero_variables(config), tx, t.seed)
+            )
             loader.set_state(meta["data_state"])
             history = meta.get("history", history)
             log.info("resumed from step %d", int(state.step))
         else:
-            variables = initial_variables(config, state.variables)
+            variables = initial_variables(
+                config, lambda: init_variables(eval_model, config.input_size, t.seed)
+            )
             state = create_train_state(variables, tx, t.seed)
 
         p_step = make_p_train_step(config, tx, np.concatenate(anchors), global_batch)
