@@ -171,3 +171,41 @@ def test_benchmark_overwrite_replaces_the_out_file(tmp_path, capsys):
     report = json.loads(out.read_text())
     assert report["config"] == "ssdlite_shapes" and "inference" in report
     assert json.loads(capsys.readouterr().out) == report
+
+
+def test_tensorboard_writer_leaves_torch_out_and_importable(tmp_path):
+    """The SummaryWriter is imported without torch (1.2 s at every start where torch is
+    installed); it still writes its scalars, and torch still imports afterwards."""
+    code = f"""
+import sys
+from ssd_jax.training.loop import MetricWriter
+writer = MetricWriter({str(tmp_path)!r})
+writer.write(3, {{"loss": 0.5}})
+assert "torch" not in sys.modules
+import torch
+print(torch.zeros(1).shape)
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=run_env(), capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "torch.Size([1])"
+    assert scalars(tmp_path / "tensorboard") == [(3, "loss", 0.5)]
+
+
+def scalars(folder: pathlib.Path) -> list[tuple[int, str, float]]:
+    """(step, tag, value) of every scalar in the TensorBoard event files of ``folder`` (records:
+    8-byte length, 4-byte CRC, an Event proto, 4-byte CRC)."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    out = []
+    for path in sorted(folder.iterdir()):
+        data = path.read_bytes()
+        while data:
+            (length,) = struct.unpack("<Q", data[:8])
+            event = Event.FromString(data[12 : 12 + length])
+            data = data[16 + length :]
+            out += [(event.step, v.tag, v.simple_value) for v in event.summary.value]
+    return out

@@ -48,8 +48,8 @@ def model_for(config: ml_collections.ConfigDict, batch_stats: BatchStats = Batch
 def featmap_sizes(model: SSD, input_size: int) -> list[tuple[int, int]]:
     """(H, W) of every level for a square input, from the model's shapes (no compute)."""
     x = jax.ShapeDtypeStruct((1, input_size, input_size, 3), jnp.float32)
-    variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
-    feats = jax.eval_shape(functools.partial(model.apply, method=SSD.features), variables, x)
+    init_features = functools.partial(model.init_with_output, method=SSD.features)
+    feats, _ = jax.eval_shape(init_features, jax.random.PRNGKey(0), x)  # one trace, not two
     return [tuple(f.shape[1:3]) for f in feats]
 
 

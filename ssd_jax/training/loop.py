@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from typing import Any
 
@@ -55,6 +56,21 @@ def adopt_classes(config: ml_collections.ConfigDict, source: Any) -> None:
     config.model.num_classes = len(class_names)
 
 
+def _summary_writer_class() -> type:
+    """tensorboardX's SummaryWriter, imported without torch where torch is not loaded yet:
+    tensorboardX imports it (1.2 s) only to accept torch tensors, and we log Python floats.
+    Raises ImportError without tensorboardX."""
+    hide = "torch" not in sys.modules
+    if hide:
+        sys.modules["torch"] = None  # ``import torch`` raises ImportError, which it handles
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        if hide:
+            del sys.modules["torch"]
+    return SummaryWriter
+
+
 class MetricWriter:
     """Scalars to ``workdir/metrics.jsonl`` and TensorBoard (process 0 only)."""
 
@@ -64,9 +80,7 @@ class MetricWriter:
         self.tb = None
         if self.enabled:
             try:
-                from tensorboardX import SummaryWriter
-
-                self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+                self.tb = _summary_writer_class()(os.path.join(workdir, "tensorboard"))
             except ImportError:
                 log.warning("tensorboardX not installed: no TensorBoard logs")
 

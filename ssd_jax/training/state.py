@@ -32,7 +32,8 @@ def create_train_state(variables: dict, tx: optax.GradientTransformation, seed: 
         step=jnp.int32(0),
         params=variables["params"],
         batch_stats=variables.get("batch_stats", {}),
-        opt_state=tx.init(variables["params"]),
+        # one program, not a small compiled op per distinct leaf shape (1.3 -> 0.4 s, SSDLite)
+        opt_state=jax.jit(tx.init)(variables["params"]),
         rng=jax.random.PRNGKey(seed),
         nonfinite_in_row=jnp.int32(0),
         nonfinite_longest=jnp.int32(0),
