@@ -1,19 +1,21 @@
-"""What int8 costs: COCO AP of a trained model exported to LiteRT in float32 and in int8, against
-the JAX model itself, and the int8 file's detection agreement on the SSDLite fixture.
+"""What int8 costs: COCO AP of a trained model exported to LiteRT and to ONNX (ONNX Runtime) in
+float32 and in int8, against the JAX model itself, and each int8 file's detection agreement on
+the SSDLite fixture.
 
     python scripts/quantization_report.py --config configs/ssdlite_shapes.py \
         --checkpoint runs/shapes/checkpoints --calibration data/shapes/train \
         --out docs/benchmarks/int8_DATE.json [--calibration-images 100]
 
-Part 1 (the trained model): ``ssd-jax-export --format tflite`` (float32) and ``--quantize int8
---calibration DIR`` (the first N images of DIR by name), then ``ssd-jax-eval`` on the config's
-val split with ``--backend jax`` (the checkpoint), ``litert`` (each file): COCO mAP and mAP@0.5,
-and the drop of each from float32 to int8.
+Part 1 (the trained model): ``ssd-jax-export --format tflite`` and ``--format onnx`` (float32)
+and each with ``--quantize int8 --calibration DIR`` (the first N images of DIR by name), then
+``ssd-jax-eval`` on the config's val split with ``--backend jax`` (the checkpoint), ``litert``
+and ``onnxruntime`` (each file): COCO mAP and mAP@0.5, and the drop of each from float32 to
+int8 per runtime.
 
 Part 2 (the SSDLite fixture, random weights; needs ../shared/fixtures): the fixture checkpoint
-exported in float32 and int8 (calibrated on the fixture's two images), run on those images: of
-the float32 file's top-20 detections per image, how many the int8 file also has (same label,
-IoU >= 0.5), and the largest score difference among those.
+exported in float32 and int8 for each runtime (calibrated on the fixture's two images), run on
+those images: of the float32 file's top-20 detections per image, how many the int8 file also has
+(same label, IoU >= 0.5), and the largest score difference among those.
 
 Writes the figures with the date, CPU model, versions and commit.
 """
@@ -33,12 +35,15 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FIXTURE = REPO.parent / "shared" / "fixtures" / "ssdlite_mobilenetv2_320_coco"
 TOP = 20
+#: runtime → the export format it runs
+FORMATS = {"litert": "tflite", "onnxruntime": "onnx"}
 
 
 def export(config: str, checkpoint: str, out: pathlib.Path, *extra: str) -> pathlib.Path:
     from ssd_jax.cli.export import main
 
-    argv = ["--config", config, "--checkpoint", checkpoint, "--format", "tflite"]
+    fmt = FORMATS["litert" if out.suffix == ".tflite" else "onnxruntime"]
+    argv = ["--config", config, "--checkpoint", checkpoint, "--format", fmt]
     status = main([*argv, "--out", str(out), "--overwrite", *extra])
     if status != 0:
         raise SystemExit(f"export failed ({status}): {out}")
@@ -75,7 +80,7 @@ def agreement(fp32: dict, int8: dict) -> tuple[int, float]:
     return kept, worst
 
 
-def fixture_agreement(tmp: pathlib.Path) -> dict:
+def fixture_agreement(tmp: pathlib.Path, runtime_name: str) -> dict:
     from ssd_jax.export import runtime
 
     ref = np.load(FIXTURE / "reference.npz")
@@ -83,25 +88,26 @@ def fixture_agreement(tmp: pathlib.Path) -> dict:
     ckpt = tmp / "fixture.pth"
     ckpt.write_bytes(lzma.decompress((FIXTURE / "checkpoint.pth.xz").read_bytes()))
     calib = tmp / "fixture_images"
-    calib.mkdir()
+    calib.mkdir(exist_ok=True)
     import cv2
 
     for i, image in enumerate(images):
         cv2.imwrite(str(calib / f"{i}.png"), image[:, :, ::-1])
     config = str(REPO / "configs" / "ssdlite_mobilenetv2_320_coco.py")
+    suffix = "." + FORMATS[runtime_name]
     files = {
-        "fp32": export(config, str(ckpt), tmp / "fixture_fp32.tflite"),
+        "fp32": export(config, str(ckpt), (tmp / "fixture_fp32").with_suffix(suffix)),
         "int8": export(
             config,
             str(ckpt),
-            tmp / "fixture_int8.tflite",
+            (tmp / "fixture_int8").with_suffix(suffix),
             "--quantize",
             "int8",
             "--calibration",
             str(calib),
         ),
     }
-    results = {k: runtime.predict(runtime.load(v, "litert"), images) for k, v in files.items()}
+    results = {k: runtime.predict(runtime.load(v, runtime_name), images) for k, v in files.items()}
     rows = [agreement(a, b) for a, b in zip(results["fp32"], results["int8"], strict=True)]
     return {
         "calibration": "the fixture's 2 images",
@@ -129,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": provenance.machine(),
         "versions": provenance.versions(
-            (*provenance.DEFAULT_PACKAGES, "tensorflow-cpu", "ai-edge-litert")
+            (*provenance.DEFAULT_PACKAGES, "tensorflow-cpu", "ai-edge-litert", "onnxruntime")
         ),
         "commit": provenance.git_commit(REPO),
         "config": args.config,
@@ -137,34 +143,33 @@ def main(argv: list[str] | None = None) -> int:
         "val": {"ann_file": args.ann_file, "img_dir": args.img_dir},
         "calibration": f"first {args.calibration_images} images of {args.calibration}",
     }
+    calibration = ["--calibration", args.calibration]
+    calibration += ["--calibration-images", str(args.calibration_images)]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
-        fp32 = export(args.config, args.checkpoint, tmp / "fp32.tflite")
-        int8 = export(
-            args.config,
-            args.checkpoint,
-            tmp / "int8.tflite",
-            "--quantize",
-            "int8",
-            "--calibration",
-            args.calibration,
-            "--calibration-images",
-            str(args.calibration_images),
-        )
         data = [f"--{k}={v}" for k, v in (("ann-file", args.ann_file), ("img-dir", args.img_dir))]
         data = [d for d in data if not d.endswith("=None")]
-        ap = {
-            "jax": coco_ap(args.config, args.checkpoint, "jax", tmp / "eval_jax", data),
-            "litert_fp32": coco_ap(args.config, str(fp32), "litert", tmp / "eval_fp32", data),
-            "litert_int8": coco_ap(args.config, str(int8), "litert", tmp / "eval_int8", data),
-        }
-        report["coco"] = ap
-        report["int8_drop"] = {
-            k: ap["litert_fp32"][k] - ap["litert_int8"][k] for k in ("mAP", "mAP@0.5")
-        }
-        report["sizes_bytes"] = {"fp32": fp32.stat().st_size, "int8": int8.stat().st_size}
+        ap = {"jax": coco_ap(args.config, args.checkpoint, "jax", tmp / "eval_jax", data)}
+        report["coco"], report["int8_drop"], report["sizes_bytes"] = ap, {}, {}
+        for name, fmt in FORMATS.items():
+            fp32 = export(args.config, args.checkpoint, tmp / f"fp32.{fmt}")
+            int8 = export(
+                args.config,
+                args.checkpoint,
+                tmp / f"int8.{fmt}",
+                "--quantize",
+                "int8",
+                *calibration,
+            )
+            for precision, file in (("fp32", fp32), ("int8", int8)):
+                out = tmp / f"eval_{name}_{precision}"
+                ap[f"{name}_{precision}"] = coco_ap(args.config, str(file), name, out, data)
+            report["int8_drop"][name] = {
+                k: ap[f"{name}_fp32"][k] - ap[f"{name}_int8"][k] for k in ("mAP", "mAP@0.5")
+            }
+            report["sizes_bytes"][name] = {"fp32": fp32.stat().st_size, "int8": int8.stat().st_size}
         if (FIXTURE / "reference.npz").is_file():
-            report["ssdlite_fixture"] = fixture_agreement(tmp)
+            report["ssdlite_fixture"] = {name: fixture_agreement(tmp, name) for name in FORMATS}
     text = json.dumps(report, indent=1)
     pathlib.Path(args.out).write_text(text + "\n")
     print(text)

@@ -1,5 +1,6 @@
 """LiteRT (TFLite) export on a small random-weight SSDLite: the CLI's file against the JAX
-Detector, int8 quantization, TFLite's NMS against ``postprocess.batched_nms``, CLI refusals.
+Detector, int8 quantization, TFLite's NMS against ``postprocess.batched_nms``, CLI refusals; and
+ONNX Runtime's static int8 (``--format onnx --quantize int8``) on the same model.
 
 The fixtures' float32 parity (against mmdetection's references) is in test_export.py
 (runtime 'litert'). tensorflow-cpu and ai-edge-litert come from requirements-export.txt.
@@ -27,7 +28,7 @@ def checkpoint(tmp_path_factory) -> pathlib.Path:
     )
 
 
-def _export(checkpoint: pathlib.Path, out: pathlib.Path, *extra: str) -> int:
+def _export(checkpoint: pathlib.Path, out: pathlib.Path, *extra: str, fmt="tflite") -> int:
     from ssd_jax.export.__main__ import main
 
     return main(
@@ -37,7 +38,7 @@ def _export(checkpoint: pathlib.Path, out: pathlib.Path, *extra: str) -> int:
             "--checkpoint",
             str(checkpoint),
             "--format",
-            "tflite",
+            fmt,
             "--out",
             str(out),
             *SMALL,
@@ -102,16 +103,10 @@ def test_cli_tflite_int8(checkpoint, tmp_path, capsys):
     convolution int8, decoding float32; smaller than float32's file; detections close to
     float32's (8 of its top 10 found with the same label at IoU ≥ 0.5, top score within 0.02)."""
     require("tensorflow", "ai_edge_litert")
-    from PIL import Image
-
     from ssd_jax.export import runtime as rt
     from test_parity import box_iou
 
-    folder = tmp_path / "calibration"
-    folder.mkdir()
-    for i, image in enumerate(_images() * 2):
-        Image.fromarray(image).save(folder / f"{i}.png")
-    (folder / "notes.txt").write_text("not an image")
+    folder = _calibration_folder(tmp_path)
     fp32, int8 = tmp_path / "fp32.tflite", tmp_path / "int8.tflite"
     assert _export(checkpoint, fp32) == 0
     assert _export(
@@ -127,6 +122,59 @@ def test_cli_tflite_int8(checkpoint, tmp_path, capsys):
     assert {t for (op, t) in ops if op in ("EXP", "SOFTMAX", "TOPK_V2")} == {"FLOAT32"}, ops
     images = _images()
     for q, f in zip(rt.predict(model, images), rt.predict(rt.load(fp32), images)):
+        assert len(q["scores"]) > 10 and np.all(np.diff(q["scores"]) <= 0)
+        assert abs(float(q["scores"][0]) - float(f["scores"][0])) < 0.02
+        iou = box_iou(f["boxes"][:10], q["boxes"])
+        same = (iou >= 0.5) & (f["labels"][:10, None] == q["labels"][None, :])
+        assert same.any(axis=1).sum() >= 8
+
+
+def _calibration_folder(tmp_path: pathlib.Path) -> pathlib.Path:
+    """Six images (the three of ``_images`` twice) and a text file, which is not an image."""
+    from PIL import Image
+
+    folder = tmp_path / "calibration"
+    folder.mkdir()
+    for i, image in enumerate(_images() * 2):
+        Image.fromarray(image).save(folder / f"{i}.png")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def test_cli_onnx_int8(checkpoint, tmp_path, capsys):
+    """``--format onnx --quantize int8``: ONNX Runtime's static int8 calibrated on the stated
+    number of the folder's images; every convolution reads int8 weights through
+    DequantizeLinear, NMS stays float32; detections close to float32's in ONNX Runtime (the
+    LiteRT int8 rule: 8 of its top 10 with the same label at IoU ≥ 0.5, top score within 0.02)."""
+    require("onnx", "onnxruntime", "jax2onnx")
+    import onnx
+
+    from ssd_jax.export import runtime as rt
+    from test_parity import box_iou
+
+    folder = _calibration_folder(tmp_path)
+    fp32, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
+    assert _export(checkpoint, fp32, fmt="onnx") == 0
+    args = ["--quantize", "int8", "--calibration", str(folder), "--calibration-images", "4"]
+    assert _export(checkpoint, int8, *args, fmt="onnx") == 0
+    assert "int8, calibrated on 4 images" in capsys.readouterr().out
+    meta = {f: {p.key: p.value for p in onnx.load(str(f)).metadata_props} for f in (fp32, int8)}
+    assert meta[int8]["ssd_jax.quantization"] == "int8"
+    assert meta[fp32]["ssd_jax.quantization"] == "none"
+    assert int8.stat().st_size < 0.8 * fp32.stat().st_size
+    graph = onnx.load(str(int8)).graph
+    produced_by = {o: n.op_type for n in graph.node for o in n.output}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert convs and all(produced_by.get(c.input[1]) == "DequantizeLinear" for c in convs)
+    weights = {i.name: i.data_type for i in graph.initializer}
+    quantized = [n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"]
+    assert onnx.TensorProto.INT8 in {weights.get(q) for q in quantized}
+    nms = [n for n in graph.node if n.op_type == "NonMaxSuppression"]
+    assert nms and all(produced_by.get(n.input[0]) != "DequantizeLinear" for n in nms)
+    model, reference = rt.load(int8), rt.load(fp32)
+    assert model.settings["score_thr"] == 0.02
+    images = _images()
+    for q, f in zip(rt.predict(model, images), rt.predict(reference, images)):
         assert len(q["scores"]) > 10 and np.all(np.diff(q["scores"]) <= 0)
         assert abs(float(q["scores"][0]) - float(f["scores"][0])) < 0.02
         iou = box_iou(f["boxes"][:10], q["boxes"])
@@ -184,6 +232,7 @@ def test_tflite_nms_is_greedy_class_aware_nms(tmp_path):
         ("missing", "not a folder"),
         ("no_images", "no images in the folder"),
         ("no_calibration", "needs --calibration DIR"),
+        ("jax_format", "is for --format tflite or onnx"),
     ],
 )
 def test_cli_refusals(tmp_path, capsys, case, message):
@@ -195,6 +244,8 @@ def test_cli_refusals(tmp_path, capsys, case, message):
         out.write_bytes(b"keep me")
     elif case == "no_calibration":
         extra = ["--quantize", "int8"]
+    elif case == "jax_format":
+        extra = ["--quantize", "int8", "--calibration", str(tmp_path), "--format", "jax"]
     else:
         folder = tmp_path / "calibration"
         if case == "no_images":

@@ -334,6 +334,7 @@ BACKENDS = (
     "jax",
     "jax-bf16",
     "onnxruntime",
+    "onnxruntime-int8",
     "openvino",
     "openvino-bf16",
     "litert",
@@ -353,7 +354,8 @@ BACKEND_PACKAGES = (
     "ai-edge-litert",
 )
 
-#: Random uint8 images that calibrate the int8 .tflite of 'litert-int8': a speed figure only
+#: Random uint8 images that calibrate the int8 files of 'litert-int8' and 'onnxruntime-int8': a
+#: speed figure only
 #: (scripts/quantization_report.py measures what int8 costs in AP, calibrated on real images).
 INT8_CALIBRATION_IMAGES = 8
 
@@ -375,7 +377,8 @@ def compare_backends(
     ``modes``: 'raw' (normalisation + network) and/or 'detect' (+ decoding and NMS). JAX runs
     the functions ``ssd-jax-export`` exports; ONNX Runtime / OpenVINO / LiteRT run the exported
     files (LiteRT's batch-1 .tflite once per image; 'litert' on every core, 'litert-1t' on one;
-    'litert-int8*' the full-integer file, calibrated on ``INT8_CALIBRATION_IMAGES`` random images).
+    'litert-int8*' the full-integer file, 'onnxruntime-int8' ONNX Runtime's static int8, both
+    calibrated on ``INT8_CALIBRATION_IMAGES`` random images).
     ``reference_onnx``: another raw network (float32 NCHW input, e.g. mmdetection's own from
     ``scripts/export_mmdet_onnx.py``) timed in ONNX Runtime as ``onnxruntime-reference``, its
     input normalised beforehand (not timed).
@@ -394,9 +397,15 @@ def compare_backends(
     runners: dict[str, dict[str, Callable]] = {m: {} for m in modes}
     for mode in modes:
         raw = mode == "raw"
-        if {"onnxruntime", "openvino", "openvino-bf16"} & set(backends):
-            path = os.path.join(workdir, f"{config.name}_{mode}.onnx")
-            export(det, path, "onnx", raw=raw)
+        onnx_paths = {}  # quantization ('' or 'int8') → .onnx
+        for quantize in {
+            "int8" if b.endswith("int8") else ""
+            for b in backends
+            if b.startswith(("onnxruntime", "openvino"))
+        }:
+            onnx_paths[quantize] = os.path.join(workdir, f"{config.name}_{mode}{quantize}.onnx")
+            options = _random_calibration(config.input_size) if quantize else {}
+            export(det, onnx_paths[quantize], "onnx", raw=raw, **options)
         tflite_paths = {}  # quantization ('' or 'int8') → .tflite
         for quantize in {"int8" if "int8" in b else "" for b in backends if b.startswith("litert")}:
             tflite_paths[quantize] = os.path.join(workdir, f"{config.name}_{mode}{quantize}.tflite")
@@ -417,11 +426,11 @@ def compare_backends(
                 model = runtime.LiteRTModel(file, num_threads=threads)
                 runners[mode][backend] = _model_runner(model, raw)
             else:
-                model = (
-                    runtime.OpenVINOModel(path, precision="bf16")
-                    if backend == "openvino-bf16"
-                    else runtime.load(path, backend)
-                )
+                path = onnx_paths["int8" if backend.endswith("int8") else ""]
+                if backend == "openvino-bf16":
+                    model = runtime.OpenVINOModel(path, precision="bf16")
+                else:
+                    model = runtime.load(path, backend.removesuffix("-int8"))
                 runners[mode][backend] = _model_runner(model, raw)
         if raw and reference_onnx:
             runners[mode]["onnxruntime-reference"] = _reference_runner(reference_onnx)

@@ -8,6 +8,8 @@
 --format tflite a .tflite file (jax2tf + TF's TFLite converter, metadata inside), for LiteRT;
                 float32, or with --quantize int8 --calibration DIR full-integer int8
                 (post-training, calibrated on --calibration-images images from DIR).
+                --format onnx --quantize int8: ONNX Runtime's static int8 (QDQ: int8 weights per
+                channel, uint8 activations; decoding and NMS in float32), calibrated the same way.
 --raw           the head outputs only, and the anchors as a .npy beside the model.
 The network is exported in float32. Existing files are not replaced without --overwrite.
 Needs the export requirements (the README's Deploy section).
@@ -40,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--quantize",
         choices=("none", "int8"),
         default="none",
-        help="--format tflite: int8 = full-integer post-training quantization (--calibration)",
+        help="--format tflite or onnx: int8 post-training quantization (--calibration)",
     )
     parser.add_argument(
         "--calibration",
@@ -91,9 +93,9 @@ def export(args, overrides: list[str]) -> None:
 
     detector = Detector.from_checkpoint(config, args.checkpoint)
     start = time.perf_counter()
-    tflite_options = {}
-    if args.format == "tflite" and calibration_files:
-        tflite_options = {
+    options = {}
+    if calibration_files:
+        options = {
             "quantize": "int8",
             "calibration": _calibration_batches(calibration_files, config.input_size),
         }
@@ -104,7 +106,7 @@ def export(args, overrides: list[str]) -> None:
             args.format,
             raw=args.raw,
             platforms=tuple(p for p in args.platforms.split(",") if p),
-            **tflite_options,
+            **options,
         )
     except ImportError as e:
         raise UserError(
@@ -131,8 +133,8 @@ def _calibration_files(args) -> list[str]:
         if args.calibration:
             raise UserError("--calibration is for --quantize int8")
         return []
-    if args.format != "tflite":
-        raise UserError(f"--quantize {args.quantize} is for --format tflite")
+    if args.format not in ("tflite", "onnx"):
+        raise UserError(f"--quantize {args.quantize} is for --format tflite or onnx")
     if not args.calibration:
         raise UserError("--quantize int8 needs --calibration DIR (a folder of images)")
     if args.calibration_images < 1:

@@ -28,17 +28,18 @@ def export(
     fmt: str,
     raw: bool = False,
     platforms: Sequence[str] = ("cpu", "cuda"),
-    **tflite_options: Any,
+    **options: Any,
 ) -> dict[str, Any]:
     """Write ``detector`` to ``path`` as ``fmt`` (one of ``FORMATS``); returns the files written.
 
     ``platforms``: the jax platforms a 'jax' artifact is lowered for (ignored otherwise).
-    ``tflite_options``: ``tflite_export.export_tflite``'s batch, quantize, calibration.
+    ``options``: quantize and calibration for 'onnx' (``onnx_export.export_onnx``); batch,
+    quantize and calibration for 'tflite' (``tflite_export.export_tflite``).
     """
     if fmt == "onnx":
         from ssd_jax.export.onnx_export import export_onnx
 
-        return export_onnx(detector, path, raw=raw)
+        return export_onnx(detector, path, raw=raw, **options)
     if fmt == "jax":
         from ssd_jax.export.jax_export import export_jax
 
@@ -46,5 +47,5 @@ def export(
     if fmt == "tflite":
         from ssd_jax.export.tflite_export import export_tflite
 
-        return export_tflite(detector, path, raw=raw, **tflite_options)
+        return export_tflite(detector, path, raw=raw, **options)
     raise ValueError(f"format {fmt!r}: expected one of {FORMATS}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+from collections.abc import Iterable
 from typing import Any
 
 import jax
@@ -69,8 +70,64 @@ def _to_onnx(fn, inputs, input_names, output_names, name: str):
             )
 
 
-def export_onnx(detector, path: str | os.PathLike, raw: bool = False) -> dict[str, Any]:
-    """Write ``detector`` as an ONNX model to ``path``; returns what was written."""
+def quantize_int8(model, calibration: Iterable[tuple[np.ndarray, np.ndarray]], raw: bool):
+    """``model`` with ONNX Runtime's static int8 quantization: weights int8 per output channel,
+    activations uint8 (calibrated by min/max on ``calibration``, (images, scale_factors)
+    pairs), in QDQ form; convolutions and matmuls only, so decoding and NMS stay float32."""
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(calibration)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self.batches, None)
+            if batch is None:
+                return None
+            images, scale_factors = batch
+            return {"images": images} if raw else {"images": images, "scale_factors": scale_factors}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32, prepared, int8 = (os.path.join(tmp, f) for f in ("fp32.onnx", "pre.onnx", "q.onnx"))
+        onnx.save_model(model, fp32)
+        quant_pre_process(fp32, prepared, skip_symbolic_shape=True)  # shapes for the quantizer
+        quantize_static(
+            prepared,
+            int8,
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+        )
+        quantized = onnx.load_model(int8)
+    meta = {p.key: p.value for p in model.metadata_props}
+    onnx.helper.set_model_props(quantized, {**meta, "ssd_jax.quantization": "int8"})
+    return quantized
+
+
+def export_onnx(
+    detector,
+    path: str | os.PathLike,
+    raw: bool = False,
+    quantize: str | None = None,
+    calibration: Iterable[tuple[np.ndarray, np.ndarray]] | None = None,
+) -> dict[str, Any]:
+    """Write ``detector`` as an ONNX model to ``path``; returns what was written.
+
+    ``quantize="int8"``: ONNX Runtime's static int8 (``quantize_int8``), calibrated on
+    ``calibration``, (images (1, S, S, 3) uint8, scale_factors (1, 2) float32) pairs.
+    """
     import onnx
 
     s = graph.settings_of(detector)
@@ -102,8 +159,14 @@ def export_onnx(detector, path: str | os.PathLike, raw: bool = False) -> dict[st
             batch_dim=BATCH,
         )
     jax2onnx_compat.relu6_as_clip(model)
-    onnx.helper.set_model_props(model, metadata(detector, "raw" if raw else "detect"))
+    meta = metadata(detector, "raw" if raw else "detect")
+    meta["ssd_jax.quantization"] = quantize or "none"
+    onnx.helper.set_model_props(model, meta)
     onnx.checker.check_model(model)
+    if quantize == "int8":
+        model = quantize_int8(model, calibration or (), raw)
+    elif quantize:
+        raise ValueError(f"quantize={quantize!r}: expected None or 'int8'")
 
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
