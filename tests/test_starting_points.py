@@ -6,25 +6,15 @@ import logging
 import subprocess
 import sys
 
-import jax
 import numpy as np
 from flax import traverse_util
 
 from conftest import FIXTURE_CONFIGS, REPO, load_state_dict, require
 from ssd_jax.config import load_config
-from ssd_jax.models import build_model
-from ssd_jax.models.assembly import anchor_generator
+from ssd_jax.models.assembly import zero_variables
 from ssd_jax.training.init import initial_variables
 
 torch = require("torch")  # CI (SSD_JAX_REQUIRE_FIXTURES) fails without it
-
-
-def zeros_like_model(config) -> dict:
-    model = build_model(config.model, anchor_generator(config).num_anchors)
-    x = jax.ShapeDtypeStruct((1, config.input_size, config.input_size, 3), np.float32)
-    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
-    zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
-    return {"params": zeros["params"], "batch_stats": zeros.get("batch_stats", {})}
 
 
 class Fresh:
@@ -32,7 +22,7 @@ class Fresh:
     fresh value), counting the calls."""
 
     def __init__(self, config):
-        self.variables, self.calls = zeros_like_model(config), 0
+        self.variables, self.calls = zero_variables(config), 0
 
     def __call__(self) -> dict:
         self.calls += 1
