@@ -86,8 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--reference-onnx",
         default="",
         help="with --backends and mode raw: also time this ONNX file in ONNX "
-        "Runtime, e.g. mmdetection's own network from "
-        "scripts/export_mmdet_onnx.py (float32 NCHW input)",
+        "Runtime (and in OpenVINO f32/bf16 where those backends are named), e.g. "
+        "mmdetection's own network from scripts/export_mmdet_onnx.py (float32 NCHW input)",
     )
     parser.add_argument(
         "--checkpoint", default="", help="with --backends: weights (.pth or orbax); default random"
@@ -380,8 +380,9 @@ def compare_backends(
     'litert-int8*' the full-integer file, 'onnxruntime-int8' ONNX Runtime's static int8, both
     calibrated on ``INT8_CALIBRATION_IMAGES`` random images).
     ``reference_onnx``: another raw network (float32 NCHW input, e.g. mmdetection's own from
-    ``scripts/export_mmdet_onnx.py``) timed in ONNX Runtime as ``onnxruntime-reference``, its
-    input normalised beforehand (not timed).
+    ``scripts/export_mmdet_onnx.py``) timed in ONNX Runtime as ``onnxruntime-reference`` and in
+    each OpenVINO backend named (``openvino-reference``, ``openvino-bf16-reference``), its input
+    normalised beforehand (not timed).
     """
     from ssd_jax.detector import Detector
     from ssd_jax.export import export, runtime
@@ -433,7 +434,11 @@ def compare_backends(
                     model = runtime.load(path, backend.removesuffix("-int8"))
                 runners[mode][backend] = _model_runner(model, raw)
         if raw and reference_onnx:
-            runners[mode]["onnxruntime-reference"] = _reference_runner(reference_onnx)
+            for runtime_name in REFERENCE_RUNTIMES:
+                if runtime_name == "onnxruntime" or runtime_name in backends:
+                    runners[mode][f"{runtime_name}-reference"] = _reference_runner(
+                        reference_onnx, runtime_name
+                    )
     rng = np.random.default_rng(0)
     s = config.input_size
     report: dict[str, Any] = {
@@ -488,13 +493,27 @@ def _jax_runner(fn: Callable, raw: bool) -> Callable:
     return run
 
 
-def _reference_runner(path: str) -> Callable:
-    import onnxruntime as ort
+#: Where ``--reference-onnx`` is timed: always ONNX Runtime, and each OpenVINO backend named.
+REFERENCE_RUNTIMES = ("onnxruntime", "openvino", "openvino-bf16")
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
+
+def _reference_runner(path: str, runtime_name: str = "onnxruntime") -> Callable:
+    """Run the reference network in ``runtime_name`` (one of ``REFERENCE_RUNTIMES``), with the
+    settings our own exports get there (``runtime.OpenVINOModel``)."""
+    if runtime_name == "onnxruntime":
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        call = lambda x: session.run(None, {name: x})
+    else:
+        import openvino as ov
+
+        precision = "bf16" if runtime_name == "openvino-bf16" else "f32"
+        compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": precision})
+        call = lambda x: compiled(x)
     inputs: dict[int, np.ndarray] = {}
 
     def run(images, scales):
@@ -505,7 +524,7 @@ def _reference_runner(path: str) -> Callable:
             inputs[key] = np.ascontiguousarray(
                 ((images - np.float32(127.5)) / np.float32(58.0)).transpose(0, 3, 1, 2), np.float32
             )
-        session.run(None, {name: inputs[key]})
+        call(inputs[key])
 
     return run
 
