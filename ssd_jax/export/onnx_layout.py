@@ -13,11 +13,13 @@ NCHW throughout. ``to_nchw`` rewrites the graph in place:
 3. every NHWC→NCHW ``Transpose`` rises above the elementwise ops that feed it only (the input's
    ``Cast``/``Sub``/``Div`` normalisation), so that it transposes the uint8 image;
 4. two ``Transpose`` nodes in a row that undo each other are removed;
-5. a per-channel ``Add`` right after a ``Conv`` becomes the ``Conv``'s bias.
+5. a per-channel ``Add`` right after a ``Conv`` becomes the ``Conv``'s bias, and a
+   per-channel ``Div`` or ``Mul`` right before one (the input's ``/ std``) part of its kernel.
 
 The tensors named in the graph keep their values and layouts (new tensors get new names), so
-the rewrite changes no output: it only removes work. What stays are the layout changes the
-outputs need (the head's NCHW maps → (B, A, C+1)) and those around ops none of the rules cross.
+the rewrite changes no output beyond float32 rounding (the scaled kernel): it only removes work.
+What stays are the layout changes the outputs need (the head's NCHW maps → (B, A, C+1)) and
+those around ops none of the rules cross.
 """
 
 from __future__ import annotations
@@ -306,11 +308,40 @@ def _bias_into_conv(g: _Graph) -> bool:
     return False
 
 
+def _scale_into_conv(g: _Graph) -> bool:
+    """Make one ``Div`` or ``Mul`` by a per-channel constant, whose only reader is an ungrouped
+    ``Conv`` with a constant kernel, part of that kernel (zero padding stays zero)."""
+    for node in g.nodes:
+        if node.op_type not in ("Div", "Mul") or node.output[0] in g.outputs:
+            continue
+        users = g.consumers.get(node.output[0], [])
+        data = _data_inputs(g, node)
+        if len(users) != 1 or users[0].op_type != "Conv" or len(data) != 1:
+            continue
+        conv = users[0]
+        kernel = g.constants.get(conv.input[1]) if conv.input[0] == node.output[0] else None
+        groups = next((a.i for a in conv.attribute if a.name == "group"), 1)
+        scale = g.constants[node.input[1 - data[0]]]
+        if kernel is None or groups != 1 or (node.op_type == "Div" and data[0] != 0):
+            continue
+        c = kernel.shape[1]
+        if scale.ndim > 4 or (1,) * (4 - scale.ndim) + scale.shape not in ((1, c, 1, 1), (1,) * 4):
+            continue
+        factor = scale.astype(np.float64).reshape(1, -1, 1, 1)
+        factor = 1.0 / factor if node.op_type == "Div" else factor
+        conv.input[1] = g.constant((kernel.astype(np.float64) * factor).astype(kernel.dtype))
+        conv.input[0] = node.input[data[0]]
+        g.remove(node)
+        g.index()
+        return True
+    return False
+
+
 def to_nchw(model: Any) -> dict[str, int]:
     """Rewrite ``model`` (an ``onnx.ModelProto`` from jax2onnx) in place as described in the
     module docstring; returns how many times each rule applied."""
     g = _Graph(model)
-    counts = dict.fromkeys(("folded", "sunk", "hoisted", "cancelled", "bias"), 0)
+    counts = dict.fromkeys(("folded", "sunk", "hoisted", "cancelled", "bias", "scale"), 0)
     while _fold_constant_transposes(g):
         counts["folded"] += 1
     rules = (("cancelled", _cancel), ("sunk", _sink), ("hoisted", _hoist))
@@ -323,5 +354,7 @@ def to_nchw(model: Any) -> dict[str, int]:
                 changed = True
     while _bias_into_conv(g):
         counts["bias"] += 1
+    while _scale_into_conv(g):
+        counts["scale"] += 1
     g.write_back()
     return counts
