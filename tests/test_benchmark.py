@@ -46,3 +46,62 @@ def test_backend_comparison_times_onnxruntime_float32_and_int8(tmp_path):
     assert set(times) == {"onnxruntime", "onnxruntime-int8"}
     assert all(t["images_per_s_median"] > 0 for t in times.values())
     assert report["versions"]["onnxruntime"]
+
+
+def test_reference_onnx_is_timed_in_onnxruntime_and_openvino(tmp_path):
+    """``--reference-onnx`` with OpenVINO named: the reference is timed in both runtimes; one
+    that takes uint8 (here our own raw export) gets the benchmark's images as they are, one that
+    takes float32 NCHW gets them normalised and transposed."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+    from test_export import require
+
+    require("onnx", "onnxruntime", "openvino", "jax2onnx")
+    from ssd_jax.config import load_config
+    from ssd_jax.detector import Detector
+    from ssd_jax.export import export, runtime
+
+    config = load_config(str(REPO / "configs" / "ssdlite_shapes.py"), list(SMALL_SSDLITE))
+    reference = tmp_path / "reference.onnx"
+    export(Detector(config), str(reference), "onnx", raw=True)
+    out = tmp_path / "backends.json"
+    argv = ["--config", str(REPO / "configs" / "ssdlite_shapes.py")]
+    argv += ["--backends", "onnxruntime,openvino", "--batch-sizes", "1", "--rounds", "2"]
+    argv += ["--modes", "raw", "--reference-onnx", str(reference), "--out", str(out)]
+    argv += [f"--config.{o}" for o in SMALL_SSDLITE]
+    assert benchmark.main(argv) == 0
+    times = json.loads(out.read_text())["results"]["batch_1_raw"]
+    expected = {"onnxruntime", "openvino", "onnxruntime-reference", "openvino-reference"}
+    assert set(times) == expected
+    assert all(t["images_per_s_median"] > 0 for t in times.values())
+
+    s = config.input_size
+    images = np.random.default_rng(0).integers(0, 256, (2, s, s, 3), dtype=np.uint8)
+    want = list(runtime.load(str(reference), "onnxruntime")(images=images).values())
+    for name in ("onnxruntime", "openvino"):
+        got = as_list(benchmark._reference_runner(str(reference), name)(images, None))
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+    # float32 NCHW: a 1×1 convolution summing the channels
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"])],
+        "sum",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 3, s, s])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 1, s, s])],
+        [helper.make_tensor("w", TensorProto.FLOAT, [1, 3, 1, 1], [1.0, 1.0, 1.0])],
+    )
+    float_reference = tmp_path / "float.onnx"
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), float_reference
+    )
+    normalised = ((images - np.float32(127.5)) / np.float32(58.0)).transpose(0, 3, 1, 2)
+    for name in ("onnxruntime", "openvino"):
+        (got,) = as_list(benchmark._reference_runner(str(float_reference), name)(images, None))
+        np.testing.assert_allclose(got, normalised.sum(1, keepdims=True), rtol=1e-5, atol=1e-4)
+
+
+def as_list(outputs) -> list:
+    """ONNX Runtime's list or OpenVINO's dict of outputs, as a list."""
+    return list(outputs.values()) if hasattr(outputs, "values") else list(outputs)

@@ -87,7 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="",
         help="with --backends and mode raw: also time this ONNX file in ONNX "
         "Runtime (and in OpenVINO f32/bf16 where those backends are named), e.g. "
-        "mmdetection's own network from scripts/export_mmdet_onnx.py (float32 NCHW input)",
+        "mmdetection's own network from scripts/export_mmdet_onnx.py (uint8 NHWC input "
+        "as ours, or float32 NCHW, normalised untimed)",
     )
     parser.add_argument(
         "--checkpoint", default="", help="with --backends: weights (.pth or orbax); default random"
@@ -379,10 +380,10 @@ def compare_backends(
     files (LiteRT's batch-1 .tflite once per image; 'litert' on every core, 'litert-1t' on one;
     'litert-int8*' the full-integer file, 'onnxruntime-int8' ONNX Runtime's static int8, both
     calibrated on ``INT8_CALIBRATION_IMAGES`` random images).
-    ``reference_onnx``: another raw network (float32 NCHW input, e.g. mmdetection's own from
+    ``reference_onnx``: another raw network (e.g. mmdetection's own from
     ``scripts/export_mmdet_onnx.py``) timed in ONNX Runtime as ``onnxruntime-reference`` and in
-    each OpenVINO backend named (``openvino-reference``, ``openvino-bf16-reference``), its input
-    normalised beforehand (not timed).
+    each OpenVINO backend named (``openvino-reference``, ``openvino-bf16-reference``): given the
+    same uint8 images where it takes uint8, else float32 NCHW normalised beforehand (not timed).
     """
     from ssd_jax.detector import Detector
     from ssd_jax.export import export, runtime
@@ -499,7 +500,11 @@ REFERENCE_RUNTIMES = ("onnxruntime", "openvino", "openvino-bf16")
 
 def _reference_runner(path: str, runtime_name: str = "onnxruntime") -> Callable:
     """Run the reference network in ``runtime_name`` (one of ``REFERENCE_RUNTIMES``), with the
-    settings our own exports get there (``runtime.OpenVINOModel``)."""
+    settings our own exports get there (``runtime.OpenVINOModel``).
+
+    A reference whose input is uint8 takes the benchmark's images as they are (B, S, S, 3), as
+    ours do; any other is given them normalised to float32 NCHW beforehand, untimed.
+    """
     if runtime_name == "onnxruntime":
         import onnxruntime as ort
 
@@ -507,13 +512,17 @@ def _reference_runner(path: str, runtime_name: str = "onnxruntime") -> Callable:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
+        takes_uint8 = session.get_inputs()[0].type == "tensor(uint8)"
         call = lambda x: session.run(None, {name: x})
     else:
         import openvino as ov
 
         precision = "bf16" if runtime_name == "openvino-bf16" else "f32"
         compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": precision})
+        takes_uint8 = compiled.inputs[0].get_element_type() == ov.Type.u8
         call = lambda x: compiled(x)
+    if takes_uint8:
+        return lambda images, scales: call(images)
     inputs: dict[int, np.ndarray] = {}
 
     def run(images, scales):
@@ -524,7 +533,7 @@ def _reference_runner(path: str, runtime_name: str = "onnxruntime") -> Callable:
             inputs[key] = np.ascontiguousarray(
                 ((images - np.float32(127.5)) / np.float32(58.0)).transpose(0, 3, 1, 2), np.float32
             )
-        call(inputs[key])
+        return call(inputs[key])
 
     return run
 
