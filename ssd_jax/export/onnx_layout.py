@@ -14,7 +14,11 @@ NCHW throughout. ``to_nchw`` rewrites the graph in place:
    ``Cast``/``Sub``/``Div`` normalisation), so that it transposes the uint8 image;
 4. two ``Transpose`` nodes in a row that undo each other are removed;
 5. a per-channel ``Add`` right after a ``Conv`` becomes the ``Conv``'s bias, and a
-   per-channel ``Div`` or ``Mul`` right before one (the input's ``/ std``) part of its kernel.
+   per-channel ``Div`` or ``Mul`` right before one (the input's ``/ std``) part of its kernel;
+6. a ``-inf`` ``Pad`` of the spatial dims before a ``MaxPool`` (VGG's ceil-mode pools) becomes
+   the pool's own padding, ``Max(x, 0)`` becomes ``Relu``, and a ``Reshape`` whose target
+   shape is computed from its input's batch size (``Shape``, ``Gather``...) gets the constant
+   shape ``[0, ...]`` (0: keep that dimension), so the graph computes no shapes.
 
 The tensors named in the graph keep their values and layouts (new tensors get new names), so
 the rewrite changes no output beyond float32 rounding (the scaled kernel): it only removes work.
@@ -337,11 +341,115 @@ def _scale_into_conv(g: _Graph) -> bool:
     return False
 
 
+def _pad_into_pool(g: _Graph) -> bool:
+    """Make one ``-inf`` ``Pad`` of the H, W dims of an NCHW tensor, read only by a
+    ``MaxPool`` without padding of its own, that pool's ``pads`` (a pool's padding is ``-inf``)."""
+    for node in g.nodes:
+        if node.op_type != "Pad" or node.output[0] in g.outputs:
+            continue
+        users = g.consumers.get(node.output[0], [])
+        mode = next((a.s for a in node.attribute if a.name == "mode"), b"constant")
+        if len(users) != 1 or users[0].op_type != "MaxPool" or mode != b"constant":
+            continue
+        if len(node.input) != 3 or any(i not in g.constants for i in node.input[1:]):
+            continue
+        pads, value = g.constants[node.input[1]], g.constants[node.input[2]]
+        pool = users[0]
+        attrs = {a.name: a for a in pool.attribute}
+        own = list(attrs["pads"].ints) if "pads" in attrs else []
+        auto = attrs["auto_pad"].s if "auto_pad" in attrs else b"NOTSET"
+        if pads.shape != (8,) or value.size != 1 or not np.isneginf(value).all():
+            continue
+        if (
+            pads[[0, 1, 4, 5]].any()
+            or (pads < 0).any()
+            or any(own)
+            or auto not in (b"VALID", b"NOTSET")
+        ):
+            continue
+        kernel = list(attrs["kernel_shape"].ints)
+        if any(p >= k for p, k in zip(pads[[2, 3, 6, 7]], kernel * 2, strict=True)):
+            continue  # ONNX Runtime wants each pad below the window
+        from onnx import helper
+
+        keep = [a for a in pool.attribute if a.name not in ("pads", "auto_pad")]
+        del pool.attribute[:]
+        pool.attribute.extend(keep)
+        pool.attribute.append(helper.make_attribute("pads", [int(p) for p in pads[[2, 3, 6, 7]]]))
+        pool.input[0] = node.input[0]
+        g.remove(node)
+        g.index()
+        return True
+    return False
+
+
+def _max_as_relu(g: _Graph) -> bool:
+    """Write one ``Max(x, 0)`` (a scalar zero) as ``Relu(x)``."""
+    for node in g.nodes:
+        if node.op_type != "Max" or len(node.input) != 2:
+            continue
+        zero = [k for k, name in enumerate(node.input) if name in g.constants]
+        if len(zero) != 1:
+            continue
+        value = g.constants[node.input[zero[0]]]
+        x = node.input[1 - zero[0]]
+        if value.size != 1 or value.ndim > g.ranks.get(x, 0) or value.reshape(()) != 0:
+            continue
+        node.op_type = "Relu"
+        node.input[:] = [x]
+        g.index()
+        return True
+    return False
+
+
+def _batch_size_of(g: _Graph, name: str) -> str | None:
+    """The tensor whose dim 0 ``name`` holds (as a 1-element value), if it is computed by
+    ``Shape``, ``Gather(0)`` and ``Squeeze``/``Unsqueeze`` alone; else None."""
+    node = g.producer.get(name)
+    while node is not None and node.op_type in ("Squeeze", "Unsqueeze"):
+        node = g.producer.get(node.input[0])
+    if node is None or node.op_type != "Gather" or node.input[1] not in g.constants:
+        return None
+    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+    index = g.constants[node.input[1]]
+    shape = g.producer.get(node.input[0])
+    if axis != 0 or index.size != 1 or int(index.reshape(())) != 0:
+        return None
+    if shape is None or shape.op_type != "Shape" or len(shape.attribute):
+        return None
+    return shape.input[0]
+
+
+def _constant_reshape(g: _Graph) -> bool:
+    """Give one ``Reshape``, whose target is ``Concat(batch size of its input, constants)``,
+    the constant target ``[0, constants]``."""
+    for node in g.nodes:
+        if node.op_type != "Reshape" or node.input[1] in g.constants:
+            continue
+        if any(a.name == "allowzero" and a.i for a in node.attribute):
+            continue
+        concat = g.producer.get(node.input[1])
+        if concat is None or concat.op_type != "Concat":
+            continue
+        first, *rest = concat.input
+        if _batch_size_of(g, first) != node.input[0] or any(r not in g.constants for r in rest):
+            continue
+        values = [g.constants[r].reshape(-1) for r in rest]
+        if any(v.size != 1 for v in values):
+            continue
+        node.input[1] = g.constant(np.asarray([0, *(int(v[0]) for v in values)], np.int64))
+        g.index()
+        return True
+    return False
+
+
 def to_nchw(model: Any) -> dict[str, int]:
     """Rewrite ``model`` (an ``onnx.ModelProto`` from jax2onnx) in place as described in the
     module docstring; returns how many times each rule applied."""
     g = _Graph(model)
-    counts = dict.fromkeys(("folded", "sunk", "hoisted", "cancelled", "bias", "scale"), 0)
+    counts = dict.fromkeys(
+        ("folded", "sunk", "hoisted", "cancelled", "bias", "scale", "pool", "relu", "reshape"), 0
+    )
     while _fold_constant_transposes(g):
         counts["folded"] += 1
     rules = (("cancelled", _cancel), ("sunk", _sink), ("hoisted", _hoist))
@@ -356,5 +464,12 @@ def to_nchw(model: Any) -> dict[str, int]:
         counts["bias"] += 1
     while _scale_into_conv(g):
         counts["scale"] += 1
+    for key, rule in (
+        ("pool", _pad_into_pool),
+        ("relu", _max_as_relu),
+        ("reshape", _constant_reshape),
+    ):
+        while rule(g):
+            counts[key] += 1
     g.write_back()
     return counts
