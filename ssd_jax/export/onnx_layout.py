@@ -384,7 +384,7 @@ def _pad_into_pool(g: _Graph) -> bool:
 
 
 def _max_as_relu(g: _Graph) -> bool:
-    """Write one ``Max(x, 0)`` (a scalar zero) as ``Relu(x)``."""
+    """Write one ``Max(x, 0)`` (a float scalar zero) as ``Relu(x)``."""
     for node in g.nodes:
         if node.op_type != "Max" or len(node.input) != 2:
             continue
@@ -394,6 +394,8 @@ def _max_as_relu(g: _Graph) -> bool:
         value = g.constants[node.input[zero[0]]]
         x = node.input[1 - zero[0]]
         if value.size != 1 or value.ndim > g.ranks.get(x, 0) or value.reshape(()) != 0:
+            continue
+        if not np.issubdtype(value.dtype, np.floating):  # ONNX Runtime's Relu is float only
             continue
         node.op_type = "Relu"
         node.input[:] = [x]
