@@ -1,16 +1,17 @@
-"""What int8 costs: COCO AP of a trained model exported to LiteRT and to ONNX (ONNX Runtime) in
-float32 and in int8, against the JAX model itself, and each int8 file's detection agreement on
-the SSDLite fixture.
+"""What int8 costs: COCO AP of a trained model exported to LiteRT and to ONNX (ONNX Runtime,
+OpenVINO) in float32 and in int8, against the JAX model itself, and each int8 file's detection
+agreement on the SSDLite fixture.
 
     python scripts/quantization_report.py --config configs/ssdlite_shapes.py \
         --checkpoint runs/shapes/checkpoints --calibration data/shapes/train \
         --out docs/benchmarks/int8_DATE.json [--calibration-images 100]
 
 Part 1 (the trained model): ``ssd-jax-export --format tflite`` and ``--format onnx`` (float32)
-and each with ``--quantize int8 --calibration DIR`` (the first N images of DIR by name), then
-``ssd-jax-eval`` on the config's val split with ``--backend jax`` (the checkpoint), ``litert``
-and ``onnxruntime`` (each file): COCO mAP and mAP@0.5, and the drop of each from float32 to
-int8 per runtime.
+and each with ``--quantize int8 --calibration DIR`` (the first N images of DIR by name; for
+OpenVINO ``--format onnx --quantize int8-openvino``, NNCF's), then ``ssd-jax-eval`` on the
+config's val split with ``--backend jax`` (the checkpoint), ``litert``, ``onnxruntime`` and
+``openvino`` (each file): COCO mAP and mAP@0.5, and the drop of each from float32 to int8 per
+runtime.
 
 Part 2 (the SSDLite fixture, random weights; needs ../shared/fixtures): the fixture checkpoint
 exported in float32 and int8 for each runtime (calibrated on the fixture's two images), run on
@@ -35,14 +36,18 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FIXTURE = REPO.parent / "shared" / "fixtures" / "ssdlite_mobilenetv2_320_coco"
 TOP = 20
-#: runtime → the export format it runs
-FORMATS = {"litert": "tflite", "onnxruntime": "onnx"}
+#: runtime → the export format it runs, and its int8 ``--quantize``
+RUNTIMES = {
+    "litert": ("tflite", "int8"),
+    "onnxruntime": ("onnx", "int8"),
+    "openvino": ("onnx", "int8-openvino"),
+}
 
 
 def export(config: str, checkpoint: str, out: pathlib.Path, *extra: str) -> pathlib.Path:
     from ssd_jax.cli.export import main
 
-    fmt = FORMATS["litert" if out.suffix == ".tflite" else "onnxruntime"]
+    fmt = out.suffix.removeprefix(".")
     argv = ["--config", config, "--checkpoint", checkpoint, "--format", fmt]
     status = main([*argv, "--out", str(out), "--overwrite", *extra])
     if status != 0:
@@ -94,15 +99,15 @@ def fixture_agreement(tmp: pathlib.Path, runtime_name: str) -> dict:
     for i, image in enumerate(images):
         cv2.imwrite(str(calib / f"{i}.png"), image[:, :, ::-1])
     config = str(REPO / "configs" / "ssdlite_mobilenetv2_320_coco.py")
-    suffix = "." + FORMATS[runtime_name]
+    fmt, quantize = RUNTIMES[runtime_name]
     files = {
-        "fp32": export(config, str(ckpt), (tmp / "fixture_fp32").with_suffix(suffix)),
+        "fp32": export(config, str(ckpt), tmp / f"fixture_fp32.{fmt}"),
         "int8": export(
             config,
             str(ckpt),
-            (tmp / "fixture_int8").with_suffix(suffix),
+            tmp / f"fixture_{quantize}.{fmt}",
             "--quantize",
-            "int8",
+            quantize,
             "--calibration",
             str(calib),
         ),
@@ -135,7 +140,14 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": provenance.machine(),
         "versions": provenance.versions(
-            (*provenance.DEFAULT_PACKAGES, "tensorflow-cpu", "ai-edge-litert", "onnxruntime")
+            (
+                *provenance.DEFAULT_PACKAGES,
+                "tensorflow-cpu",
+                "ai-edge-litert",
+                "onnxruntime",
+                "openvino",
+                "nncf",
+            )
         ),
         "commit": provenance.git_commit(REPO),
         "config": args.config,
@@ -151,14 +163,14 @@ def main(argv: list[str] | None = None) -> int:
         data = [d for d in data if not d.endswith("=None")]
         ap = {"jax": coco_ap(args.config, args.checkpoint, "jax", tmp / "eval_jax", data)}
         report["coco"], report["int8_drop"], report["sizes_bytes"] = ap, {}, {}
-        for name, fmt in FORMATS.items():
+        for name, (fmt, quantize) in RUNTIMES.items():
             fp32 = export(args.config, args.checkpoint, tmp / f"fp32.{fmt}")
             int8 = export(
                 args.config,
                 args.checkpoint,
-                tmp / f"int8.{fmt}",
+                tmp / f"{quantize}.{fmt}",
                 "--quantize",
-                "int8",
+                quantize,
                 *calibration,
             )
             for precision, file in (("fp32", fp32), ("int8", int8)):
@@ -169,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             }
             report["sizes_bytes"][name] = {"fp32": fp32.stat().st_size, "int8": int8.stat().st_size}
         if (FIXTURE / "reference.npz").is_file():
-            report["ssdlite_fixture"] = {name: fixture_agreement(tmp, name) for name in FORMATS}
+            report["ssdlite_fixture"] = {name: fixture_agreement(tmp, name) for name in RUNTIMES}
     text = json.dumps(report, indent=1)
     pathlib.Path(args.out).write_text(text + "\n")
     print(text)

@@ -30,20 +30,21 @@ def test_benchmark_runs_a_batch_that_the_per_gpu_group_does_not_fit(tmp_path, ca
 
 
 def test_backend_comparison_times_onnxruntime_float32_and_int8(tmp_path):
-    """``--backends onnxruntime,onnxruntime-int8``: both files exported and timed in one rotated
-    run (the 32 px SSDLite, detection mode, batch 1), versions recorded."""
+    """``--backends onnxruntime,onnxruntime-int8,openvino-int8``: the three files exported and
+    timed in one rotated run (the 32 px SSDLite, detection mode, batch 1), versions recorded."""
     from test_export import require
 
-    require("onnx", "onnxruntime", "jax2onnx")
+    require("onnx", "onnxruntime", "openvino", "nncf", "jax2onnx")
     out = tmp_path / "backends.json"
     argv = ["--config", str(REPO / "configs" / "ssdlite_shapes.py")]
-    argv += ["--backends", "onnxruntime,onnxruntime-int8", "--batch-sizes", "1", "--rounds", "2"]
+    backends = "onnxruntime,onnxruntime-int8,openvino-int8"
+    argv += ["--backends", backends, "--batch-sizes", "1", "--rounds", "2"]
     argv += ["--modes", "detect", "--out", str(out)]
     argv += [f"--config.{o}" for o in SMALL_SSDLITE]
     assert benchmark.main(argv) == 0
     report = json.loads(out.read_text())
     times = report["results"]["batch_1_detect"]
-    assert set(times) == {"onnxruntime", "onnxruntime-int8"}
+    assert set(times) == {"onnxruntime", "onnxruntime-int8", "openvino-int8"}
     assert all(t["images_per_s_median"] > 0 for t in times.values())
     assert report["versions"]["onnxruntime"]
 

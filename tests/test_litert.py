@@ -182,6 +182,57 @@ def test_cli_onnx_int8(checkpoint, tmp_path, capsys):
         assert same.any(axis=1).sum() >= 8
 
 
+def test_cli_onnx_int8_openvino(checkpoint, tmp_path, capsys):
+    """``--format onnx --quantize int8-openvino``: NNCF's int8, calibrated on the stated number
+    of the folder's images; every convolution reads int8 weights and int8 activations, nothing
+    after the head is quantized (the NMS and the decoding read float32); detections close to
+    float32's in OpenVINO (the LiteRT int8 rule)."""
+    require("onnx", "openvino", "nncf", "jax2onnx")
+    import onnx
+
+    from ssd_jax.export import runtime as rt
+    from test_parity import box_iou
+
+    folder = _calibration_folder(tmp_path)
+    fp32, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
+    assert _export(checkpoint, fp32, fmt="onnx") == 0
+    args = ["--quantize", "int8-openvino", "--calibration", str(folder)]
+    assert _export(checkpoint, int8, *args, "--calibration-images", "4", fmt="onnx") == 0
+    assert "int8-openvino, calibrated on 4 images" in capsys.readouterr().out
+    model_proto = onnx.load(str(int8))
+    assert {p.key: p.value for p in model_proto.metadata_props}["ssd_jax.quantization"] == (
+        "int8-openvino"
+    )
+    graph = model_proto.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    dequantized = lambda name: (
+        producer.get(name) is not None
+        and (  # noqa: E731
+            producer[name].op_type == "DequantizeLinear"
+        )
+    )
+    assert convs and all(dequantized(c.input[0]) and dequantized(c.input[1]) for c in convs)
+    # what follows the head (the nodes no Conv depends on): float32, NMS included
+    upstream, stack = set(), list(convs)
+    while stack:
+        node = stack.pop()
+        if id(node) not in upstream:
+            upstream.add(id(node))
+            stack += [producer[i] for i in node.input if i in producer]
+    tail = {n.op_type for n in graph.node if id(n) not in upstream}
+    assert {"Softmax", "NonMaxSuppression"} <= tail, tail
+    assert not {"QuantizeLinear", "DequantizeLinear"} & tail, tail
+    model, reference = rt.load(int8, "openvino"), rt.load(fp32, "openvino")
+    images = _images()
+    for q, f in zip(rt.predict(model, images), rt.predict(reference, images)):
+        assert len(q["scores"]) > 10 and np.all(np.diff(q["scores"]) <= 0)
+        assert abs(float(q["scores"][0]) - float(f["scores"][0])) < 0.02
+        iou = box_iou(f["boxes"][:10], q["boxes"])
+        same = (iou >= 0.5) & (f["labels"][:10, None] == q["labels"][None, :])
+        assert same.any(axis=1).sum() >= 8
+
+
 def test_tflite_nms_is_greedy_class_aware_nms(tmp_path):
     """The TFLite NMS tail (``NON_MAX_SUPPRESSION_V4`` per class, then the top max_per_img)
     keeps what ``postprocess.batched_nms`` keeps, in the same order, run by LiteRT."""
@@ -233,6 +284,7 @@ def test_tflite_nms_is_greedy_class_aware_nms(tmp_path):
         ("no_images", "no images in the folder"),
         ("no_calibration", "needs --calibration DIR"),
         ("jax_format", "is for --format tflite or onnx"),
+        ("openvino_tflite", "int8-openvino is for --format onnx"),
     ],
 )
 def test_cli_refusals(tmp_path, capsys, case, message):
@@ -246,6 +298,8 @@ def test_cli_refusals(tmp_path, capsys, case, message):
         extra = ["--quantize", "int8"]
     elif case == "jax_format":
         extra = ["--quantize", "int8", "--calibration", str(tmp_path), "--format", "jax"]
+    elif case == "openvino_tflite":  # NNCF's int8 is an ONNX file's
+        extra = ["--quantize", "int8-openvino", "--calibration", str(tmp_path)]
     else:
         folder = tmp_path / "calibration"
         if case == "no_images":

@@ -338,6 +338,7 @@ BACKENDS = (
     "onnxruntime-int8",
     "openvino",
     "openvino-bf16",
+    "openvino-int8",
     "litert",
     "litert-1t",
     "litert-int8",
@@ -355,8 +356,11 @@ BACKEND_PACKAGES = (
     "ai-edge-litert",
 )
 
-#: Random uint8 images that calibrate the int8 files of 'litert-int8' and 'onnxruntime-int8': a
-#: speed figure only
+#: The ONNX file each ONNX Runtime / OpenVINO backend runs: its ``quantize`` export option.
+ONNX_QUANTIZATION = {"onnxruntime-int8": "int8", "openvino-int8": "int8-openvino"}
+
+#: Random uint8 images that calibrate the int8 files of 'litert-int8', 'onnxruntime-int8' and
+#: 'openvino-int8': a speed figure only
 #: (scripts/quantization_report.py measures what int8 costs in AP, calibrated on real images).
 INT8_CALIBRATION_IMAGES = 8
 
@@ -378,7 +382,8 @@ def compare_backends(
     ``modes``: 'raw' (normalisation + network) and/or 'detect' (+ decoding and NMS). JAX runs
     the functions ``ssd-jax-export`` exports; ONNX Runtime / OpenVINO / LiteRT run the exported
     files (LiteRT's batch-1 .tflite once per image; 'litert' on every core, 'litert-1t' on one;
-    'litert-int8*' the full-integer file, 'onnxruntime-int8' ONNX Runtime's static int8, both
+    'litert-int8*' the full-integer file, 'onnxruntime-int8' ONNX Runtime's static int8,
+    'openvino-int8' NNCF's int8 in OpenVINO (f32 where not int8), all
     calibrated on ``INT8_CALIBRATION_IMAGES`` random images).
     ``reference_onnx``: another raw network (e.g. mmdetection's own from
     ``scripts/export_mmdet_onnx.py``) timed in ONNX Runtime as ``onnxruntime-reference`` and in
@@ -399,19 +404,19 @@ def compare_backends(
     runners: dict[str, dict[str, Callable]] = {m: {} for m in modes}
     for mode in modes:
         raw = mode == "raw"
-        onnx_paths = {}  # quantization ('' or 'int8') → .onnx
+        onnx_paths = {}  # quantization ('' or an ONNX_QUANTIZATION value) → .onnx
         for quantize in {
-            "int8" if b.endswith("int8") else ""
+            ONNX_QUANTIZATION.get(b, "")
             for b in backends
             if b.startswith(("onnxruntime", "openvino"))
         }:
             onnx_paths[quantize] = os.path.join(workdir, f"{config.name}_{mode}{quantize}.onnx")
-            options = _random_calibration(config.input_size) if quantize else {}
+            options = _random_calibration(config.input_size, quantize) if quantize else {}
             export(det, onnx_paths[quantize], "onnx", raw=raw, **options)
         tflite_paths = {}  # quantization ('' or 'int8') → .tflite
         for quantize in {"int8" if "int8" in b else "" for b in backends if b.startswith("litert")}:
             tflite_paths[quantize] = os.path.join(workdir, f"{config.name}_{mode}{quantize}.tflite")
-            options = _random_calibration(config.input_size) if quantize else {}
+            options = _random_calibration(config.input_size, quantize) if quantize else {}
             export(det, tflite_paths[quantize], "tflite", raw=raw, **options)
         for backend in backends:
             if backend.startswith("jax"):
@@ -428,7 +433,7 @@ def compare_backends(
                 model = runtime.LiteRTModel(file, num_threads=threads)
                 runners[mode][backend] = _model_runner(model, raw)
             else:
-                path = onnx_paths["int8" if backend.endswith("int8") else ""]
+                path = onnx_paths[ONNX_QUANTIZATION.get(backend, "")]
                 if backend == "openvino-bf16":
                     model = runtime.OpenVINOModel(path, precision="bf16")
                 else:
@@ -475,15 +480,15 @@ def compare_backends(
     return report
 
 
-def _random_calibration(size: int) -> dict[str, Any]:
-    """``export``'s int8 options: ``INT8_CALIBRATION_IMAGES`` random (1, size, size, 3) uint8
-    images with scale factors 1."""
+def _random_calibration(size: int, quantize: str = "int8") -> dict[str, Any]:
+    """``export``'s options for ``quantize``: ``INT8_CALIBRATION_IMAGES`` random
+    (1, size, size, 3) uint8 images with scale factors 1."""
     rng = np.random.default_rng(1)
     batches = [
         (rng.integers(0, 256, (1, size, size, 3), dtype=np.uint8), np.ones((1, 2), np.float32))
         for _ in range(INT8_CALIBRATION_IMAGES)
     ]
-    return {"quantize": "int8", "calibration": batches}
+    return {"quantize": quantize, "calibration": batches}
 
 
 def _jax_runner(fn: Callable, raw: bool) -> Callable:

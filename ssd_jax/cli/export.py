@@ -9,7 +9,8 @@
                 float32, or with --quantize int8 --calibration DIR full-integer int8
                 (post-training, calibrated on --calibration-images images from DIR).
                 --format onnx --quantize int8: ONNX Runtime's static int8 (QDQ: int8 weights per
-                channel, uint8 activations; decoding and NMS in float32), calibrated the same way.
+                channel, uint8 activations; decoding and NMS in float32), calibrated the same way;
+                --quantize int8-openvino: NNCF's int8 for OpenVINO (QDQ around the network only).
 --raw           the head outputs only, and the anchors as a .npy beside the model.
 The network is exported in float32. Existing files are not replaced without --overwrite.
 Needs the export requirements (the README's Deploy section).
@@ -40,22 +41,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--quantize",
-        choices=("none", "int8"),
+        choices=("none", "int8", "int8-openvino"),
         default="none",
-        help="--format tflite or onnx: int8 post-training quantization (--calibration)",
+        help="--format tflite or onnx: int8 post-training quantization (--calibration); "
+        "int8-openvino (--format onnx): NNCF's, for OpenVINO",
     )
     parser.add_argument(
         "--calibration",
         default="",
         metavar="DIR",
-        help="--quantize int8: a folder of images (jpg/png/...) to calibrate on",
+        help="--quantize int8*: a folder of images (jpg/png/...) to calibrate on",
     )
     parser.add_argument(
         "--calibration-images",
         type=int,
         default=100,
         metavar="N",
-        help="--quantize int8: calibrate on the folder's first N images by name (default 100)",
+        help="--quantize int8*: calibrate on the folder's first N images by name (default 100)",
     )
     parser.add_argument("--out", required=True, help="the model file to write")
     parser.add_argument(
@@ -96,7 +98,7 @@ def export(args, overrides: list[str]) -> None:
     options = {}
     if calibration_files:
         options = {
-            "quantize": "int8",
+            "quantize": args.quantize,
             "calibration": _calibration_batches(calibration_files, config.input_size),
         }
     try:
@@ -116,7 +118,11 @@ def export(args, overrides: list[str]) -> None:
         ) from e
     for what, path in written.items():
         print(f"wrote {what}: {path} ({os.path.getsize(path) / 1e6:.1f} MB)")
-    quantized = f" int8, calibrated on {len(calibration_files)} images" if calibration_files else ""
+    quantized = (
+        f" {args.quantize}, calibrated on {len(calibration_files)} images"
+        if calibration_files
+        else ""
+    )
     print(
         f"exported {config.name} as {args.format}{' (raw)' if args.raw else ''}{quantized} in "
         f"{time.perf_counter() - start:.1f} s"
@@ -131,12 +137,13 @@ def _calibration_files(args) -> list[str]:
 
     if args.quantize == "none":
         if args.calibration:
-            raise UserError("--calibration is for --quantize int8")
+            raise UserError("--calibration is for --quantize int8 or int8-openvino")
         return []
-    if args.format not in ("tflite", "onnx"):
-        raise UserError(f"--quantize {args.quantize} is for --format tflite or onnx")
+    formats = ("onnx",) if args.quantize == "int8-openvino" else ("tflite", "onnx")
+    if args.format not in formats:
+        raise UserError(f"--quantize {args.quantize} is for --format {' or '.join(formats)}")
     if not args.calibration:
-        raise UserError("--quantize int8 needs --calibration DIR (a folder of images)")
+        raise UserError(f"--quantize {args.quantize} needs --calibration DIR (a folder of images)")
     if args.calibration_images < 1:
         raise UserError(f"--calibration-images {args.calibration_images}: must be at least 1")
     if not os.path.isdir(args.calibration):
