@@ -51,7 +51,7 @@ def test_backend_comparison_times_onnxruntime_float32_and_int8(tmp_path):
 
 def test_reference_onnx_is_timed_in_onnxruntime_and_openvino(tmp_path):
     """``--reference-onnx`` with OpenVINO named: the reference is timed in both runtimes; one
-    that takes uint8 (here our own raw export) gets the benchmark's images as they are, one that
+    that takes uint8 (as our exports do) gets the benchmark's images as they are, one that
     takes float32 NCHW gets them normalised and transposed."""
     import numpy as np
     import onnx
@@ -59,17 +59,33 @@ def test_reference_onnx_is_timed_in_onnxruntime_and_openvino(tmp_path):
     from test_export import require
 
     require("onnx", "onnxruntime", "openvino", "jax2onnx")
-    from ssd_jax.config import load_config
-    from ssd_jax.detector import Detector
-    from ssd_jax.export import export, runtime
+    s = 32  # SMALL_SSDLITE's input size
 
-    config = load_config(str(REPO / "configs" / "ssdlite_shapes.py"), list(SMALL_SSDLITE))
-    reference = tmp_path / "reference.onnx"
-    export(Detector(config), str(reference), "onnx", raw=True)
+    def save(path, node, x_type, x_shape, y_shape, *initializers):
+        graph = helper.make_graph(
+            [node],
+            path.stem,
+            [helper.make_tensor_value_info("x", x_type, x_shape)],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
+            list(initializers),
+        )
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+        return str(path)
+
+    # uint8 NHWC in, as float32 out
+    cast = helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT)
+    uint8_reference = save(tmp_path / "uint8.onnx", cast, TensorProto.UINT8, ["b", s, s, 3],
+                           ["b", s, s, 3])  # fmt: skip
+    # float32 NCHW in: a 1×1 convolution summing the channels
+    conv = helper.make_node("Conv", ["x", "w"], ["y"])
+    ones = helper.make_tensor("w", TensorProto.FLOAT, [1, 3, 1, 1], [1.0, 1.0, 1.0])
+    float_reference = save(tmp_path / "float.onnx", conv, TensorProto.FLOAT, ["b", 3, s, s],
+                           ["b", 1, s, s], ones)  # fmt: skip
+
     out = tmp_path / "backends.json"
     argv = ["--config", str(REPO / "configs" / "ssdlite_shapes.py")]
     argv += ["--backends", "onnxruntime,openvino", "--batch-sizes", "1", "--rounds", "2"]
-    argv += ["--modes", "raw", "--reference-onnx", str(reference), "--out", str(out)]
+    argv += ["--modes", "raw", "--reference-onnx", uint8_reference, "--out", str(out)]
     argv += [f"--config.{o}" for o in SMALL_SSDLITE]
     assert benchmark.main(argv) == 0
     times = json.loads(out.read_text())["results"]["batch_1_raw"]
@@ -77,29 +93,12 @@ def test_reference_onnx_is_timed_in_onnxruntime_and_openvino(tmp_path):
     assert set(times) == expected
     assert all(t["images_per_s_median"] > 0 for t in times.values())
 
-    s = config.input_size
     images = np.random.default_rng(0).integers(0, 256, (2, s, s, 3), dtype=np.uint8)
-    want = list(runtime.load(str(reference), "onnxruntime")(images=images).values())
-    for name in ("onnxruntime", "openvino"):
-        got = as_list(benchmark._reference_runner(str(reference), name)(images, None))
-        for g, w in zip(got, want, strict=True):
-            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
-
-    # float32 NCHW: a 1×1 convolution summing the channels
-    graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w"], ["y"])],
-        "sum",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 3, s, s])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 1, s, s])],
-        [helper.make_tensor("w", TensorProto.FLOAT, [1, 3, 1, 1], [1.0, 1.0, 1.0])],
-    )
-    float_reference = tmp_path / "float.onnx"
-    onnx.save(
-        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), float_reference
-    )
     normalised = ((images - np.float32(127.5)) / np.float32(58.0)).transpose(0, 3, 1, 2)
     for name in ("onnxruntime", "openvino"):
-        (got,) = as_list(benchmark._reference_runner(str(float_reference), name)(images, None))
+        (got,) = as_list(benchmark._reference_runner(uint8_reference, name)(images, None))
+        np.testing.assert_array_equal(got, images.astype(np.float32))
+        (got,) = as_list(benchmark._reference_runner(float_reference, name)(images, None))
         np.testing.assert_allclose(got, normalised.sum(1, keepdims=True), rtol=1e-5, atol=1e-4)
 
 
