@@ -45,6 +45,12 @@ def test_backend_comparison_times_onnxruntime_float32_and_int8(tmp_path):
     report = json.loads(out.read_text())
     times = report["results"]["batch_1_detect"]
     assert set(times) == {"onnxruntime", "onnxruntime-int8", "openvino-int8"}
+    # which file each ran, as its metadata says
+    assert report["quantization"] == {
+        "onnxruntime": "none",
+        "onnxruntime-int8": "int8",
+        "openvino-int8": "int8-openvino",
+    }
     assert all(t["images_per_s_median"] > 0 for t in times.values())
     assert report["versions"]["onnxruntime"]
 

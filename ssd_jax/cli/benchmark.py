@@ -402,6 +402,7 @@ def compare_backends(
     else:
         det = Detector(config)
     runners: dict[str, dict[str, Callable]] = {m: {} for m in modes}
+    quantization: dict[str, str] = {}  # exported backend → its file's ssd_jax.quantization
     for mode in modes:
         raw = mode == "raw"
         onnx_paths = {}  # quantization ('' or an ONNX_QUANTIZATION value) → .onnx
@@ -439,6 +440,8 @@ def compare_backends(
                 else:
                     model = runtime.load(path, backend.removesuffix("-int8"))
                 runners[mode][backend] = _model_runner(model, raw)
+            if not backend.startswith("jax"):
+                quantization[backend] = model.quantization
         if raw and reference_onnx:
             for runtime_name in REFERENCE_RUNTIMES:
                 if runtime_name == "onnxruntime" or runtime_name in backends:
@@ -453,6 +456,7 @@ def compare_backends(
         "cpu": cpu_description(),
         "versions": provenance.versions(BACKEND_PACKAGES),
         "rounds": rounds,
+        "quantization": quantization,
         "results": {},
     }
     for n in batch_sizes:

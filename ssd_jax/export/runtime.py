@@ -27,7 +27,8 @@ TFLITE_METADATA = "ssd_jax"
 
 
 class ExportedModel:
-    """An exported model and its metadata (``kind`` 'detect' or 'raw', ``settings``, classes)."""
+    """An exported model and its metadata (``kind`` 'detect' or 'raw', ``settings``, classes,
+    ``quantization``: 'none', 'int8' or 'int8-openvino'; '' where the file does not say)."""
 
     output_names: tuple[str, ...]
 
@@ -36,6 +37,7 @@ class ExportedModel:
         self.settings = json.loads(meta.get("ssd_jax.settings", "{}"))
         self.class_names = tuple(json.loads(meta.get("ssd_jax.class_names", "[]")))
         self.category_ids = tuple(json.loads(meta.get("ssd_jax.category_ids", "[]")))
+        self.quantization = meta.get("ssd_jax.quantization", "")
 
     @property
     def input_size(self) -> int:
