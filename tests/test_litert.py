@@ -141,6 +141,22 @@ def _calibration_folder(tmp_path: pathlib.Path) -> pathlib.Path:
     return folder
 
 
+def _assert_int8_close(model, reference) -> None:
+    """The int8 ``model``'s detections on ``_images()`` close to the float32 ``reference``'s
+    (the LiteRT int8 rule: 8 of its top 10 with the same label at IoU ≥ 0.5, top score within
+    0.02), sorted, and more than 10 per image."""
+    from ssd_jax.export import runtime as rt
+    from test_parity import box_iou
+
+    images = _images()
+    for q, f in zip(rt.predict(model, images), rt.predict(reference, images), strict=True):
+        assert len(q["scores"]) > 10 and np.all(np.diff(q["scores"]) <= 0)
+        assert abs(float(q["scores"][0]) - float(f["scores"][0])) < 0.02
+        iou = box_iou(f["boxes"][:10], q["boxes"])
+        same = (iou >= 0.5) & (f["labels"][:10, None] == q["labels"][None, :])
+        assert same.any(axis=1).sum() >= 8
+
+
 def test_cli_onnx_int8(checkpoint, tmp_path, capsys):
     """``--format onnx --quantize int8``: ONNX Runtime's static int8 calibrated on the stated
     number of the folder's images; every convolution reads int8 weights through
@@ -150,7 +166,6 @@ def test_cli_onnx_int8(checkpoint, tmp_path, capsys):
     import onnx
 
     from ssd_jax.export import runtime as rt
-    from test_parity import box_iou
 
     folder = _calibration_folder(tmp_path)
     fp32, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
@@ -173,13 +188,7 @@ def test_cli_onnx_int8(checkpoint, tmp_path, capsys):
     assert nms and all(produced_by.get(n.input[0]) != "DequantizeLinear" for n in nms)
     model, reference = rt.load(int8), rt.load(fp32)
     assert model.settings["score_thr"] == 0.02
-    images = _images()
-    for q, f in zip(rt.predict(model, images), rt.predict(reference, images)):
-        assert len(q["scores"]) > 10 and np.all(np.diff(q["scores"]) <= 0)
-        assert abs(float(q["scores"][0]) - float(f["scores"][0])) < 0.02
-        iou = box_iou(f["boxes"][:10], q["boxes"])
-        same = (iou >= 0.5) & (f["labels"][:10, None] == q["labels"][None, :])
-        assert same.any(axis=1).sum() >= 8
+    _assert_int8_close(model, reference)
 
 
 def test_cli_onnx_int8_openvino(checkpoint, tmp_path, capsys):
@@ -191,7 +200,6 @@ def test_cli_onnx_int8_openvino(checkpoint, tmp_path, capsys):
     import onnx
 
     from ssd_jax.export import runtime as rt
-    from test_parity import box_iou
 
     folder = _calibration_folder(tmp_path)
     fp32, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
@@ -224,13 +232,7 @@ def test_cli_onnx_int8_openvino(checkpoint, tmp_path, capsys):
     assert {"Softmax", "NonMaxSuppression"} <= tail, tail
     assert not {"QuantizeLinear", "DequantizeLinear"} & tail, tail
     model, reference = rt.load(int8, "openvino"), rt.load(fp32, "openvino")
-    images = _images()
-    for q, f in zip(rt.predict(model, images), rt.predict(reference, images)):
-        assert len(q["scores"]) > 10 and np.all(np.diff(q["scores"]) <= 0)
-        assert abs(float(q["scores"][0]) - float(f["scores"][0])) < 0.02
-        iou = box_iou(f["boxes"][:10], q["boxes"])
-        same = (iou >= 0.5) & (f["labels"][:10, None] == q["labels"][None, :])
-        assert same.any(axis=1).sum() >= 8
+    _assert_int8_close(model, reference)
 
 
 def test_tflite_nms_is_greedy_class_aware_nms(tmp_path):
