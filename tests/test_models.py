@@ -193,6 +193,55 @@ def test_pointwise_weight_gradient_reads_the_output_gradient_in_place():
     assert not transposed, transposed
 
 
+@pytest.mark.parametrize("group,sync", [(4, False), (2, False), (4, True)])
+def test_batchnorm_gradient_equals_autodiff_of_its_definition(group, sync):
+    """float64: train-mode BatchNorm's written-out gradient (layers._train_norm) equals JAX's
+    autodiff of the textbook normalisation, per group of images and with SyncBN over two
+    (vmapped) devices; the forward and the statistics too."""
+    from ssd_jax.models.layers import _SyncAxis, _train_norm
+
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(1)
+        x = jnp.asarray(rng.normal(2.0, 3.0, size=(2, 4, 3, 5, 6)))  # [devices, N, H, W, C]
+        scale, bias = jnp.asarray(rng.normal(size=6)), jnp.asarray(rng.normal(size=6))
+        weights = jnp.asarray(rng.normal(size=x.shape))
+        axis = _SyncAxis("devices", None) if sync else None
+
+        def textbook(x, scale, bias):
+            groups = x.reshape(-1, group, *x.shape[1:])  # [G, group, H, W, C]
+            mean = groups.mean(axis=(1, 2, 3))
+            var = jnp.square(groups - mean[:, None, None, None]).mean(axis=(1, 2, 3))
+            if sync:
+                mean = jax.lax.pmean(mean, "devices")
+                var = jax.lax.pmean(
+                    jnp.square(groups - mean[:, None, None, None]).mean(axis=(1, 2, 3)), "devices"
+                )
+            norm = (groups - mean[:, None, None, None]) / jnp.sqrt(var[:, None, None, None] + 1e-3)
+            return (norm * scale + bias).reshape(x.shape), mean, var
+
+        def ours(x, scale, bias):
+            return _train_norm(axis, group, 1e-3, x, scale, bias)
+
+        def loss(fn, x, scale, bias, w):
+            return jnp.sum(jnp.sin(fn(x, scale, bias)[0]) * w)
+
+        for fn_out_a, fn_out_b in zip(
+            jax.vmap(ours, (0, None, None), axis_name="devices")(x, scale, bias),
+            jax.vmap(textbook, (0, None, None), axis_name="devices")(x, scale, bias),
+        ):
+            np.testing.assert_allclose(fn_out_a, fn_out_b, rtol=1e-12, atol=1e-12)
+        grads = [
+            jax.vmap(
+                jax.grad(functools.partial(loss, fn), argnums=(0, 1, 2)),
+                (0, None, None, 0),
+                axis_name="devices",
+            )(x, scale, bias, weights)
+            for fn in (ours, textbook)
+        ]
+        for a, b in zip(*grads):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("dilation", [1, 6])
 def test_row_product_conv_equals_the_convolution(dilation):
     """RowProductConv (bf16 k×k convolutions on CPU as k matrix products with float32 sums)

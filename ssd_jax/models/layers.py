@@ -9,6 +9,7 @@ an mmdetection state_dict maps onto the Flax tree by a fixed rule
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -396,21 +397,18 @@ class BatchNorm(nn.Module):
                 f"BatchNorm: batch {x.shape[0]} is not a multiple of the "
                 f"statistics group size {group}"
             )
-        num_groups, count = x.shape[0] // group, group * x.shape[1] * x.shape[2]
-        mean = _group_mean(xf, num_groups)  # [G, C]
+        count = group * x.shape[1] * x.shape[2]
         sync = self.stats.group_size == 0 and self.stats.axis_name is not None
         if sync:  # SyncBN (all devices, or the device's group of devices)
-            mean = jax.lax.pmean(
-                mean, self.stats.axis_name, axis_index_groups=self.stats.axis_index_groups
-            )
-        var = _group_mean(jnp.square(xf - _per_image(mean, group)), num_groups)  # two-pass
-        if sync:
-            var = jax.lax.pmean(
-                var, self.stats.axis_name, axis_index_groups=self.stats.axis_index_groups
-            )
             count *= _group_devices(self.stats)
-        mul = jax.lax.rsqrt(var + self.epsilon) * scale.astype(acc)  # [G, C]
-        y = (xf - _per_image(mean, group)) * _per_image(mul, group) + bias.astype(acc)
+        y, mean, var = _train_norm(
+            _SyncAxis(self.stats.axis_name, self.stats.axis_index_groups) if sync else None,
+            group,
+            self.epsilon,
+            xf,
+            scale.astype(acc),
+            bias.astype(acc),
+        )
         if not self.is_initializing() and self.is_mutable_collection("batch_stats"):
             batch_mean = mean.mean(axis=0)
             batch_var = var.mean(axis=0) * count / max(count - 1, 1)  # unbiased
@@ -441,6 +439,79 @@ def _per_image(stat: jax.Array, group: int) -> jax.Array:
     if stat.shape[0] == 1:
         return stat[0]
     return jnp.repeat(stat, group, axis=0)[:, None, None, :]
+
+
+@dataclasses.dataclass(frozen=True)
+class _SyncAxis:
+    """The devices SyncBN takes its statistics over (a pmap/shard_map axis)."""
+
+    name: str
+    index_groups: tuple[tuple[int, ...], ...] | None
+
+    def mean(self, v: jax.Array) -> jax.Array:
+        return jax.lax.pmean(v, self.name, axis_index_groups=self.index_groups)
+
+
+# Train-mode normalisation with its gradient written out (torch's BatchNorm backward:
+# dx = scale·inv·(g - mean(g) - x̂·mean(g·x̂)) per group): two reductions of g and one
+# elementwise pass. What autodiff derived from the forward took more passes over the
+# activations, which XLA:CPU runs one after another (SSDLite: BatchNorm was the largest share
+# of the train step). The statistics it also returns feed the running statistics only and
+# carry no gradient.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _train_norm(
+    sync: _SyncAxis | None,
+    group: int,
+    eps: float,
+    x: jax.Array,
+    scale: jax.Array,
+    bias: jax.Array,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """x [N, H, W, C] normalised by the statistics of each group of ``group`` consecutive images
+    (and of the other devices under ``sync``), then scaled and shifted: (y, mean [G, C], biased
+    variance [G, C])."""
+    return _train_norm_fwd(sync, group, eps, x, scale, bias)[0]
+
+
+def _train_norm_fwd(sync, group, eps, x, scale, bias):
+    num_groups = x.shape[0] // group
+    mean = _group_mean(x, num_groups)  # [G, C]
+    if sync is not None:
+        mean = sync.mean(mean)
+    var = _group_mean(jnp.square(x - _per_image(mean, group)), num_groups)  # two-pass
+    if sync is not None:
+        var = sync.mean(var)
+    inv = jax.lax.rsqrt(var + eps)
+    y = (x - _per_image(mean, group)) * _per_image(inv * scale, group) + bias
+    return (y, mean, var), (x, mean, inv, scale)
+
+
+def _train_norm_bwd(sync, group, eps, residuals, cotangents):
+    del eps
+    x, mean, inv, scale = residuals
+    g = cotangents[0]  # the statistics' cotangents: no gradient (see above)
+    num_groups = x.shape[0] // group
+    x_hat = (x - _per_image(mean, group)) * _per_image(inv, group)
+    g_sums, gx_sums = _group_sum(g, num_groups), _group_sum(g * x_hat, num_groups)  # [G, C]
+    count = group * x.shape[1] * x.shape[2]
+    g_mean, gx_mean = g_sums / count, gx_sums / count
+    if sync is not None:
+        g_mean, gx_mean = sync.mean(g_mean), sync.mean(gx_mean)
+    dx = _per_image(inv * scale, group) * (
+        g - _per_image(g_mean, group) - x_hat * _per_image(gx_mean, group)
+    )
+    return dx, gx_sums.sum(axis=0), g_sums.sum(axis=0)
+
+
+_train_norm.defvjp(_train_norm_fwd, _train_norm_bwd)
+
+
+def _group_sum(v: jax.Array, num_groups: int) -> jax.Array:
+    """[N, H, W, C] → [G, C]: the sum over each group of N / G consecutive images."""
+    if num_groups == 1:
+        return v.sum(axis=(0, 1, 2))[None]
+    n, _, _, c = v.shape
+    return v.sum(axis=(1, 2)).reshape(num_groups, n // num_groups, c).sum(axis=1)
 
 
 def _group_devices(stats: BatchStats) -> int:
