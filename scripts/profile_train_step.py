@@ -764,6 +764,7 @@ def main(argv: list[str] | None = None) -> int:
             "mmdetection_details": theirs,
         }
         print_table(report)
+        os.makedirs(args.out_dir, exist_ok=True)
         path = os.path.join(args.out_dir, f"profile_train_step_{date}_{name}.json")
         with open(path, "w") as f:
             f.write(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
