@@ -210,12 +210,9 @@ def test_batchnorm_gradient_equals_autodiff_of_its_definition(group, sync):
         def textbook(x, scale, bias):
             groups = x.reshape(-1, group, *x.shape[1:])  # [G, group, H, W, C]
             mean = groups.mean(axis=(1, 2, 3))
+            mean = jax.lax.pmean(mean, "devices") if sync else mean
             var = jnp.square(groups - mean[:, None, None, None]).mean(axis=(1, 2, 3))
-            if sync:
-                mean = jax.lax.pmean(mean, "devices")
-                var = jax.lax.pmean(
-                    jnp.square(groups - mean[:, None, None, None]).mean(axis=(1, 2, 3)), "devices"
-                )
+            var = jax.lax.pmean(var, "devices") if sync else var
             norm = (groups - mean[:, None, None, None]) / jnp.sqrt(var[:, None, None, None] + 1e-3)
             return (norm * scale + bias).reshape(x.shape), mean, var
 
