@@ -11,7 +11,9 @@ A reduced run (flags, or environment variables for ``run_default.sh``): ``--step
 ``RUN_DEFAULT_NUM_TRAIN`` and ``--num-val`` / ``RUN_DEFAULT_NUM_VAL`` (images generated),
 ``--workdir`` / ``RUN_DEFAULT_WORKDIR``, ``--data`` / ``RUN_DEFAULT_DATA``, ``--no-eval`` /
 ``RUN_DEFAULT_EVAL=0`` (no separate ``eval.py`` pass: the metrics of training's final
-validation are reported).
+validation are reported). ``--config.KEY=VALUE`` arguments change the config of training,
+evaluation and pictures alike, after the data paths, e.g. ``bash run_default.sh
+--config.optimizer.lr=0.1``.
 """
 
 from __future__ import annotations
@@ -53,7 +55,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=env("RUN_DEFAULT_EVAL", "1") not in ("0", "", "false"),
         help="skip the eval.py pass over the final checkpoint",
     )
-    return p.parse_args(argv)
+    args, unknown = p.parse_known_args(argv)
+    bad = [a for a in unknown if not (a.startswith("--config.") and "=" in a)]
+    if bad:
+        p.error(f"unrecognized arguments: {' '.join(bad)} (config values: --config.KEY=VALUE)")
+    args.config = [a[len("--config.") :] for a in unknown]
+    return args
 
 
 def say(message: str) -> None:
@@ -80,7 +87,8 @@ def data_ready(root: pathlib.Path, num_train: int, num_val: int) -> bool:
 
 
 def config_overrides(args: argparse.Namespace) -> list[str]:
-    """``key=value`` overrides of the config for a non-default data folder or step count."""
+    """``key=value`` overrides of the config: a non-default data folder or step count, then the
+    ``--config.KEY=VALUE`` arguments."""
     out = []
     if os.path.normpath(args.data) != DEFAULT_DATA:
         d = pathlib.Path(args.data)
@@ -92,7 +100,7 @@ def config_overrides(args: argparse.Namespace) -> list[str]:
         ]
     if args.steps:
         out.append(f"train.num_steps={args.steps}")
-    return out
+    return out + args.config
 
 
 def train_images_per_s(metrics_path: pathlib.Path) -> float | None:
@@ -250,7 +258,7 @@ def _write_pictures(
     from ssd_jax.config import load_config
     from ssd_jax.data.coco import CocoSource
 
-    config = load_config(CONFIG, [o for o in overrides if o.startswith("data.")])
+    config = load_config(CONFIG, overrides)
     detector = Detector.from_checkpoint(config, ckpt_dir)
     source = CocoSource(config.data.val_ann_file, config.data.val_img_dir)
     return visualize.write_val_detections(detector, source, out_dir, n=NUM_VAL_PICTURES)

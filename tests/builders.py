@@ -1,12 +1,10 @@
 """Small COCO-format files for tests: ``coco_json`` writes one, ``ann`` makes an annotation;
-``SMALL_SSDLITE``, the overrides of a 32 px SSDLite; ``memorisation_set``, shapes data whose val
-split is its train split."""
+``SMALL_SSDLITE``, the overrides of a 32 px SSDLite."""
 
 from __future__ import annotations
 
 import json
 import pathlib
-import shutil
 
 
 def coco_json(
@@ -52,16 +50,3 @@ SMALL_SSDLITE = (
     "model.anchors.min_sizes=(6, 9, 12, 16, 20, 24)",
     "model.anchors.max_sizes=(9, 12, 16, 20, 24, 32)",
 )
-
-
-def memorisation_set(root: pathlib.Path, num_images: int) -> pathlib.Path:
-    """``num_images`` generated 128 px shapes images as the train split and, copied, as the val
-    split (the same file names and annotations); returns ``root``."""
-    from ssd_jax.data.synthetic import write_shapes_dataset
-
-    write_shapes_dataset(root, num_train=num_images, num_val=1, seed=0)
-    shutil.rmtree(root / "val")
-    shutil.copytree(root / "train", root / "val")
-    ann = root / "annotations"
-    shutil.copy(ann / "instances_train.json", ann / "instances_val.json")
-    return root
