@@ -30,15 +30,25 @@ import xml.etree.ElementTree as ET
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def cpu_model() -> str:
+#: The CPU flags that tell these machines apart (an AMD EPYC with AVX2 only, or with AVX-512;
+#: an Intel Xeon with AMX): lscpu's model name alone does not.
+SPEED_FLAGS = {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "fma"}
+
+
+def lscpu() -> dict[str, str]:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     except OSError:
-        return platform.processor()
-    for line in out.splitlines():
-        if line.startswith("Model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
+        return {}
+    return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in out.splitlines())}
+
+
+def cpu_model() -> str:
+    return lscpu().get("Model name") or platform.processor()
+
+
+def cpu_flags() -> list[str]:
+    return sorted(set(lscpu().get("Flags", "").split()) & SPEED_FLAGS)
 
 
 def versions() -> dict:
@@ -85,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["pytest", *command[3:]]).replace(str(junit), "JUNIT"),
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": cpu_model(),
+        "cpu_flags": cpu_flags(),
         "cores": os.cpu_count(),
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in load_after],

@@ -18,6 +18,8 @@ import pytest
 from test_cli import CONFIG, assert_one_line_error
 from test_training import run_env, train_cmd
 
+from builders import SMALL_SSDLITE
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -167,7 +169,8 @@ def test_benchmark_overwrite_replaces_the_out_file(tmp_path, capsys):
 
     out = tmp_path / "b.json"
     out.write_bytes(b'{"earlier": "report"}\n')
-    assert main(BENCH + ["--config.input_size=64", "--out", str(out), "--overwrite"]) == 0
+    small = [f"--config.{o}" for o in SMALL_SSDLITE]  # the 32 px SSDLite: compiles in seconds
+    assert main(BENCH + small + ["--out", str(out), "--overwrite"]) == 0
     report = json.loads(out.read_text())
     assert report["config"] == "ssdlite_shapes" and "inference" in report
     assert json.loads(capsys.readouterr().out) == report
