@@ -27,6 +27,7 @@ def test_benchmark_runs_a_batch_that_the_per_gpu_group_does_not_fit(tmp_path, ca
     assert "groups of 4 images" in capsys.readouterr().err
     assert report["train"]["images_per_s"] > 0
     assert report["peak_host_memory_mb"] > 0
+    assert report["versions"]["jax"] and report["versions"]["jaxlib"]  # what the figures ran on
 
 
 def test_backend_comparison_times_onnxruntime_float32_and_int8(tmp_path):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import platform
 import resource
 import sys
@@ -183,6 +184,8 @@ def benchmark(args: Any, overrides: list[str]) -> dict:
         "backend": jax.default_backend(),
         "host": platform.processor() or platform.machine(),
         "date": time.strftime("%Y-%m-%d"),
+        "versions": provenance.versions(),
+        "commit": provenance.git_commit(pathlib.Path(__file__).resolve().parents[2]),
     }
 
     c_fwd, t_fwd = timed(lambda: det.forward(x), args.iters)
