@@ -11,11 +11,12 @@ no floor on it could tell a broken loss or assigner from a working one. Checks t
 the README promises is left in the workdir, with its numbers in range; pip is skipped when
 .venv already exists.
 
-Measured on 2026-12-05 (AMD EPYC, 2 cores; then through train.py itself), COCO mAP / mAP@0.5 at
-step 160: 0.72 / 1.0. Mutations at step 160: positives matched to the next valid ground-truth
-box 0.43 / 0.72, no box regression loss 0.19 / 0.83; in an earlier 160-epoch form of this run,
-regression targets encoded the wrong way round 0.03 / 0.17 and labels shifted by one class
-0.003 / 0.007 at step 120.
+COCO mAP / mAP@0.5 at step 160: 0.694 / 1.0 through run_default.sh on 2026-12-07 (AMD EPYC
+with AVX2, 2 cores), where no box regression loss gives 0.193 mAP; 0.72 / 1.0 through train.py
+itself on 2026-12-05 (another AMD EPYC). Mutations measured then, at step 160: positives
+matched to the next valid ground-truth box 0.43 / 0.72, no box regression loss 0.19 / 0.83; in
+an earlier 160-epoch form of this run, regression targets encoded the wrong way round 0.03 /
+0.17 and labels shifted by one class 0.003 / 0.007 at step 120.
 """
 
 from __future__ import annotations
