@@ -55,11 +55,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=env("RUN_DEFAULT_EVAL", "1") not in ("0", "", "false"),
         help="skip the eval.py pass over the final checkpoint",
     )
-    args, unknown = p.parse_known_args(argv)
-    bad = [a for a in unknown if not (a.startswith("--config.") and "=" in a)]
-    if bad:
-        p.error(f"unrecognized arguments: {' '.join(bad)} (config values: --config.KEY=VALUE)")
-    args.config = [a[len("--config.") :] for a in unknown]
+    from ssd_jax.cli.common import parse  # the tools' own --config.KEY=VALUE parsing
+
+    args, overrides = parse(p, argv)
+    args.config = overrides
     return args
 
 
