@@ -101,8 +101,6 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_after": [round(x, 2) for x in load_after],
         "versions": versions(),
         "caches": "kept (--warm)" if args.warm else "removed before the run, as in CI",
-        # tests/conftest.py pins each xdist worker to its share of the CPUs unless this is 0
-        "workers_pinned": os.environ.get("SSD_JAX_PIN_WORKERS", "1") != "0",
         "exit_code": proc.returncode,
         "outcomes": dict(outcomes),
         "wall_s": round(wall, 1),

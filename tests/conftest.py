@@ -97,40 +97,6 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_FLAGS}".strip()
 
 
-def worker_cpus(worker: str, count: int, cpus: list[int]) -> list[int] | None:
-    """The CPUs xdist worker ``worker`` (``gw0``, ``gw1``, ...) of ``count`` runs on: its own
-    share of ``cpus`` when they divide evenly among the workers, else None (no pinning)."""
-    if not worker.startswith("gw") or count < 2 or len(cpus) % count:
-        return None
-    per = len(cpus) // count
-    index = int(worker[2:])
-    return sorted(cpus)[index * per : (index + 1) * per]
-
-
-#: The CPUs the suite was given (before a worker pins itself).
-SUITE_CPUS = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-
-# Under ``pytest -n N`` each worker (and every process it starts, which inherits the mask) runs
-# on its own share of the CPUs. XLA sizes its thread pools by the CPUs a process may use, so
-# unpinned each of the two workers (and their training subprocesses) ran two threads on the
-# 2-core machine, four busy threads on two cores, whose spinning and switching cost time: four
-# test files (training parity, export, eval script, benchmark) took 290 and 256 s unpinned
-# against 249 and 233 s pinned, run alternately (2026-12-07, AMD EPYC with AVX2, 2 cores).
-# ``SSD_JAX_PIN_WORKERS=0`` turns it off.
-#: This process's CPUs when it pinned itself, else None.
-PINNED_CPUS = (
-    worker_cpus(
-        os.environ.get("PYTEST_XDIST_WORKER", ""),
-        int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0),
-        SUITE_CPUS,
-    )
-    if os.environ.get("SSD_JAX_PIN_WORKERS", "1") != "0"
-    else None
-)
-if PINNED_CPUS:
-    os.sched_setaffinity(0, PINNED_CPUS)
-
-
 def subprocess_env(xla_flags: str = "", fast_compile: bool = True, **extra: str) -> dict[str, str]:
     """The environment of a tool or script run as a subprocess by a test: this checkout on
     ``PYTHONPATH``, unbuffered output, the shared compilation cache, ``xla_flags`` plus (with
