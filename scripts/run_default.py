@@ -216,6 +216,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "timings_s": timings,
         "machine": {
             "cpu": provenance.cpu_model(),
+            "flags": provenance.cpu_flags(),
             "cpus": os.cpu_count(),
             "load_avg_start": load_start,
             "load_avg_end": os.getloadavg(),

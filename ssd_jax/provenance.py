@@ -12,16 +12,38 @@ from importlib import metadata
 DEFAULT_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
 
 
-def cpu_model() -> str:
-    """``lscpu``'s model name (``platform.processor()`` where lscpu is missing)."""
+#: The CPU flags that tell these machines apart, in speed and in float32 results (an AMD EPYC
+#: with AVX2 only or with AVX-512, an Intel Xeon with AMX): lscpu's model name alone does not.
+SPEED_FLAGS = frozenset(
+    {"avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8"}
+)
+
+
+def _lscpu() -> dict[str, str]:
+    """``lscpu``'s fields ({} where it is missing)."""
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
-        return platform.processor()
-    for line in out.splitlines():
-        if line.startswith("Model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
+        return {}
+    return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in out.splitlines())}
+
+
+def cpu_model() -> str:
+    """``lscpu``'s model name (``platform.processor()`` where lscpu is missing)."""
+    return _lscpu().get("Model name") or platform.processor()
+
+
+def cpu_flags() -> list[str]:
+    """Which of SPEED_FLAGS the CPU has, sorted ([] where neither lscpu nor /proc/cpuinfo
+    says)."""
+    flags = _lscpu().get("Flags", "")
+    if not flags:
+        try:
+            with open("/proc/cpuinfo") as f:
+                flags = next((ln.split(":", 1)[1] for ln in f if ln.startswith("flags")), "")
+        except OSError:
+            flags = ""
+    return sorted(set(flags.split()) & SPEED_FLAGS)
 
 
 def versions(packages: tuple[str, ...] = DEFAULT_PACKAGES) -> dict[str, str | None]:
@@ -58,5 +80,5 @@ def git_commit(repo: str | os.PathLike) -> str | None:
 
 
 def machine() -> dict:
-    """The CPU model and core count."""
-    return {"cpu": cpu_model(), "cores": os.cpu_count()}
+    """The CPU model, its speed flags (SPEED_FLAGS) and core count."""
+    return {"cpu": cpu_model(), "flags": cpu_flags(), "cores": os.cpu_count()}

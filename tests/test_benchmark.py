@@ -7,6 +7,7 @@ import json
 import pathlib
 
 from builders import SMALL_SSDLITE
+from ssd_jax import provenance
 from ssd_jax.cli import benchmark
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -28,6 +29,7 @@ def test_benchmark_runs_a_batch_that_the_per_gpu_group_does_not_fit(tmp_path, ca
     assert report["train"]["images_per_s"] > 0
     assert report["peak_host_memory_mb"] > 0
     assert report["versions"]["jax"] and report["versions"]["jaxlib"]  # what the figures ran on
+    assert report["cpu"]["flags"] == provenance.cpu_flags()  # AVX2 / AVX-512 / AMX tell apart
 
 
 def test_backend_comparison_times_onnxruntime_float32_and_int8(tmp_path):

@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 
 from conftest import subprocess_env
+from ssd_jax import provenance
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT_S = 1200
@@ -115,6 +116,8 @@ def test_metrics(default_run):
     assert final["mAP@0.5"] == pytest.approx(val[-1]["val/bbox_mAP_50"], abs=1e-9)
     assert final["mAP"] == pytest.approx(val[-1]["val/bbox_mAP"], abs=1e-9)
     assert final["timings_s"]["total_s"] > 0
+    # the result depends on the CPU's float32 arithmetic (AVX2 or AVX-512): the record says which
+    assert final["machine"]["flags"] == provenance.cpu_flags()
     assert final["train_images_per_s"] > 0
 
 

@@ -288,23 +288,12 @@ def benchmark(args: Any, overrides: list[str]) -> dict:
 
 def cpu_description() -> dict[str, Any]:
     """The CPU model, its core count, the flags that matter for speed and the load now."""
-    info: dict[str, Any] = {"cores": os.cpu_count(), "load_avg": os.getloadavg()}
-    try:
-        with open("/proc/cpuinfo") as f:
-            text = f.read()
-    except OSError:
-        return info
-    for line in text.splitlines():
-        if line.startswith("model name"):
-            info["model"] = line.split(":", 1)[1].strip()
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            info["flags"] = sorted(
-                flags
-                & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8", "fma"}
-            )
-            break
-    return info
+    return {
+        "cores": os.cpu_count(),
+        "load_avg": os.getloadavg(),
+        "model": provenance.cpu_model(),
+        "flags": provenance.cpu_flags(),
+    }
 
 
 def input_rate(config, batch: int, batches: int = 6) -> dict:
