@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import json
 import pathlib
+import subprocess
+import sys
+
+import pytest
 
 from builders import SMALL_SSDLITE
-from ssd_jax import provenance
+from conftest import subprocess_env
+from ssd_jax import host_memory, provenance
 from ssd_jax.cli import benchmark
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -114,3 +119,26 @@ def test_reference_onnx_is_timed_in_onnxruntime_and_openvino(tmp_path):
 def as_list(outputs) -> list:
     """ONNX Runtime's list or OpenVINO's dict of outputs, as a list."""
     return list(outputs.values()) if hasattr(outputs, "values") else list(outputs)
+
+
+@pytest.mark.parametrize("huge_pages", ["", "0"], ids=["default", "SSD_JAX_HUGE_PAGES=0"])
+def test_benchmark_as_a_program_runs_malloc_as_training_does(tmp_path, huge_pages):
+    """Run as a program, the single-config benchmark restarts itself with malloc on huge pages
+    as ssd-jax-train does (where the system has them), and its report says how malloc ran."""
+    out = tmp_path / "b.json"
+    args = ["--config", str(REPO / "configs" / "ssdlite_shapes.py"), "--batch-size", "1"]
+    args += ["--iters", "1", "--skip-input", "--skip-train", "--out", str(out)]
+    args += [f"--config.{o}" for o in SMALL_SSDLITE]
+    env = subprocess_env(SSD_JAX_HUGE_PAGES=huge_pages)
+    for name in ("GLIBC_TUNABLES", "MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_"):
+        env.pop(name, None)
+    code = "import sys; from ssd_jax.cli.benchmark import main; sys.exit(main())"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    malloc = json.loads(out.read_text())["malloc"]
+    if huge_pages != "0" and host_memory.huge_pages_possible():
+        assert malloc == "transparent huge pages (GLIBC_TUNABLES=glibc.malloc.hugetlb=1)"
+    else:
+        assert malloc == "glibc's defaults"

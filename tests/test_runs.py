@@ -19,6 +19,7 @@ from test_cli import CONFIG, assert_one_line_error
 from test_training import run_env, train_cmd
 
 from builders import SMALL_SSDLITE
+from ssd_jax import host_memory
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -96,6 +97,14 @@ def test_progress_in_a_log_file_is_plain_lines(first_run):
     )
     assert re.search(r"^eval: 0/8 img \(0%\)$", text, re.M), text
     assert re.search(r"^eval: 8/8 img \(100%\), [\d.]+ img/s, \d\d:\d\d in all$", text, re.M), text
+
+
+def test_training_runs_with_malloc_on_huge_pages(first_run):
+    """ssd-jax-train restarts itself with glibc's malloc on transparent huge pages where the
+    system has them (ssd_jax.host_memory.restart_with_huge_pages), and says so."""
+    _, text = first_run
+    expected = "transparent huge pages" if host_memory.huge_pages_possible() else "glibc's"
+    assert f"host memory (malloc): {expected}" in text, text[-3000:]
 
 
 def test_a_second_run_into_the_workdir_is_refused_and_changes_nothing(first_run, shapes, tmp_path):

@@ -112,6 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return common.run_cli(
             lambda: _compare(args, overrides, backends), args.verbose, "ssd-jax-benchmark"
         )
+    if argv is None:  # run as a program: malloc as ssd-jax-train runs it
+        host_memory.restart_with_huge_pages()
     return common.run_cli(
         lambda: _ok(benchmark(args, overrides)), args.verbose, "ssd-jax-benchmark"
     )
@@ -274,6 +276,7 @@ def benchmark(args: Any, overrides: list[str]) -> dict:
         report["input_pipeline"] = input_rate(config, n)
 
     report["peak_host_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    report["malloc"] = host_memory.describe()
     stats = jax.devices()[0].memory_stats() or {}
     if "peak_bytes_in_use" in stats:
         report["peak_device_memory_mb"] = stats["peak_bytes_in_use"] / 2**20

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ssd_jax import host_memory
 from ssd_jax.cli import common
 
 
@@ -36,6 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     common.add_distributed_flags(parser)
     args, overrides = common.parse(parser, argv)
+    if argv is None:  # run as a program (not main() called with arguments, as tests do)
+        host_memory.restart_with_huge_pages()
 
     def run() -> None:
         from ssd_jax.outputs import check_workdir

@@ -15,6 +15,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from ssd_jax import host_memory
 from ssd_jax.config import check_batch_divisible, validate_config
 from ssd_jax.data.pipeline import make_train_loader
 from ssd_jax.data.sources import build_source
@@ -169,6 +170,7 @@ def train_and_evaluate(
             for step in range(start, total_steps):
                 batch = next(loader)
                 if bar is None:
+                    log.info("host memory (malloc): %s", host_memory.describe())
                     log.info("step %d compiles the train step first (a minute or less)", step + 1)
                 pstate, pmetrics = p_step(
                     pstate,
