@@ -96,8 +96,9 @@ def restart_with_huge_pages() -> None:
     malloc on transparent huge pages (HUGE_PAGES_TUNABLE); returns only where it does not.
 
     XLA:CPU's per-call blocks are then faulted in 2 MiB at a time instead of 4 KiB: the SSDLite
-    train step at batch 8 ran 1.36× faster (AMD EPYC with AVX2, 2 cores), with the same peak
-    memory. glibc reads its tunables only when a process starts, hence the restart; the
+    train step at batch 8 ran 1.36× and 1.53× faster in two alternated sets, SSD300's 0.96× (AMD
+    EPYC with AVX2, 2 cores; docs/benchmarks/huge_pages_2026-12-07_avx2.json), with the same
+    peak memory. glibc reads its tunables only when a process starts, hence the restart; the
     training and benchmark tools do it before importing JAX, when run as programs.
     ``SSD_JAX_HUGE_PAGES=0``, or malloc options in the environment, leave malloc as it is."""
     if os.environ.get("SSD_JAX_HUGE_PAGES") == "0":
