@@ -45,6 +45,16 @@ _USER_SETTINGS = (
 )
 
 
+def _glibc() -> ctypes.CDLL | None:
+    """This process's C library where it is glibc (mallopt, gnu_get_libc_version), else None."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt, libc.gnu_get_libc_version  # noqa: B018  (both glibc's; musl lacks one)
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
 def keep_freed_memory() -> bool:
     """Configure glibc as described above; returns whether it did (False off glibc/Linux, when
     opted out, or when the environment already sets malloc options)."""
@@ -52,12 +62,10 @@ def keep_freed_memory() -> bool:
         return False
     if any(name in os.environ for name in _USER_SETTINGS):
         return False
-    try:
-        libc = ctypes.CDLL(None)
-        mallopt, gnu_libc_version = libc.mallopt, libc.gnu_get_libc_version
-    except (OSError, AttributeError):  # not glibc (e.g. musl)
+    libc = _glibc()
+    if libc is None:
         return False
-    del gnu_libc_version
+    mallopt = libc.mallopt
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     global _kept
     _kept = all(
@@ -74,13 +82,10 @@ HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
 
 def huge_pages_possible() -> bool:
     """Linux with glibc >= 2.35 and transparent huge pages on or on request (madvise)."""
-    if not sys.platform.startswith("linux"):
+    libc = _glibc() if sys.platform.startswith("linux") else None
+    if libc is None:
         return False
-    try:
-        libc = ctypes.CDLL(None)
-        gnu_libc_version = libc.gnu_get_libc_version
-    except (OSError, AttributeError):  # not glibc
-        return False
+    gnu_libc_version = libc.gnu_get_libc_version
     gnu_libc_version.restype = ctypes.c_char_p
     try:
         major, minor = (int(x) for x in gnu_libc_version().decode().split(".")[:2])

@@ -3,6 +3,7 @@ the JSON files that scripts write beside their numbers."""
 
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
 import platform
@@ -19,8 +20,9 @@ SPEED_FLAGS = frozenset(
 )
 
 
+@functools.cache
 def _lscpu() -> dict[str, str]:
-    """``lscpu``'s fields ({} where it is missing)."""
+    """``lscpu``'s fields ({} where it is missing); run once per process."""
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
