@@ -47,6 +47,27 @@ def test_ceil_mode_pool_sizes():
     assert float(y[0, 37, 37, 0]) == float(x[0, 74, 74, 0])  # the last window has one pixel
 
 
+@pytest.mark.parametrize("shape", [(2, 7, 9, 3), (1, 38, 38, 5), (2, 4, 4, 2)])
+def test_ceil_mode_pool_gradient_goes_to_the_first_maximum_as_torch(shape):
+    """max_pool_ceil's own backward (2×2 stride 2) against torch's max_pool2d(ceil_mode=True),
+    float64, on small integers: many tied maxima, and odd sizes (windows in the padding)."""
+    from conftest import require
+
+    torch = require("torch")
+    rng = np.random.default_rng(sum(shape))
+    x = rng.integers(0, 3, shape).astype(np.float64)
+    with jax.enable_x64():
+        y, vjp = jax.vjp(lambda v: max_pool_ceil(v, 2, 2), jnp.asarray(x))
+        g = rng.standard_normal(y.shape)
+        (dx,) = vjp(jnp.asarray(g))
+    xt = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)
+    yt = torch.nn.functional.max_pool2d(xt, 2, 2, ceil_mode=True)
+    yt.backward(torch.tensor(g.transpose(0, 3, 1, 2)))
+    np.testing.assert_array_equal(np.asarray(y), yt.detach().numpy().transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(np.asarray(dx), xt.grad.numpy().transpose(0, 2, 3, 1))
+    assert np.count_nonzero(np.asarray(dx)) == g.size  # one position per window, none lost
+
+
 def test_config_overrides_and_typos():
     c = load_config(
         REPO / "configs" / "ssd300_coco.py", ["--config.train.batch_size=32", "test.score_thr=0.05"]

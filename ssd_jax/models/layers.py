@@ -539,7 +539,11 @@ class L2Norm(nn.Module):
 
 
 def max_pool_ceil(x: jax.Array, window: int, stride: int) -> jax.Array:
-    """Max pooling without padding and with torch's ``ceil_mode=True`` output size (NHWC)."""
+    """Max pooling without padding and with torch's ``ceil_mode=True`` output size (NHWC).
+
+    The gradient goes to the first maximum of each window in row-major order, as torch's
+    ``max_pool2d`` backward sends it (ties: ReLU zeros, flat image regions).
+    """
     pads = []
     for size in x.shape[1:3]:
         out = math.ceil((size - window) / stride) + 1
@@ -547,4 +551,45 @@ def max_pool_ceil(x: jax.Array, window: int, stride: int) -> jax.Array:
         if (out - 1) * stride >= size:
             out -= 1
         pads.append((0, max(0, (out - 1) * stride + window - size)))
+    if window == stride:
+        return _tiled_max_pool(x, window, tuple(pads))
     return nn.max_pool(x, (window, window), (stride, stride), padding=tuple(pads))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _tiled_max_pool(x: jax.Array, window: int, pads: tuple) -> jax.Array:
+    """``nn.max_pool`` over non-overlapping ``window``² tiles (stride = window), ``pads`` at the
+    bottom and right (−inf).
+
+    Its own backward: autodiff of ``reduce_window`` gives XLA's select-and-scatter, which
+    XLA:CPU ran 5.4× slower (SSD300's four VGG pools at batch 8, forward and backward: 1.16 s
+    against 0.22 s per step; AMD EPYC with AVX-512, 2 cores, 2026-12-07).
+    """
+    return nn.max_pool(x, (window, window), (window, window), padding=pads)
+
+
+def _tiled_max_pool_fwd(x, window, pads):
+    y = _tiled_max_pool(x, window, pads)
+    return y, (x, y)
+
+
+def _tiled_max_pool_bwd(window, pads, residuals, g):
+    x, y = residuals
+    (_, pad_h), (_, pad_w) = pads
+    xp = jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), constant_values=-jnp.inf)
+    n, h, w, c = xp.shape
+    tiles = xp.reshape(n, h // window, window, w // window, window, c)
+    taken = jnp.zeros(y.shape, bool)
+    rows = []
+    for i in range(window):  # row-major: torch keeps the first maximum it meets
+        row = []
+        for j in range(window):
+            first = (tiles[:, :, i, :, j, :] == y) & ~taken
+            taken = taken | first
+            row.append(jnp.where(first, g, jnp.zeros_like(g)))
+        rows.append(jnp.stack(row, axis=3))  # [N, H/w, W/w, w (j), C]
+    dx = jnp.stack(rows, axis=2).reshape(n, h, w, c)  # [N, H/w, w (i), W/w, w (j), C]
+    return (dx[:, : x.shape[1], : x.shape[2]],)
+
+
+_tiled_max_pool.defvjp(_tiled_max_pool_fwd, _tiled_max_pool_bwd)
