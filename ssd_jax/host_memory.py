@@ -35,7 +35,9 @@ _INT_MAX = 2**31 - 1
 
 _kept = False  # whether keep_freed_memory() configured malloc in this process
 
-_USER_SETTINGS = (
+#: Environment variables that set glibc's malloc: where any is set, this module leaves malloc as
+#: the user set it.
+USER_SETTINGS = (
     "GLIBC_TUNABLES",
     "MALLOC_ARENA_MAX",
     "MALLOC_MMAP_MAX_",
@@ -60,7 +62,7 @@ def keep_freed_memory() -> bool:
     opted out, or when the environment already sets malloc options)."""
     if not sys.platform.startswith("linux") or os.environ.get("SSD_JAX_KEEP_HOST_MEMORY") == "0":
         return False
-    if any(name in os.environ for name in _USER_SETTINGS):
+    if any(name in os.environ for name in USER_SETTINGS):
         return False
     libc = _glibc()
     if libc is None:
@@ -108,7 +110,7 @@ def restart_with_huge_pages() -> None:
     ``SSD_JAX_HUGE_PAGES=0``, or malloc options in the environment, leave malloc as it is."""
     if os.environ.get("SSD_JAX_HUGE_PAGES") == "0":
         return
-    if any(name in os.environ for name in _USER_SETTINGS):  # also: this is the restart
+    if any(name in os.environ for name in USER_SETTINGS):  # also: this is the restart
         return
     if not huge_pages_possible():
         return
@@ -124,5 +126,5 @@ def describe() -> str:
         return f"transparent huge pages (GLIBC_TUNABLES={HUGE_PAGES_TUNABLE})"
     if _kept:
         return "freed memory kept (one arena, no mmap, no trimming)"
-    given = [f"{name}={os.environ[name]}" for name in _USER_SETTINGS if name in os.environ]
+    given = [f"{name}={os.environ[name]}" for name in USER_SETTINGS if name in os.environ]
     return ", ".join(given) if given else "glibc's defaults"
