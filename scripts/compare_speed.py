@@ -13,6 +13,16 @@ detection with decoding and NMS ("detect"); then ``--rounds`` rounds time each o
 workers, alternating which revision goes first, so that both see the same machine load. The
 ratio is HEAD / BASE of the median images/s over rounds.
 
+Each timing follows ``--warmup`` untimed calls (1 by default; their images/s are kept in the
+JSON), so that what is timed is calls run back to back, as a training loop runs its steps. A
+worker idles while the other side runs, and on the virtual machines this project is built on
+the guest kernel hands freed memory back to the host in the meantime (virtio-balloon free page
+reporting; ``machine.free_page_reporting`` in the JSON): the first call after an idle spell
+faults it in again from the host. XLA frees its per-call block after every call and PyTorch
+keeps most of its memory in malloc's heap, so this hit the two sides unequally: SSDLite's train
+step at batch 8 (AMD EPYC, both on huge pages) ran at 0.55 of its back-to-back speed after 8 s
+idle, mmdetection's at 0.68 (scripts/idle_penalty.py; docs/benchmarks/idle_penalty_2026-12-07.json).
+
 Exit status 1 when any ratio is below ``1 - --threshold`` (a slow-down of more than 10 % by
 default) or a worker's peak host memory (RSS) grew by more than that, 0 otherwise. These
 machines are noisy: rerun a failing comparison before believing it, and never put this in the
@@ -54,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=6, help="timed rounds per config")
     parser.add_argument("--iters", type=int, default=2, help="calls per timing")
     parser.add_argument(
+        "--warmup", type=int, default=1, help="untimed calls before each timing (see above)"
+    )
+    parser.add_argument(
         "--threshold", type=float, default=0.10, help="largest slow-down accepted (fraction)"
     )
     parser.add_argument("--out", default="", help="also write the JSON report here")
@@ -73,8 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.base and not args.against_mmdet:
         parser.error("name the BASE revision")
     kinds = [k for k in args.kinds.split(",") if k]
-    if set(kinds) - set(KINDS) or args.rounds < 1 or args.iters < 1 or args.batch < 1:
-        parser.error(f"--kinds from {', '.join(KINDS)}; --rounds, --iters, --batch at least 1")
+    if set(kinds) - set(KINDS) or min(args.rounds, args.iters, args.batch) < 1 or args.warmup < 0:
+        parser.error(
+            f"--kinds from {', '.join(KINDS)}; --rounds, --iters, --batch at least 1, "
+            "--warmup at least 0"
+        )
     if args.out and os.path.exists(args.out):
         parser.error(f"{args.out} exists; choose another --out")
     repo = _git("rev-parse", "--show-toplevel", cwd=os.getcwd())
@@ -147,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         "precision": args.precision,
         "rounds": args.rounds,
         "iters": args.iters,
+        "warmup": args.warmup,
         "threshold": args.threshold,
         "results": results,
         "slower": slow,
@@ -188,6 +205,7 @@ def _compare_config(
         sides = ("base", "head")
         rates = {k: {s: [] for s in sides} for k in kinds}
         cpu = {k: {s: [] for s in sides} for k in kinds}  # CPU seconds per call
+        warm = {k: {s: [] for s in sides} for k in kinds}  # images/s of the untimed calls
         bar = tqdm(
             total=args.rounds * len(kinds) * 2,
             desc=f"{name} rounds",
@@ -198,6 +216,9 @@ def _compare_config(
             for r in range(args.rounds):
                 for kind in kinds:
                     for side in sides if r % 2 == 0 else sides[::-1]:
+                        if args.warmup:
+                            seconds, _ = workers[side].time(kind, args.warmup)
+                            warm[kind][side].append(args.batch * args.warmup / seconds)
                         seconds, cpu_seconds = workers[side].time(kind, args.iters)
                         rates[kind][side].append(args.batch * args.iters / seconds)
                         cpu[kind][side].append(cpu_seconds / args.iters)
@@ -214,6 +235,7 @@ def _compare_config(
                 # less sensitive to other processes than wall time; spinning threads count too
                 "cpu_s_per_call_median": {s: statistics.median(cpu[kind][s]) for s in sides},
                 "compile_s": {s: workers[s].ready["compile_s"].get(kind) for s in sides},
+                "warmup_images_per_s": warm[kind],  # the first calls of each round, untimed
             }
             if kind == "train":
                 out[kind]["per_gpu_batch"] = {
@@ -389,6 +411,8 @@ def machine_description() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "load_avg": os.getloadavg(),
         "platform": platform.platform(),
+        # a guest kernel that hands freed memory back to its host (see the module docstring)
+        "free_page_reporting": os.path.isdir("/sys/module/page_reporting"),
     }
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
