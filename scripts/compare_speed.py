@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         "argv": sys.argv[1:] if argv is None else list(argv),
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": machine_description(),
-        "versions": _versions(),
+        "versions": versions(),
         "base": sides["base"],
         "head": sides["head"],
         "batch": args.batch,
@@ -192,11 +192,11 @@ def _compare_config(
     host memory of each side's process."""
     from tqdm import tqdm
 
-    workers: dict[str, _Worker] = {}
+    workers: dict[str, Worker] = {}
     try:
         for label, (cmd, cwd, env) in commands.items():  # one at a time: compiles share cores
             print(f"{name}: compiling {label} ({cwd})", file=sys.stderr, flush=True)
-            workers[label] = _Worker(
+            workers[label] = Worker(
                 cmd + [name, str(args.batch), args.precision, ",".join(kinds)],
                 cwd,
                 env,
@@ -248,7 +248,7 @@ def _compare_config(
             w.close()
 
 
-class _Worker:
+class Worker:
     """A process that times one config's functions on request: it prints a JSON line when
     compiled (``ready``), then answers each ``time(kind, iters)`` with the seconds taken."""
 
@@ -428,7 +428,7 @@ def machine_description() -> dict[str, Any]:
     return info
 
 
-def _versions() -> dict[str, str]:
+def versions() -> dict[str, str]:
     from importlib import metadata
 
     out = {"python": platform.python_version()}

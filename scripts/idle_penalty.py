@@ -23,7 +23,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare_speed import _versions, _Worker, machine_description  # noqa: E402
+from compare_speed import Worker, machine_description, versions  # noqa: E402
 
 REPORTED = "/sys/module/page_reporting/parameters/reported_kib"
 
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="idle_penalty_") as tmp:
         for side, (cmd, env) in commands.items():  # one side at a time: nothing else runs
             print(f"{side}: compiling", file=sys.stderr, flush=True)
-            worker = _Worker(
+            worker = Worker(
                 cmd + [args.config, str(args.batch), "fp32", args.kind],
                 repo,
                 env,
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         "argv": sys.argv[1:] if argv is None else list(argv),
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": machine_description(),
-        "versions": _versions(),
+        "versions": versions(),
         "malloc_environment": {
             k: v for k, v in os.environ.items() if k.startswith(("GLIBC_TUNABLES", "MALLOC_"))
         },
