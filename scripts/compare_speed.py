@@ -152,11 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         > (1 + args.threshold) * r["peak_host_memory_mb"]["base"]
     ]
     report = {
-        "script": "scripts/compare_speed.py",
-        "argv": sys.argv[1:] if argv is None else list(argv),
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": machine_description(),
-        "versions": versions(),
+        **report_header("scripts/compare_speed.py", argv),
         "base": sides["base"],
         "head": sides["head"],
         "batch": args.batch,
@@ -403,6 +399,17 @@ def _train_step(config: Any, det: Any, n: int, rng: Any) -> tuple[Any, Any]:
         return metrics
 
     return step, per_gpu
+
+
+def report_header(script: str, argv: list[str] | None) -> dict[str, Any]:
+    """The fields every speed report starts with: script, arguments, date, machine, versions."""
+    return {
+        "script": script,
+        "argv": sys.argv[1:] if argv is None else list(argv),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": machine_description(),
+        "versions": versions(),
+    }
 
 
 def machine_description() -> dict[str, Any]:

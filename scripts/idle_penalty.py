@@ -23,7 +23,9 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare_speed import Worker, machine_description, versions  # noqa: E402
+from compare_speed import Worker, report_header  # noqa: E402
+
+from ssd_jax.host_memory import USER_SETTINGS  # noqa: E402
 
 REPORTED = "/sys/module/page_reporting/parameters/reported_kib"
 
@@ -94,14 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             }
             print(side, json.dumps(results[side]), flush=True)
     report = {
-        "script": "scripts/idle_penalty.py",
-        "argv": sys.argv[1:] if argv is None else list(argv),
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": machine_description(),
-        "versions": versions(),
-        "malloc_environment": {
-            k: v for k, v in os.environ.items() if k.startswith(("GLIBC_TUNABLES", "MALLOC_"))
-        },
+        **report_header("scripts/idle_penalty.py", argv),
+        "malloc_environment": {k: os.environ[k] for k in USER_SETTINGS if k in os.environ},
         "config": args.config,
         "kind": args.kind,
         "batch": args.batch,
