@@ -260,6 +260,62 @@ def test_batchnorm_gradient_equals_autodiff_of_its_definition(group, sync):
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("stride,size", [(1, 7), (2, 9), (2, 8)])
+def test_depthwise_gradient_equals_autodiff_of_its_definition(stride, size):
+    """float64: the depthwise layer's one-pass backward (layers.depthwise_one_pass: all k²
+    kernel gradients in one reduction) equals JAX's autodiff of the plain sum of shifted windows,
+    and both equal a grouped convolution's gradients, for strides 1 and 2 at odd and even sizes."""
+    from ssd_jax.models.layers import depthwise_one_pass, depthwise_sum
+
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(2)
+        x = jnp.asarray(rng.normal(size=(2, size, size + 1, 5)))
+        kernel = jnp.asarray(rng.normal(size=(3, 3, 5)))
+
+        def grouped(x, kernel):
+            return jax.lax.conv_general_dilated(
+                x,
+                kernel[:, :, None],
+                (stride, stride),
+                ((1, 1), (1, 1)),
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                feature_group_count=5,
+                precision=jax.lax.Precision.HIGHEST,
+            )
+
+        weights = jnp.asarray(rng.normal(size=grouped(x, kernel).shape))
+        results = []
+        for fn in (depthwise_one_pass, depthwise_sum, grouped):
+            f = functools.partial(fn, stride=stride, padding=1) if fn is not grouped else fn
+            y, vjp = jax.vjp(f, x, kernel)
+            results.append((y, *vjp(jnp.sin(y) * weights)))
+        for ours, other in zip(results[0], results[1]):
+            np.testing.assert_allclose(ours, other, rtol=1e-12, atol=1e-12)
+        for ours, other in zip(results[0], results[2]):
+            np.testing.assert_allclose(ours, other, rtol=1e-10, atol=1e-10)
+
+
+def test_depthwise_takes_the_one_pass_gradient_from_its_minimum_width():
+    """DepthwiseConv differentiates inputs at least ONE_PASS_MIN_WIDTH wide with the one-pass
+    backward and narrower ones by autodiff (so the 128 px shapes model, README command 1's,
+    sums its gradients as before): the gradient program holds the one pass's variadic reduction
+    exactly then."""
+    import re
+
+    from ssd_jax.models.layers import ONE_PASS_MIN_WIDTH, DepthwiseConv
+
+    def uses_one_pass(width):
+        layer = DepthwiseConv(kernel_size=3, stride=1, padding=1)
+        x = jnp.zeros((1, 3, width, 2))
+        variables = layer.init(jax.random.PRNGKey(0), x)
+        jaxpr = jax.make_jaxpr(jax.grad(lambda v: layer.apply(v, x).sum()))(variables)
+        return re.search(r"\breduce\[", str(jaxpr)) is not None
+
+    assert uses_one_pass(ONE_PASS_MIN_WIDTH)
+    assert not uses_one_pass(ONE_PASS_MIN_WIDTH - 1)
+    assert ONE_PASS_MIN_WIDTH > 64  # the shapes model's widest depthwise input
+
+
 @pytest.mark.parametrize("dilation", [1, 6])
 def test_row_product_conv_equals_the_convolution(dilation):
     """RowProductConv (bf16 k×k convolutions on CPU as k matrix products with float32 sums)

@@ -259,21 +259,78 @@ class DepthwiseConv(nn.Module):
         # (k, k, 1, C): fan_in k², fan_out k²·C, as torch's (C, 1, k, k) depthwise weight.
         kernel = self.param("kernel", self.conv_init.kernel, (k, k, 1, c), param_dtype(self.dtype))
         kernel = kernel.astype(self.dtype).astype(acc)
-        p = self.padding
-        x = jnp.pad(x.astype(self.dtype), ((0, 0), (p, p), (p, p), (0, 0)))
-        h_out = (x.shape[1] - k) // s + 1
-        w_out = (x.shape[2] - k) // s + 1
-        y = None
-        for i in range(k):
-            for j in range(k):
-                tap = x[:, i : i + s * (h_out - 1) + 1 : s, j : j + s * (w_out - 1) + 1 : s, :]
-                tap = tap.astype(acc) * kernel[i, j, 0]
-                y = tap if y is None else y + tap
+        y = depthwise(x.astype(self.dtype), kernel[:, :, 0], s, self.padding)
         if self.use_bias:
             y = y + self.param("bias", self.conv_init.bias, (c,), param_dtype(self.dtype)).astype(
                 self.dtype
             ).astype(acc)
         return y.astype(self.dtype)
+
+
+# Input width (pixels) from which ``depthwise`` takes the kernel gradient in one pass. Measured
+# per layer (scripts/depthwise_backward.py, docs/benchmarks/depthwise_backward_*.json): the one
+# pass wins on SSDLite 320's 160 and 80 px layers and loses or ties below.
+ONE_PASS_MIN_WIDTH = 80
+
+
+def depthwise(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+    """Depthwise correlation of ``x`` (N, H, W, C) with ``kernel`` (k, k, C), zero padding
+    ``padding`` on each side, computed in ``kernel``'s dtype: the sum of the k² shifted windows,
+    each scaled per channel. Inputs at least ``ONE_PASS_MIN_WIDTH`` wide take their kernel
+    gradient from ``depthwise_one_pass``; the value is the same either way."""
+    if x.shape[2] >= ONE_PASS_MIN_WIDTH:
+        return depthwise_one_pass(x, kernel, stride, padding)
+    return depthwise_sum(x, kernel, stride, padding)
+
+
+def _taps(x: jax.Array, k: int, stride: int, padding: int) -> list[jax.Array]:
+    """The k² strided windows of zero-padded ``x`` (N, H, W, C), row-major over the taps."""
+    p = padding
+    x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+    h_out = (x.shape[1] - k) // stride + 1
+    w_out = (x.shape[2] - k) // stride + 1
+    rows, cols = stride * (h_out - 1) + 1, stride * (w_out - 1) + 1
+    return [
+        x[:, i : i + rows : stride, j : j + cols : stride, :] for i in range(k) for j in range(k)
+    ]
+
+
+def depthwise_sum(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+    """``depthwise``'s value, differentiated by autodiff (k² reductions of window × output
+    gradient for the kernel, each a pass over both arrays)."""
+    k = kernel.shape[0]
+    y = None
+    for t, tap in enumerate(_taps(x, k, stride, padding)):
+        tap = tap.astype(kernel.dtype) * kernel[t // k, t % k]
+        y = tap if y is None else y + tap
+    return y
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def depthwise_one_pass(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.Array:
+    """``depthwise``'s value with its own kernel gradient: one variadic reduction over W gives
+    all k² window × output-gradient products' row sums at once, then N and H are summed. The
+    input gradient is autodiff's. Sums in another order than ``depthwise_sum``'s."""
+    return depthwise_sum(x, kernel, stride, padding)
+
+
+def _one_pass_fwd(x, kernel, stride, padding):
+    return depthwise_sum(x, kernel, stride, padding), (x, kernel)
+
+
+def _one_pass_bwd(stride, padding, residuals, g):
+    x, kernel = residuals
+    _, input_vjp = jax.vjp(lambda x: depthwise_sum(x, kernel, stride, padding), x)
+    (dx,) = input_vjp(g)
+    k = kernel.shape[0]
+    products = tuple(tap.astype(g.dtype) * g for tap in _taps(x, k, stride, padding))
+    zeros = tuple(jnp.zeros((), g.dtype) for _ in products)
+    rows = jax.lax.reduce(products, zeros, lambda a, b: tuple(u + v for u, v in zip(a, b)), (2,))
+    dkernel = jnp.stack([r.sum(axis=(0, 1)) for r in rows]).reshape(kernel.shape)
+    return dx, dkernel.astype(kernel.dtype)
+
+
+depthwise_one_pass.defvjp(_one_pass_fwd, _one_pass_bwd)
 
 
 class ConvModule(nn.Module):
