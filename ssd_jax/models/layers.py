@@ -267,9 +267,12 @@ class DepthwiseConv(nn.Module):
         return y.astype(self.dtype)
 
 
-# Input width (pixels) from which ``depthwise`` takes the kernel gradient in one pass. Measured
-# per layer (scripts/depthwise_backward.py, docs/benchmarks/depthwise_backward_*.json): the one
-# pass wins on SSDLite 320's 160 and 80 px layers and loses or ties below.
+# Input width (pixels) from which ``depthwise`` takes the kernel gradient in one pass, chosen from
+# whole train steps (scripts/compare_speed.py; README, "SSDLite's wide depthwise layers"). Alone
+# (scripts/depthwise_backward.py) the one pass wins on most layers, but in the step XLA fuses
+# autodiff's reductions of the small ones with their neighbours: one pass everywhere slowed the
+# 128 px shapes model (0.90x). From 80 px, SSDLite 320's 160 and 80 px layers take it and the
+# shapes model (at most 64 px) keeps its program.
 ONE_PASS_MIN_WIDTH = 80
 
 
