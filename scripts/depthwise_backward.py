@@ -6,9 +6,11 @@ the two alternated round by round in one process.
     python scripts/depthwise_backward.py [--configs ssdlite_mobilenetv2_320_coco ssdlite_shapes]
         [--batch 8] [--rounds 7] [--iters 5] [--out FILE.json]
 
-``layers.ONE_PASS_MIN_WIDTH`` is chosen from this table. Single-layer timings: inside the
-train step XLA fuses the layer with its neighbours, so the step's gain is smaller; confirm a
-choice with ``compare_speed.py``.
+Each timing follows one untimed call: the first call after the other executable ran is slower
+(its buffers are allocated and faulted in again; a lone 150×150×128 convolution's
+forward+backward took 2.2-2.5 s alternating with other executables, 0.56 s alone, AMD EPYC
+2026-12-07). Single-layer timings do not decide: inside the train step XLA fuses the layer with
+its neighbours, and ``layers.ONE_PASS_MIN_WIDTH`` was chosen from ``compare_speed.py`` runs.
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ def time_layer(layer: dict, batch: int, rounds: int, iters: int) -> dict:
     ms: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
+            jax.block_until_ready(fn(x, kernel))  # untimed: switching executables costs a call
             t0 = time.perf_counter()
             for _ in range(iters):
                 out = fn(x, kernel)
