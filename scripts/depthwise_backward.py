@@ -6,11 +6,16 @@ the two alternated round by round in one process.
     python scripts/depthwise_backward.py [--configs ssdlite_mobilenetv2_320_coco ssdlite_shapes]
         [--batch 8] [--rounds 7] [--iters 5] [--out FILE.json]
 
-Each timing follows one untimed call: the first call after the other executable ran is slower
-(its buffers are allocated and faulted in again; a lone 150×150×128 convolution's
-forward+backward took 2.2-2.5 s alternating with other executables, 0.56 s alone, AMD EPYC
-2026-12-07). Single-layer timings do not decide: inside the train step XLA fuses the layer with
-its neighbours, and ``layers.ONE_PASS_MIN_WIDTH`` was chosen from ``compare_speed.py`` runs.
+Each timing follows one untimed call, so that none is the first call after the other
+executable ran. (What this was first blamed on, a lone 150×150×128 convolution at 2.2-2.5 s
+alternating with other executables and 0.56 s alone, was not reproduced: with ssd_jax's XLA
+flags its forward+backward took 0.87-1.33 s alone and 0.84-1.34 s alternating with two others
+(medians 0.95 → 0.88 s and 1.04 → 1.27 s in two runs); without them XLA hands a lone
+convolution to YNNPACK: 2.4-3.1 s, alternating 15-20 % slower. AMD EPYC with AVX-512, 2026-12-07;
+``scripts/conv_layers_vs_torch.py --alternation``,
+docs/benchmarks/conv_alternation_2026-12-07_avx512.json.)
+Single-layer timings do not decide: inside the train step XLA fuses the layer with its
+neighbours, and ``layers.ONE_PASS_MIN_WIDTH`` was chosen from ``compare_speed.py`` runs.
 """
 
 from __future__ import annotations

@@ -300,7 +300,7 @@ def model_info(model: nn.Module, variables: dict, x: jax.Array) -> ModelInfo:
                 flops[0] += 2.0 * n * ho * wo * c * k * k
             elif isinstance(module, layers.PointwiseConv):
                 paths[path] = "1×1"
-            elif isinstance(module, (nn.Conv, layers.RowProductConv)):
+            elif isinstance(module, (nn.Conv, layers.RowProductConv, layers.TapProductConv)):
                 paths[path] = "k×k"
         return next_fun(*args, **kwargs)
 

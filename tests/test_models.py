@@ -452,3 +452,47 @@ def test_row_product_conv_in_float64(stride, dilation):
         )
         assert got.dtype == np.float64 and got.shape == want.shape
         np.testing.assert_allclose(got, np.asarray(want), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "size, padding, dilation",
+    [(19, 6, 6), (13, 6, 6), (5, 6, 6), (10, 3, 3), (9, 0, 2), (8, 4, 2)],
+)
+def test_tap_products_equal_the_dilated_convolution(size, padding, dilation):
+    """TapProductConv (float32 dilated convolutions on CPU: a product per kernel tap over the
+    outputs where the tap reads the input, not its padding) gives the convolution's values and
+    gradients in float64: SSD300's fc6 (19 px, dilation 6) and SSD512's geometry, a map where
+    only the centre tap reads the input (5 px), no padding, and padding other than the
+    dilation (outputs larger than the input)."""
+    from ssd_jax.models.layers import TapProductConv
+
+    assert isinstance(conv(7, 3, padding=6, dilation=6), TapProductConv)  # float32, CPU
+    assert not isinstance(conv(7, 3, padding=1), TapProductConv)
+    rng = np.random.default_rng(3)
+    with jax.enable_x64(True):
+        x = jnp.asarray(rng.normal(size=(2, size, size + 1, 5)))
+        module = TapProductConv(7, 3, padding, dilation, dtype=jnp.float64)
+        params = module.init(jax.random.PRNGKey(0), x)
+        params = jax.tree.map(lambda p: p + jnp.asarray(rng.normal(size=p.shape)), params)
+
+        def reference(params, x):
+            y = jax.lax.conv_general_dilated(
+                x,
+                params["params"]["kernel"],
+                (1, 1),
+                ((padding, padding),) * 2,
+                rhs_dilation=(dilation, dilation),
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            )
+            return y + params["params"]["bias"]
+
+        got, want = module.apply(params, x), reference(params, x)
+        assert got.dtype == jnp.float64 and got.shape == want.shape
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0, atol=1e-12)
+        weights = jnp.asarray(rng.normal(size=want.shape))
+        loss = lambda f: lambda p, x: jnp.sum(jnp.sin(f(p, x)) * weights)  # noqa: E731
+        g_got = jax.grad(loss(module.apply), argnums=(0, 1))(params, x)
+        g_want = jax.grad(loss(reference), argnums=(0, 1))(params, x)
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-11), g_got, g_want
+        )

@@ -9,6 +9,8 @@ model:
   graph shrinks from 2,206 to 681 equations: jax2onnx 0.17.1 converts in time quadratic in that
   count (30–40 s of CPU before, 3 s after).
 - ``PointwiseConv`` (a matrix product in the model) becomes a 1×1 convolution.
+- ``TapProductConv`` (VGG's dilated fc6 as k² matrix products on CPU) becomes one dilated
+  convolution.
 - An eval-mode ``ConvModule`` with BatchNorm becomes one convolution with the BatchNorm folded
   into its kernel and bias (``s = scale / sqrt(var + eps)``: kernel·s, bias − mean·s), then
   its activation. Exported as written, each BatchNorm was ~8 elementwise nodes over the
@@ -33,6 +35,7 @@ from ssd_jax.models.layers import (
     ConvModule,
     DepthwiseConv,
     PointwiseConv,
+    TapProductConv,
 )
 
 
@@ -43,6 +46,7 @@ def _conv_nhwc(
     stride: int,
     padding: int,
     groups: int = 1,
+    dilation: int = 1,
 ) -> jax.Array:
     """One convolution: x NHWC, kernel HWIO (I = C_in / groups), bias (C_out,) or None."""
     y = jax.lax.conv_general_dilated(
@@ -50,6 +54,7 @@ def _conv_nhwc(
         jnp.asarray(kernel, x.dtype),
         window_strides=(stride, stride),
         padding=((padding, padding), (padding, padding)),
+        rhs_dilation=(dilation, dilation),
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
         feature_group_count=groups,
     )
@@ -69,6 +74,14 @@ def _pointwise_as_conv(module: PointwiseConv, x: jax.Array) -> jax.Array:
     params = module.variables["params"]
     bias = params["bias"] if module.use_bias else None
     return _conv_nhwc(x.astype(module.dtype), jnp.asarray(params["kernel"]), bias, 1, 0)
+
+
+def _taps_as_dilated_conv(module: TapProductConv, x: jax.Array) -> jax.Array:
+    params = module.variables["params"]
+    bias = params["bias"] if module.use_bias else None
+    kernel = jnp.asarray(params["kernel"])
+    x = x.astype(module.dtype)
+    return _conv_nhwc(x, kernel, bias, 1, module.padding, dilation=module.dilation)
 
 
 def _conv_bn_folded(module: ConvModule, x: jax.Array) -> jax.Array:
@@ -99,6 +112,8 @@ def _interceptor(next_fun, args, kwargs, context):
             return _depthwise_as_grouped_conv(module, args[0])
         if isinstance(module, PointwiseConv) and len(args) == 1 and not kwargs:
             return _pointwise_as_conv(module, args[0])
+        if isinstance(module, TapProductConv) and len(args) == 1 and not kwargs:
+            return _taps_as_dilated_conv(module, args[0])
     return next_fun(*args, **kwargs)
 
 
