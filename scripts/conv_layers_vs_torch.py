@@ -2,13 +2,15 @@
 stands against mmdetection's, layer by layer.
 
     python scripts/conv_layers_vs_torch.py --torch-python /tmp/mmdet_ref/venv/bin/python \\
-        [--config ssd300_coco] [--batch 8] [--rounds 2] [--iters 5] [--out FILE.json]
+        [--config ssd300_coco] [--layers vgg|neck_head|all] [--batch 8] [--rounds 2] [--iters 5] \\
+        [--out FILE.json]
 
 For every distinct 3×3 convolution of the config's VGG16 (the 13 backbone layers at their input
-sizes and fc6, dilation 6), float32, random data, batch ``--batch``, NHWC for ours and NCHW for
-torch: the forward (convolution + bias), and forward + backward of ``sum(relu(y)) / 2`` (input,
-weight and bias gradients), each timed ``--iters`` times after two untimed calls, median. Each
-(layer, side) runs in its own process. Ours is the layer as the model builds it
+sizes and fc6, dilation 6; ``--layers neck_head``: the neck's and head's k×k ones, found in
+the model; ``all``: both), float32, random data, batch ``--batch``, NHWC for ours and NCHW
+for torch: the forward (convolution + bias), and forward + backward of ``sum(relu(y)) / 2``
+(input, weight and bias gradients), each timed ``--iters`` times after two untimed calls,
+median. Each (layer, side) runs in its own process. Ours is the layer as the model builds it
 (``layers.conv``: ``nn.Conv``, or on CPU ``TapProductConv`` for the dilated fc6), and for fc6
 also XLA's dilated convolution (``xla_conv``). Ours imports ``ssd_jax`` first, so XLA runs the
 convolutions as the train step does (Eigen: ``import ssd_jax`` sets
@@ -62,8 +64,67 @@ def vgg_layers(config_name: str) -> list[dict]:
             size = math.ceil(size / 2)  # 2×2/2 ceil-mode pool
     layers[(size, c_in, 1024, 6)] = {"count": 1}  # fc6 after the 3×3/1 pool5
     return [
-        {"side_px": s, "c_in": ci, "c_out": co, "dilation": d, **v}
+        {
+            "side_px": s,
+            "c_in": ci,
+            "c_out": co,
+            "dilation": d,
+            "kernel": 3,
+            "stride": 1,
+            "padding": d,
+            **v,
+        }
         for (s, ci, co, d), v in layers.items()
+    ]
+
+
+def neck_and_head_layers(config_name: str) -> list[dict]:
+    """The distinct k×k convolutions (k > 1) of the config's neck (extra layers) and head, from
+    the model's own modules, with their count and where they are."""
+    sys.path.insert(0, REPO)
+    import flax.linen as nn
+    import numpy as np
+
+    from ssd_jax import Detector
+    from ssd_jax.config import load_config
+
+    det = Detector(load_config(os.path.join(REPO, "configs", f"{config_name}.py"), []))
+    found: dict[tuple, dict] = {}
+
+    def record(next_fun, args, kwargs, context):
+        module, path = context.module, "/".join(context.module.path)
+        if context.method_name == "__call__" and not path.startswith("backbone"):
+            kernel = getattr(module, "kernel_size", None)
+            if isinstance(kernel, tuple) and kernel[0] > 1:  # nn.Conv (k > 1)
+                key = (
+                    args[0].shape[1],
+                    args[0].shape[-1],
+                    module.features,
+                    module.kernel_dilation or 1,
+                    kernel[0],
+                    (module.strides or (1,))[0],
+                    module.padding[0][0],
+                )
+                key = tuple(k[0] if isinstance(k, tuple) else k for k in key)
+                entry = found.setdefault(key, {"count": 0, "where": path.split("/")[0]})
+                entry["count"] += 1
+        return next_fun(*args, **kwargs)
+
+    size = det.config.input_size
+    with nn.intercept_methods(record):
+        det.model.apply(det.variables, np.zeros((1, size, size, 3), np.float32))
+    return [
+        {
+            "side_px": s,
+            "c_in": ci,
+            "c_out": co,
+            "dilation": d,
+            "kernel": k,
+            "stride": st,
+            "padding": p,
+            **v,
+        }
+        for (s, ci, co, d, k, st, p), v in found.items()
     ]
 
 
@@ -71,10 +132,10 @@ def _worker(side: str, spec: str, iters: int) -> None:
     """Time one layer on one side; prints a JSON line."""
     import numpy as np
 
-    n, size, c_in, c_out, dil = (int(v) for v in spec.split(","))
+    n, size, c_in, c_out, k, stride, pad, dil = (int(v) for v in spec.split(","))
     rng = np.random.default_rng(0)
     x = rng.standard_normal((n, size, size, c_in), np.float32)
-    w = rng.standard_normal((3, 3, c_in, c_out), np.float32) * 0.05
+    w = rng.standard_normal((k, k, c_in, c_out), np.float32) * 0.05
     b = rng.standard_normal((c_out,), np.float32) * 0.05
     if side in ("ours", "xla_conv"):
         __import__("ssd_jax")  # its XLA flags, before JAX starts
@@ -83,7 +144,7 @@ def _worker(side: str, spec: str, iters: int) -> None:
 
         from ssd_jax.models import layers
 
-        module = layers.conv(c_out, 3, padding=dil, dilation=dil)  # as the model builds it
+        module = layers.conv(c_out, k, stride, pad, dilation=dil)  # as the model builds it
 
         def conv(x, w, b):
             if side == "ours":
@@ -91,8 +152,8 @@ def _worker(side: str, spec: str, iters: int) -> None:
             y = jax.lax.conv_general_dilated(
                 x,
                 w,
-                (1, 1),
-                [(dil, dil)] * 2,
+                (stride, stride),
+                [(pad, pad)] * 2,
                 rhs_dilation=(dil, dil),
                 dimension_numbers=("NHWC", "HWIO", "NHWC"),
                 precision=jax.lax.Precision.HIGHEST,
@@ -110,7 +171,9 @@ def _worker(side: str, spec: str, iters: int) -> None:
         xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).requires_grad_(True)
         wt = torch.from_numpy(w.transpose(3, 2, 0, 1).copy()).requires_grad_(True)
         bt = torch.from_numpy(b).requires_grad_(True)
-        conv = lambda: torch.nn.functional.conv2d(xt, wt, bt, padding=dil, dilation=dil)  # noqa: E731
+        conv = lambda: torch.nn.functional.conv2d(  # noqa: E731
+            xt, wt, bt, stride=stride, padding=pad, dilation=dil
+        )
 
         def run_fwd():
             with torch.no_grad():
@@ -208,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--layers", choices=("vgg", "neck_head", "all"), default="vgg")
     parser.add_argument("--alternation", action="store_true", help="see the docstring")
     parser.add_argument("--out")
     args = parser.parse_args(argv)
@@ -224,7 +288,9 @@ def main(argv: list[str] | None = None) -> int:
         text=True,
     ).stdout.strip()
     report["versions"]["torch"] = torch_version
-    layers = vgg_layers(args.config)
+    layers = vgg_layers(args.config) if args.layers in ("vgg", "all") else []
+    if args.layers in ("neck_head", "all"):
+        layers += neck_and_head_layers(args.config)
     pythons = {"ours": sys.executable, "torch": args.torch_python}
     timings = {i: {"ours": [], "torch": [], "xla_conv": []} for i in range(len(layers))}
     for r in range(args.rounds):
@@ -232,8 +298,8 @@ def main(argv: list[str] | None = None) -> int:
             sides = ("ours", "torch") if r % 2 == 0 else ("torch", "ours")
             if layer["dilation"] > 1:
                 sides += ("xla_conv",)
-            shape = (layer["side_px"], layer["c_in"], layer["c_out"], layer["dilation"])
-            spec = ",".join(str(v) for v in (args.batch, *shape))
+            keys = ("side_px", "c_in", "c_out", "kernel", "stride", "padding", "dilation")
+            spec = ",".join(str(v) for v in (args.batch, *(layer[k] for k in keys)))
             for side in sides:
                 python = pythons.get(side, sys.executable)
                 timings[i][side].append(_run(side, python, spec, args.iters))
@@ -244,8 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     header = "count  fwd ours/torch ms  ratio  fwd+bwd ours/torch ms  ratio"
     print(f"{'layer (px, in, out, dil)':26} {header}")
     for i, layer in enumerate(layers):
-        s = layer["side_px"]
-        gflop = 2 * args.batch * s * s * layer["c_in"] * layer["c_out"] * 9 / 1e9
+        s, k = layer["side_px"], layer["kernel"]
+        out = (s + 2 * layer["padding"] - layer["dilation"] * (k - 1) - 1) // layer["stride"] + 1
+        gflop = 2 * args.batch * out * out * layer["c_in"] * layer["c_out"] * k * k / 1e9
         row = dict(layer, gflop_fwd=gflop, runs=timings[i])
         for kind, factor in (("fwd", 1), ("fwd_bwd", 3)):
             for side, runs in timings[i].items():
@@ -260,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
             row[f"{kind}_ratio"] = row[f"torch_{kind}_ms"] / row[f"ours_{kind}_ms"]
         report["layers"].append(row)
         name = f"{s}, {layer['c_in']}, {layer['c_out']}, {layer['dilation']}"
+        if layer.get("where"):
+            name += f" {layer['where']} k{k}s{layer['stride']}"
         print(
             f"{name:26} {layer['count']:5}  {row['ours_fwd_ms']:7.1f} / {row['torch_fwd_ms']:7.1f}"
             f"  {row['fwd_ratio']:5.2f}×  {row['ours_fwd_bwd_ms']:8.1f} / "
