@@ -1,6 +1,8 @@
 """ssd_jax: mmdetection's SSD family (SSD300, SSD512, SSDLite) in JAX/Flax."""
 
 import os
+import sys
+import warnings
 from importlib import metadata
 
 # XLA CPU flags, each set unless XLA_FLAGS already names it. They take effect when ssd_jax is
@@ -24,10 +26,25 @@ except metadata.PackageNotFoundError:
 if not _JAXLIB.startswith("0.10."):
     del _XLA_CPU_FLAGS["--xla_cpu_experimental_ynn_fusion_type"]
 _flags = os.environ.get("XLA_FLAGS", "")
-for _name, _value in _XLA_CPU_FLAGS.items():
-    if _name not in _flags:
-        _flags = f"{_flags} {_name}={_value}".strip()
+_added = [name for name in _XLA_CPU_FLAGS if name not in _flags]
+for _name in _added:
+    _flags = f"{_flags} {_name}={_XLA_CPU_FLAGS[_name]}".strip()
 os.environ["XLA_FLAGS"] = _flags
+
+# XLA reads XLA_FLAGS once, when JAX's first computation starts its backend: after that the
+# flags above change nothing, and on CPU training can run several times slower (one
+# 150×150×128 convolution's forward + backward at batch 8: 2.4–3.1 s without them, 0.84–1.34 s
+# with them; docs/benchmarks/conv_alternation_2026-12-07_avx512.json).
+_bridge = sys.modules.get("jax._src.xla_bridge")
+if _added and _bridge is not None and getattr(_bridge, "backends_are_initialized", bool)():
+    if sys.modules["jax"].default_backend() == "cpu":
+        warnings.warn(
+            "JAX started its CPU backend before ssd_jax was imported, so ssd_jax's XLA flags "
+            f"({', '.join(_added)}) do not apply in this process and CPU training can be "
+            "several times slower: import ssd_jax before computing with JAX, or set XLA_FLAGS.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
 __all__ = ["Detector"]
 
